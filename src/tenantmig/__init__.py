@@ -1,0 +1,3 @@
+"""tenantmig: schema migrations for schema-per-tenant PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from tenantmig.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""One frozen settings object, built once from alembic.ini, the environment and flags.
+
+Precedence for every value: explicit argument (a CLI flag) > environment variable > alembic.ini >
+built-in default. The object is validated when built and then passed explicitly; nothing reads
+the environment later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from alembic.config import Config as AlembicConfig
+
+from tenantmig.errors import ConfigError
+from tenantmig.identifiers import validate_schema_name
+
+Chain = Literal["shared", "tenant"]
+CHAINS: tuple[Chain, ...] = ("shared", "tenant")
+
+ENV_CONFIG = "TENANTMIG_CONFIG"
+ENV_DATABASE_URL = "TENANTMIG_DATABASE_URL"
+ENV_SHARED_SCHEMA = "TENANTMIG_SHARED_SCHEMA"
+ENV_HOME = "TENANTMIG_HOME"
+
+DEFAULT_LOCK_TIMEOUT_S = 5.0
+DEFAULT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a tenantmig operation needs to know about where and how to run."""
+
+    config_file: Path
+    database_url: str | None  # None: use the embedded PostgreSQL under ``home``
+    shared_schema: str = "public"
+    home: Path = field(default_factory=lambda: Path(".tenantmig"))
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    statement_timeout_s: float | None = None
+    retries: int = DEFAULT_RETRIES
+
+    def alembic_config(self, chain: Chain) -> AlembicConfig:
+        """A fresh Alembic Config for one chain (section [shared] or [tenant])."""
+        cfg = AlembicConfig(str(self.config_file), ini_section=chain)
+        if not cfg.get_main_option("script_location"):
+            raise ConfigError(
+                f"{self.config_file} has no [{chain}] section with a script_location"
+            )
+        return cfg
+
+    def with_options(self, **changes: object) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        updated = replace(self, **changes)  # type: ignore[arg-type]
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        validate_schema_name(self.shared_schema)
+        if self.lock_timeout_s <= 0:
+            raise ConfigError("--lock-timeout must be a positive number of seconds")
+        if self.statement_timeout_s is not None and self.statement_timeout_s <= 0:
+            raise ConfigError("--statement-timeout must be a positive number of seconds")
+        if self.retries < 0:
+            raise ConfigError("--retries must be 0 or more")
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The alembic.ini to use: explicit path, $TENANTMIG_CONFIG, or ./alembic.ini."""
+    chosen = explicit or os.environ.get(ENV_CONFIG) or "alembic.ini"
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(
+            f"configuration file {path} not found; run from the project directory or pass "
+            f"--config (or set {ENV_CONFIG})"
+        )
+    return path
+
+
+def url_from_ini(config_file: Path) -> str | None:
+    """sqlalchemy.url from alembic.ini ([DEFAULT], [shared] or [tenant]), if set."""
+    for chain in CHAINS:
+        url = AlembicConfig(str(config_file), ini_section=chain).get_main_option("sqlalchemy.url")
+        if url:
+            return url
+    return None
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    database_url: str | None = None,
+    shared_schema: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+    lock_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+    retries: int | None = None,
+) -> Settings:
+    """Build and validate Settings from arguments, environment and alembic.ini."""
+    path = find_config_file(config_file)
+    ini = AlembicConfig(str(path), ini_section="shared")
+    url = database_url or os.environ.get(ENV_DATABASE_URL) or url_from_ini(path)
+    schema = (
+        shared_schema
+        or os.environ.get(ENV_SHARED_SCHEMA)
+        or ini.get_main_option("shared_schema")
+        or "public"
+    )
+    home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
+    settings = Settings(
+        config_file=path,
+        database_url=url or None,
+        shared_schema=schema,
+        home=home_dir,
+        lock_timeout_s=DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s,
+        statement_timeout_s=statement_timeout_s,
+        retries=DEFAULT_RETRIES if retries is None else retries,
+    )
+    settings.validate()
+    return settings

@@ -1,0 +1,148 @@
+"""Engines, URLs and the embedded PostgreSQL default.
+
+With no URL configured, tenantmig starts an embedded PostgreSQL (the ``pgserver`` package) whose
+data lives under ``<home>/pgdata`` and keeps using it across commands. The server is stopped again
+when the last tenantmig process using it exits.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
+
+from tenantmig.config import Settings
+from tenantmig.errors import ConfigError, DatabaseUnavailable
+
+EMBEDDED_DATABASE = "tenantmig"
+_notice_shown = False  # the embedded-server notice is printed once per process
+APPLICATION_NAME = "tenantmig"
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ***, safe for logs, errors and the ledger."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a URL and pin the psycopg2 driver; reject what is not PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"malformed database URL {mask_url(url)!r}: expected "
+            "postgresql://user:password@host:port/database"
+        ) from exc
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"database URL {mask_url(parsed)} is not PostgreSQL; tenantmig needs PostgreSQL"
+        )
+    return parsed.set(drivername="postgresql+psycopg2")
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine with tenantmig's connection defaults.
+
+    NullPool: every tenantmig process holds only the connections it is using, so the number of
+    server connections is exactly the number of workers plus the coordinator.
+    """
+    connect_args = {"application_name": APPLICATION_NAME, "connect_timeout": 10}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, **kwargs)
+
+
+def describe_connection_error(exc: DBAPIError, url: str | URL) -> DatabaseUnavailable:
+    """Turn a driver error on connect into one clear line without the password."""
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {detail}")
+
+
+def check_connection(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except DBAPIError as exc:
+        raise describe_connection_error(exc, engine.url) from exc
+
+
+@dataclass(frozen=True)
+class Database:
+    """An open database: the URL workers connect to and the coordinator's engine."""
+
+    url: URL
+    engine: Engine
+    embedded: bool
+
+
+def _start_embedded(home: Path) -> tuple[Any, URL]:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as exc:
+        raise ConfigError(
+            "no database URL configured and the embedded PostgreSQL is not installed: "
+            "pass --database-url, set TENANTMIG_DATABASE_URL, or pip install 'tenantmig[embedded]'"
+        ) from exc
+    pgdata = (home / "pgdata").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    admin = make_url(server.get_uri())
+    engine = create_engine(admin.set(drivername="postgresql+psycopg2"),
+                           isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": EMBEDDED_DATABASE},
+            ).scalar()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DATABASE}"'))
+    finally:
+        engine.dispose()
+    url = admin.set(drivername="postgresql+psycopg2", database=EMBEDDED_DATABASE)
+    return server, url
+
+
+@contextmanager
+def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Database]:
+    """Resolve the URL (starting the embedded server if none is configured) and connect once."""
+    global _notice_shown
+    server = None
+    if settings.database_url:
+        url = normalise_url(settings.database_url)
+        embedded = False
+    else:
+        server, url = _start_embedded(settings.home)
+        embedded = True
+        if notice and not _notice_shown:
+            _notice_shown = True
+            print(
+                f"tenantmig: no database URL configured; using the embedded PostgreSQL in "
+                f"{(settings.home / 'pgdata').resolve()}",
+                file=sys.stderr,
+            )
+    engine = create_engine(url)
+    try:
+        check_connection(engine)
+        yield Database(url=url, engine=engine, embedded=embedded)
+    finally:
+        engine.dispose()
+        if server is not None:
+            server.cleanup()

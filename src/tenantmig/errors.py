@@ -1,0 +1,74 @@
+"""The exception tree and the exit codes the CLI maps it to.
+
+Every expected failure is a TenantmigError whose message tells the user what to do next; the CLI
+prints it as one line (no traceback unless --debug) and exits with the error's code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    USAGE = 1  # bad input or configuration; nothing was changed
+    DRIFT = 2  # drift found (drift command)
+    TENANTS_FAILED = 3  # some tenants failed; the others finished
+    LOCKED = 4  # another run holds the run lock
+    INTERRUPTED = 130  # SIGINT / SIGTERM
+
+
+class TenantmigError(Exception):
+    """Root of every error tenantmig reports to a user."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+
+class ConfigError(TenantmigError):
+    """The configuration (alembic.ini, environment, flags) is missing or invalid."""
+
+
+class InvalidTenantName(TenantmigError):
+    """A tenant name is not a safe PostgreSQL schema identifier."""
+
+
+class UnknownTenant(TenantmigError):
+    """A tenant named on the command line is not registered."""
+
+
+class TenantExists(TenantmigError):
+    """A tenant being created is already registered, or its schema already exists."""
+
+
+class UnknownRevision(TenantmigError):
+    """A revision named by the user (or found in a version table) is not in the chain."""
+
+
+class DatabaseUnavailable(TenantmigError):
+    """The database cannot be reached or refused the credentials."""
+
+
+class SharedSchemaNotReady(TenantmigError):
+    """The shared schema or its tenants table does not exist yet."""
+
+
+class RunLocked(TenantmigError):
+    """Another tenantmig run holds the run lock."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class Interrupted(TenantmigError):
+    """The run was stopped by SIGINT or SIGTERM."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class TenantMigrationFailed(TenantmigError):
+    """One tenant's migration failed (raised inside a worker, recorded, never fatal to a run)."""
+
+    exit_code = ExitCode.TENANTS_FAILED
+
+
+class SchemaMissing(TenantmigError):
+    """A tenant is registered (or named) but its schema does not exist."""

@@ -1,0 +1,115 @@
+"""A migration chain's scripts: loaded once, queried for heads, order and target revisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from alembic.config import Config as AlembicConfig
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+
+from tenantmig.config import Chain, Settings
+from tenantmig.errors import ConfigError, UnknownRevision
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    revision: str
+    down_revision: str | None
+    message: str
+    path: str
+    is_head: bool
+
+
+class ChainScripts:
+    """One chain's ScriptDirectory, loaded once per process and reused for every tenant.
+
+    tenantmig supports linear chains (one head). Diverged heads are refused with a message
+    rather than migrated in an order nobody chose.
+    """
+
+    def __init__(self, settings: Settings, chain: Chain) -> None:
+        self.chain: Chain = chain
+        self.config: AlembicConfig = settings.alembic_config(chain)
+        try:
+            self.script = ScriptDirectory.from_config(self.config)
+        except CommandError as exc:
+            raise ConfigError(f"cannot load the {chain} migrations: {exc}") from exc
+
+    @cached_property
+    def head(self) -> str | None:
+        heads = self.script.get_heads()
+        if len(heads) > 1:
+            raise ConfigError(
+                f"the {self.chain} chain has diverged heads {', '.join(sorted(heads))}; "
+                f"merge them (alembic -n {self.chain} merge heads) before migrating"
+            )
+        return heads[0] if heads else None
+
+    @cached_property
+    def order(self) -> list[str]:
+        """Revision ids from base to head."""
+        _ = self.head  # refuse diverged heads before walking
+        return [s.revision for s in reversed(list(self.script.walk_revisions()))]
+
+    def position(self, revision: str | None) -> int:
+        """Index in base-to-head order; -1 for no revision (base)."""
+        if revision is None:
+            return -1
+        try:
+            return self.order.index(revision)
+        except ValueError:
+            raise UnknownRevision(
+                f"revision {revision!r} is not in the {self.chain} migrations"
+            ) from None
+
+    def knows(self, revision: str | None) -> bool:
+        return revision is None or revision in self.order
+
+    def resolve_target(self, target: str, current: str | None = None) -> str | None:
+        """Resolve head/base/a revision id/a unique prefix/relative steps to a revision id.
+
+        Relative targets (``-1``, ``+2``) are resolved against ``current``. Returns None for base.
+        """
+        if target == "base":
+            return None
+        if target == "head" or target == "heads":
+            return self.head
+        if target.lstrip("+-").isdigit() and target[0] in "+-":
+            steps = int(target)
+            index = self.position(current) + steps
+            if index < -1 or index >= len(self.order):
+                where = current or "base"
+                raise UnknownRevision(
+                    f"cannot move {steps:+d} from {where}: the {self.chain} chain has "
+                    f"{len(self.order)} revisions"
+                )
+            return None if index == -1 else self.order[index]
+        try:
+            found = self.script.get_revision(target)
+        except (CommandError, RevisionError) as exc:
+            raise UnknownRevision(
+                f"revision {target!r} is not in the {self.chain} migrations ({exc})"
+            ) from exc
+        if found is None:
+            return None
+        return found.revision
+
+    def revisions(self) -> list[RevisionInfo]:
+        head = self.head
+        infos: list[RevisionInfo] = []
+        for script in self.script.walk_revisions():
+            assert isinstance(script, Script)
+            down = script.down_revision
+            infos.append(
+                RevisionInfo(
+                    revision=script.revision,
+                    down_revision=down if isinstance(down, str) or down is None else ",".join(down),
+                    message=(script.doc or "").strip(),
+                    path=script.path,
+                    is_head=script.revision == head,
+                )
+            )
+        return infos

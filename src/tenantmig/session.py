@@ -1,0 +1,131 @@
+"""What every migration transaction sets up first: timeouts, the per-schema lock, search_path.
+
+All settings are transaction-local (``set_config(..., true)`` is ``SET LOCAL``), so a connection
+reused for the next tenant starts clean, and nothing leaks if the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tenantmig.errors import SchemaMissing
+from tenantmig.identifiers import quote_ident
+
+# First key of every tenantmig advisory lock (two-int form), so our locks never collide with an
+# application's single-bigint advisory locks. Arbitrary constant: "TMIG" in ASCII.
+LOCK_NAMESPACE = 0x544D4947
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 32-bit key for a name (CRC-32). Collisions only serialise two schemas."""
+    value = zlib.crc32(name.encode("utf-8"))
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    lock_timeout_s: float
+    statement_timeout_s: float | None = None
+
+
+def apply_timeouts(conn: Connection, timeouts: Timeouts) -> None:
+    """SET LOCAL lock_timeout/statement_timeout for the current transaction.
+
+    lock_timeout is what keeps a migration from sitting in a lock queue: an ALTER TABLE waiting
+    for ACCESS EXCLUSIVE blocks every later reader of that table behind it, so it must give up
+    quickly and be retried rather than wait behind a long transaction.
+    """
+    conn.execute(
+        sa.text("SELECT set_config('lock_timeout', :lock, true)"),
+        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms"},
+    )
+    statement = (
+        f"{int(timeouts.statement_timeout_s * 1000)}ms" if timeouts.statement_timeout_s else "0"
+    )
+    conn.execute(sa.text("SELECT set_config('statement_timeout', :st, true)"), {"st": statement})
+
+
+def lock_schema(conn: Connection, schema: str) -> None:
+    """Take the per-schema advisory lock for this transaction.
+
+    A transaction-level lock: released at COMMIT/ROLLBACK, and with the connection if the runner
+    dies, so nothing is ever left held. Waiting is bounded by lock_timeout (advisory lock waits
+    honour it), which raises lock_not_available (55P03) like any other lock wait.
+    """
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+        {"ns": LOCK_NAMESPACE, "key": lock_key(schema)},
+    )
+
+
+def enter_schema(conn: Connection, schema: str) -> None:
+    """Point search_path at the schema alone for this transaction and verify it took effect.
+
+    current_schema() is NULL when no schema on the path exists; checking it stops DDL from ever
+    landing in some other schema through a stale or mistaken search_path.
+    """
+    conn.execute(
+        sa.text("SELECT set_config('search_path', :path, true)"), {"path": quote_ident(schema)}
+    )
+    actual = conn.execute(sa.text("SELECT current_schema()")).scalar()
+    if actual != schema:
+        raise SchemaMissing(f"schema {schema!r} does not exist")
+
+
+def prepare_migration_transaction(conn: Connection, schema: str, timeouts: Timeouts) -> None:
+    """Timeouts, then the schema's lock, then search_path; call first in the transaction."""
+    apply_timeouts(conn, timeouts)
+    lock_schema(conn, schema)
+    enter_schema(conn, schema)
+
+
+RUN_LOCK_NAME = "tenantmig all-tenants run"
+
+
+def try_run_lock(conn: Connection, shared_schema: str) -> bool:
+    """Try the run lock: a *session* advisory lock held on the coordinator's own connection.
+
+    Session-level because it must outlive the many short transactions of a run; it is released
+    when the run ends or, if the runner is killed, when its connection closes.
+    """
+    return bool(
+        conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:ns, :key)"),
+            {"ns": LOCK_NAMESPACE, "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}")},
+        ).scalar()
+    )
+
+
+def release_run_lock(conn: Connection, shared_schema: str) -> None:
+    conn.execute(
+        sa.text("SELECT pg_advisory_unlock(:ns, :key)"),
+        {"ns": LOCK_NAMESPACE, "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}")},
+    )
+
+
+def run_lock_holder(conn: Connection, shared_schema: str) -> str:
+    """Describe the session holding the run lock (pid, user, client, since when)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.usename, a.client_addr, a.client_hostname, a.backend_start"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.classid = CAST(:ns AS oid) AND l.objid = CAST(:key AS oid)"
+            " AND l.objsubid = 2"
+        ),
+        {
+            "ns": LOCK_NAMESPACE,
+            "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}") & 0xFFFFFFFF,
+        },
+    ).first()
+    if row is None:
+        return "another session"
+    client = row.client_hostname or row.client_addr or "local socket"
+    return (
+        f"server pid {row.pid} (user {row.usename}, client {client}, "
+        f"connected since {row.backend_start:%Y-%m-%d %H:%M:%S %Z})"
+    )

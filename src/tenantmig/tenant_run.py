@@ -1,0 +1,262 @@
+"""Migrating one tenant: its connection, locks, timeouts, search_path and Alembic context.
+
+A SchemaMigrator lives in one process (a worker, or the coordinator for a single tenant). It
+loads the tenant chain's scripts once and reuses one connection across tenants, recycling it
+after a bounded number of tenants: each backend caches catalog entries for every schema it has
+touched, so a connection that visited thousands of schemas holds a lot of memory on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from tenantmig.alembic_env import context_options
+from tenantmig.config import Settings
+from tenantmig.database import create_engine
+from tenantmig.errors import SchemaMissing, TenantmigError, UnknownRevision
+from tenantmig.results import Direction, TenantJob, TenantOutcome, TenantStatus
+from tenantmig.scripts import ChainScripts
+from tenantmig.session import Timeouts, prepare_migration_transaction
+
+RECYCLE_CONNECTION_AFTER = 200
+_RETRYABLE_SQLSTATES = {
+    "55P03": "lock timeout",  # lock_not_available
+    "40P01": "deadlock",  # deadlock_detected
+    "40001": "serialization failure",
+}
+_BACKOFF_BASE_S = 0.2
+_BACKOFF_CAP_S = 5.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run asks of every tenant: a direction and a target (head, -1, a revision...)."""
+
+    direction: Direction
+    target: str
+
+
+class _Refused(TenantmigError):
+    """This tenant cannot be migrated as asked (unknown or diverged revision)."""
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "pgcode", None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class SchemaMigrator:
+    def __init__(
+        self,
+        settings: Settings,
+        url: str,
+        plan: Plan,
+        *,
+        logger: logging.Logger | None = None,
+        scripts: ChainScripts | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.scripts = scripts or ChainScripts(settings, "tenant")
+        self.timeouts = Timeouts(settings.lock_timeout_s, settings.statement_timeout_s)
+        self.engine = create_engine(url)
+        self.log = logger or logging.getLogger("tenantmig.run")
+        self._conn: Connection | None = None
+        self._uses = 0
+        # Validate the target once, before any tenant: a typo fails the run with nothing changed.
+        if not (plan.target.lstrip("+-").isdigit() and plan.target[:1] in "+-"):
+            self.scripts.resolve_target(plan.target)
+
+    # -- connection -----------------------------------------------------------------------
+    def _connection(self) -> Connection:
+        if self._conn is not None and (
+            self._conn.invalidated or self._uses >= RECYCLE_CONNECTION_AFTER
+        ):
+            self._drop_connection()
+        if self._conn is None:
+            self._conn = self.engine.connect()
+            self._uses = 0
+        self._uses += 1
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except DBAPIError:
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop_connection()
+        self.engine.dispose()
+
+    # -- one tenant -----------------------------------------------------------------------
+    def migrate(self, job: TenantJob) -> TenantOutcome:
+        """Migrate one tenant in one transaction, retrying lock timeouts with backoff."""
+        started = time.monotonic()
+        attempts = 0
+        extra = {"tenant": job.name}
+        while True:
+            attempts += 1
+            try:
+                before, after = self._attempt(job)
+            except SchemaMissing as exc:
+                self.log.warning("schema missing: %s", exc, extra=extra)
+                return self._outcome(job, TenantStatus.MISSING, started, attempts, error=str(exc))
+            except (_Refused, UnknownRevision) as exc:
+                self.log.error("refused: %s", exc, extra=extra)
+                return self._outcome(job, TenantStatus.FAILED, started, attempts, error=str(exc))
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    self._drop_connection()
+                reason = _RETRYABLE_SQLSTATES.get(sqlstate(exc) or "")
+                if reason and attempts <= self.settings.retries:
+                    delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempts - 1))
+                    delay *= random.uniform(0.5, 1.0)  # jitter: workers do not retry in step
+                    self.log.info("attempt %d: %s, retrying in %.2fs", attempts, reason, delay,
+                                  extra=extra)
+                    time.sleep(delay)
+                    continue
+                message = _first_line(exc)
+                if reason == "lock timeout":
+                    message = f"{message}{self._blockers(job.schema)}"
+                if reason:
+                    message = f"{message} (gave up after {attempts} attempts)"
+                self.log.error("failed: %s", message, extra=extra)
+                return self._outcome(job, TenantStatus.FAILED, started, attempts, error=message)
+            except Exception as exc:  # a migration script's own bug: record it, keep going
+                self.log.exception("failed", extra=extra)
+                return self._outcome(job, TenantStatus.FAILED, started, attempts,
+                                     error=f"{type(exc).__name__}: {exc}")
+            status = TenantStatus.SKIPPED if before == after else TenantStatus.OK
+            self.log.info("%s %s -> %s", status.value, before, after, extra=extra)
+            return self._outcome(job, status, started, attempts, before, after)
+
+    def _outcome(
+        self,
+        job: TenantJob,
+        status: TenantStatus,
+        started: float,
+        attempts: int,
+        before: str | None = None,
+        after: str | None = None,
+        error: str | None = None,
+    ) -> TenantOutcome:
+        return TenantOutcome(
+            name=job.name,
+            schema=job.schema,
+            status=status,
+            from_revision=before,
+            to_revision=after,
+            attempts=attempts,
+            duration_s=time.monotonic() - started,
+            error=error,
+        )
+
+    def _attempt(self, job: TenantJob) -> tuple[str | None, str | None]:
+        conn = self._connection()
+        with conn.begin():
+            # Lock first, then read the version: a runner that waited for the lock sees what the
+            # previous holder committed (READ COMMITTED takes a new snapshot per statement).
+            prepare_migration_transaction(conn, job.schema, self.timeouts)
+            before = self._current(conn, job.schema)
+            destination = self._destination(before)
+            if destination is _NOTHING:
+                return before, before
+            assert not isinstance(destination, _Nothing)
+            self._run_alembic(conn, job.schema, destination)
+            after = self._current(conn, job.schema)
+        return before, after
+
+    def _current(self, conn: Connection, schema: str) -> str | None:
+        context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
+        heads = context.get_current_heads()
+        if len(heads) > 1:
+            raise _Refused(f"schema has diverged revisions {', '.join(sorted(heads))}")
+        return heads[0] if heads else None
+
+    def _destination(self, current: str | None) -> str | None | _Nothing:
+        scripts = self.scripts
+        if not scripts.knows(current):
+            raise _Refused(
+                f"schema is at revision {current!r}, which these migrations do not know "
+                "(deployed from newer code?); refusing to touch it"
+            )
+        destination = scripts.resolve_target(self.plan.target, current)
+        here, there = scripts.position(current), scripts.position(destination)
+        if self.plan.direction == "upgrade" and there <= here:
+            return _NOTHING
+        if self.plan.direction == "downgrade" and there >= here:
+            return _NOTHING
+        return destination
+
+    def _run_alembic(self, conn: Connection, schema: str, destination: str | None) -> None:
+        script = self.scripts.script
+        target = destination or "base"
+
+        def step(revision: Any, _context: MigrationContext) -> Any:
+            if self.plan.direction == "upgrade":
+                return script._upgrade_revs(target, revision)
+            return script._downgrade_revs(target, revision)
+
+        environment = EnvironmentContext(
+            self.scripts.config, script, fn=step, destination_rev=target
+        )
+        with environment:
+            environment.configure(connection=conn, **context_options(schema))
+            environment.run_migrations()
+
+    def _blockers(self, schema: str) -> str:
+        """Who holds locks in this schema, for a lock-timeout message (best effort)."""
+        try:
+            conn = self._connection()
+            with conn.begin():
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,"
+                        " c.relname, l.mode,"
+                        " extract(epoch FROM now() - a.xact_start)::int AS xact_age_s"
+                        " FROM pg_locks l"
+                        " JOIN pg_class c ON c.oid = l.relation"
+                        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " JOIN pg_stat_activity a ON a.pid = l.pid"
+                        " WHERE n.nspname = :schema AND l.granted"
+                        " AND a.pid <> pg_backend_pid() ORDER BY a.pid LIMIT 3"
+                    ),
+                    {"schema": schema},
+                ).all()
+        except DBAPIError:
+            return ""
+        return _describe_blockers(rows)
+
+
+def _describe_blockers(rows: Iterable[Any]) -> str:
+    parts = [
+        f"pid {r.pid} ({r.usename}, {r.application_name or 'no application_name'}, {r.state},"
+        f" transaction open {r.xact_age_s}s) holds {r.mode} on {r.relname}"
+        for r in rows
+    ]
+    return f"; blocked by {'; '.join(parts)}" if parts else ""
+
+
+class _Nothing:
+    """Sentinel: the tenant is already where the plan wants it."""
+
+
+_NOTHING = _Nothing()
