@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tenantmig.config import Settings, load_settings
-
 from tests.helpers import CONFIG
 
 
@@ -53,8 +52,9 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         warnings.simplefilter("ignore")
         import pgserver
 
-        server = pgserver.get_server(str(tmp_path_factory.mktemp("pg") / "data"),
-                                     cleanup_mode="delete")
+        server = pgserver.get_server(
+            str(tmp_path_factory.mktemp("pg") / "data"), cleanup_mode="delete"
+        )
     try:
         yield server.get_uri()
     finally:
@@ -92,4 +92,3 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng = sa.create_engine(database_url, poolclass=sa.NullPool)
     yield eng
     eng.dispose()
-

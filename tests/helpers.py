@@ -17,15 +17,24 @@ TENANT_HEAD = "003_add_inventory_tracking"
 SHARED_HEAD = "002_add_tenant_features"
 
 
-def run_cli(*args: str, url: str | None = None, env: dict[str, str] | None = None,
-            cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    url: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``tenantmig`` command in a subprocess, against ``url`` if given."""
     full_env = {**os.environ, **(env or {})}
     if url is not None:
         full_env["TENANTMIG_DATABASE_URL"] = url
     return subprocess.run(
         [sys.executable, "-m", "tenantmig", "--config", str(CONFIG), *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
     )
 
 
@@ -36,15 +45,18 @@ def schemas(engine: sa.Engine) -> set[str]:
 
 def tables(engine: sa.Engine, schema: str) -> set[str]:
     with engine.connect() as conn:
-        return set(conn.execute(
-            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
-        ).scalars())
+        return set(
+            conn.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
+            ).scalars()
+        )
 
 
 def version(engine: sa.Engine, schema: str) -> str | None:
     with engine.connect() as conn:
-        exists = conn.execute(sa.text("SELECT to_regclass(:t)"),
-                              {"t": f'"{schema}".alembic_version'}).scalar()
+        exists = conn.execute(
+            sa.text("SELECT to_regclass(:t)"), {"t": f'"{schema}".alembic_version'}
+        ).scalar()
         if exists is None:
             return None
         return conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
@@ -57,8 +69,11 @@ def snapshot(engine: sa.Engine, schema: str) -> dict[str, dict[str, str]]:
 
 def tenant_rows(engine: sa.Engine, shared: str = "public") -> list[str]:
     with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'"{shared}".tenants'}).scalar() \
-                is None:
+        if (
+            conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'"{shared}".tenants'}).scalar()
+            is None
+        ):
             return []
-        return list(conn.execute(
-            sa.text(f'SELECT name FROM "{shared}".tenants ORDER BY name')).scalars())
+        return list(
+            conn.execute(sa.text(f'SELECT name FROM "{shared}".tenants ORDER BY name')).scalars()
+        )

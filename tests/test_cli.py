@@ -28,8 +28,10 @@ def test_full_upgrade_with_no_selector_does_shared_then_tenants(
     database_url: str, engine: sa.Engine
 ) -> None:
     _setup(database_url)
-    assert run_cli("tenants", "create", "acme", "globex", "--no-migrate",
-                   url=database_url).returncode == 0
+    assert (
+        run_cli("tenants", "create", "acme", "globex", "--no-migrate", url=database_url).returncode
+        == 0
+    )
     assert version(engine, "acme") is None  # --no-migrate: schema only
     done = run_cli("upgrade", url=database_url)
     assert done.returncode == 0, done.stderr
@@ -37,13 +39,16 @@ def test_full_upgrade_with_no_selector_does_shared_then_tenants(
     assert version(engine, "acme") == TENANT_HEAD
     assert version(engine, "globex") == TENANT_HEAD
     assert {"users", "orders", "inventory_transactions", "locations", "alembic_version"} <= tables(
-        engine, "acme")
+        engine, "acme"
+    )
     # Tenant tables never land in the shared schema.
     assert "users" not in tables(engine, "public")
     assert {"tenants", "api_keys", "billing_cycles", "tenant_features"} <= tables(engine, "public")
 
 
-def test_tenants_create_migrates_to_head_and_list_json(database_url: str, engine: sa.Engine) -> None:
+def test_tenants_create_migrates_to_head_and_list_json(
+    database_url: str, engine: sa.Engine
+) -> None:
     _setup(database_url, "acme", "user")  # "user" is a keyword: quoting must hold
     assert version(engine, "acme") == TENANT_HEAD
     assert version(engine, "user") == TENANT_HEAD
@@ -51,7 +56,9 @@ def test_tenants_create_migrates_to_head_and_list_json(database_url: str, engine
     assert listed.returncode == 0
     rows = json.loads(listed.stdout)
     assert [(r["name"], r["schema"], r["status"]) for r in rows] == [
-        ("acme", "acme", "active"), ("user", "user", "active")]
+        ("acme", "acme", "active"),
+        ("user", "user", "active"),
+    ]
 
 
 def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: sa.Engine) -> None:
@@ -65,8 +72,9 @@ def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: 
     assert done.returncode == 0, done.stderr
     assert version(engine, "acme") is None and version(engine, "globex") is None
     assert tables(engine, "acme") == {"alembic_version"}
-    done = run_cli("upgrade", "--tenant", "acme", "--tenant", "globex", "001_initial_schema",
-                   url=database_url)
+    done = run_cli(
+        "upgrade", "--tenant", "acme", "--tenant", "globex", "001_initial_schema", url=database_url
+    )
     assert done.returncode == 0, done.stderr
     assert version(engine, "acme") == "001_initial_schema"
     assert version(engine, "globex") == "001_initial_schema"
@@ -82,8 +90,12 @@ def test_status_json_shape_and_states(database_url: str, engine: sa.Engine) -> N
     done = run_cli("status", "--json", url=database_url)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["shared"] == {"schema": "public", "revision": SHARED_HEAD,
-                                "head": SHARED_HEAD, "state": "current"}
+    assert report["shared"] == {
+        "schema": "public",
+        "revision": SHARED_HEAD,
+        "head": SHARED_HEAD,
+        "state": "current",
+    }
     by_name = {t["name"]: t for t in report["tenants"]}
     assert by_name["acme"]["revision"] == TENANT_HEAD
     assert by_name["acme"]["state"] == "current"
@@ -112,8 +124,15 @@ def test_hostile_tenant_names_are_refused_and_change_nothing(
 ) -> None:
     _setup(database_url)
     before = schemas(engine)
-    for name in ['x"; DROP SCHEMA public CASCADE; --', "Acme", "pg_evil", "a" * 64,
-                 "caf\u00e9", "public", "with space"]:
+    for name in [
+        'x"; DROP SCHEMA public CASCADE; --',
+        "Acme",
+        "pg_evil",
+        "a" * 64,
+        "caf\u00e9",
+        "public",
+        "with space",
+    ]:
         done = run_cli("tenants", "create", "good", name, url=database_url)
         assert done.returncode == 1, (name, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
@@ -127,8 +146,11 @@ def test_unknown_revision_and_unknown_tenant_change_nothing(
 ) -> None:
     _setup(database_url, "acme")
     assert run_cli("downgrade", "--tenant", "acme", "base", url=database_url).returncode == 0
-    for args in (["upgrade", "--all-tenants", "nope"], ["upgrade", "--tenant", "ghost"],
-                 ["upgrade", "--tenant", "Bad Name"]):
+    for args in (
+        ["upgrade", "--all-tenants", "nope"],
+        ["upgrade", "--tenant", "ghost"],
+        ["upgrade", "--tenant", "Bad Name"],
+    ):
         done = run_cli(*args, url=database_url)
         assert done.returncode == 1, (args, done.stderr)
         assert "Traceback" not in done.stderr
@@ -200,8 +222,16 @@ def test_revision_command_creates_a_file_in_the_chosen_chain(tmp_path: object) -
     root = Path(str(tmp_path)) / "proj"
     shutil.copytree(REPO / "migrations", root / "migrations")
     shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
-    done = run_cli("--config", str(root / "alembic.ini"), "revision", "--tenant-chain",
-                   "-m", "add widgets", "--rev-id", "004_add_widgets")
+    done = run_cli(
+        "--config",
+        str(root / "alembic.ini"),
+        "revision",
+        "--tenant-chain",
+        "-m",
+        "add widgets",
+        "--rev-id",
+        "004_add_widgets",
+    )
     assert done.returncode == 0, done.stderr
     created = list((root / "migrations" / "tenant" / "versions").glob("004_add_widgets*.py"))
     assert len(created) == 1

@@ -1,8 +1,8 @@
 """The public Python API. Every CLI verb is one function here returning a result object.
 
-    from tenantmig import api
-    from tenantmig.config import load_settings
-    result = api.upgrade(load_settings(), Selection.all_tenants())
+from tenantmig import api
+from tenantmig.config import load_settings
+result = api.upgrade(load_settings(), Selection.all_tenants())
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ from tenantmig.registry import (
 )
 from tenantmig.results import Direction, RunResult, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.scripts import ChainScripts, RevisionInfo
-from tenantmig.session import release_run_lock, run_lock_holder, try_run_lock
+from tenantmig.session import (
+    hold_live_run_lock,
+    release_live_run_lock,
+    release_run_lock,
+    run_lock_holder,
+    try_run_lock,
+)
 from tenantmig.tenant_run import Plan, SchemaMigrator
 from tenantmig.versions import SchemaVersion, read_versions
 
@@ -91,7 +97,9 @@ class RunOptions:
 
 # -- upgrade / downgrade -------------------------------------------------------------------------
 def upgrade(
-    settings: Settings, selection: Selection, revision: str = "head",
+    settings: Settings,
+    selection: Selection,
+    revision: str = "head",
     options: RunOptions | None = None,
 ) -> RunResult:
     return _migrate(settings, selection, "upgrade", revision, options or RunOptions())
@@ -148,7 +156,9 @@ def _migrate_shared(
         with database.engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
     migrator = SchemaMigrator(
-        settings, database.url.render_as_string(hide_password=False), Plan(direction, revision),
+        settings,
+        database.url.render_as_string(hide_password=False),
+        Plan(direction, revision),
         scripts=ChainScripts(settings, "shared"),
         logger=configure_run_log(_log_file(settings, None), None),
     )
@@ -163,8 +173,7 @@ def _migrate_shared(
         ledger.finish_run(
             run_id,
             "succeeded" if outcome.status is not TenantStatus.FAILED else "failed",
-            {"from": outcome.from_revision, "to": outcome.to_revision,  # type: ignore[dict-item]
-             "error": outcome.error},
+            {"from": outcome.from_revision, "to": outcome.to_revision, "error": outcome.error},
         )
     return outcome
 
@@ -222,8 +231,7 @@ def _migrate_tenants(
         if selection.tenants is None:
             lock_held = _acquire_run_lock(conn, settings.shared_schema, options.wait_s)
         try:
-            _run_tenants(settings, database, conn, selection, direction, revision, options,
-                         result)
+            _run_tenants(settings, database, conn, selection, direction, revision, options, result)
         finally:
             if lock_held:
                 release_run_lock(conn, settings.shared_schema)
@@ -258,12 +266,18 @@ def _run_tenants(
     result: RunResult,
 ) -> None:
     with conn.begin():
-        tenants = select_tenants(conn, settings.shared_schema,
-                                 None if selection.tenants is None else list(selection.tenants))
+        tenants = select_tenants(
+            conn,
+            settings.shared_schema,
+            None if selection.tenants is None else list(selection.tenants),
+        )
     ledger = Ledger(conn, settings.shared_schema)
     ledger.ensure()
     if options.only_failed:
-        retry = ledger.failed_in_last_run(selection.scope, direction)
+        scopes = (
+            ("all-tenants", "shared+all-tenants") if selection.tenants is None else ("tenants",)
+        )
+        retry = ledger.failed_in_last_run(scopes, direction)
         if retry is None:
             result.notices.append("no earlier run to take failed tenants from; nothing to do")
             tenants = []
@@ -276,12 +290,20 @@ def _run_tenants(
     precomputed, jobs = _triage(tenants, versions, scripts, direction, revision)
 
     run_id = ledger.start_run(
-        direction, selection.scope, revision,
-        {"jobs": options.jobs, "fail_fast": options.fail_fast,
-         "max_failures": options.max_failures, "only_failed": options.only_failed,
-         "tenants": len(tenants)},
+        direction,
+        selection.scope,
+        revision,
+        {
+            "jobs": options.jobs,
+            "fail_fast": options.fail_fast,
+            "max_failures": options.max_failures,
+            "only_failed": options.only_failed,
+            "tenants": len(tenants),
+        },
     )
     result.run_id = run_id
+    hold_live_run_lock(conn, run_id)
+    conn.commit()
     ledger.record(run_id, precomputed)
     result.outcomes.extend(precomputed)
 
@@ -314,17 +336,19 @@ def _run_tenants(
                 run_id=run_id,
             )
             policy = StopPolicy(options.fail_fast, options.max_failures)
-            outcomes, interrupted = run_jobs(spec, jobs, workers, policy=policy,
-                                             on_outcome=collect)
+            outcomes, interrupted = run_jobs(spec, jobs, workers, policy=policy, on_outcome=collect)
             result.outcomes.extend(outcomes)
     finally:
         ledger.record(run_id, buffer)
         result.interrupted = interrupted
         outcome = "interrupted" if interrupted else ("failed" if result.failed else "succeeded")
         ledger.finish_run(run_id, outcome, result.totals())
+        release_live_run_lock(conn, run_id)
+        conn.commit()
     newly_registered = (
         _count_registered_since(conn, settings.shared_schema, tenants)
-        if selection.tenants is None else 0
+        if selection.tenants is None
+        else 0
     )
     if newly_registered:
         result.notices.append(
@@ -366,18 +390,25 @@ def _triage(
     for tenant in tenants:
         version = versions.get(tenant.schema)
         if version is None or not version.schema_exists:
-            done.append(TenantOutcome(
-                tenant.name, tenant.schema, TenantStatus.MISSING,
-                error=f"schema {tenant.schema!r} does not exist",
-            ))
+            done.append(
+                TenantOutcome(
+                    tenant.name,
+                    tenant.schema,
+                    TenantStatus.MISSING,
+                    error=f"schema {tenant.schema!r} does not exist",
+                )
+            )
             continue
         current = version.revision
         if not relative and not version.diverged and scripts.knows(current):
             here, there = scripts.position(current), scripts.position(target)
             nothing = there <= here if direction == "upgrade" else there >= here
             if nothing:
-                done.append(TenantOutcome(tenant.name, tenant.schema, TenantStatus.SKIPPED,
-                                          current, current))
+                done.append(
+                    TenantOutcome(
+                        tenant.name, tenant.schema, TenantStatus.SKIPPED, current, current
+                    )
+                )
                 continue
         jobs.append(TenantJob(tenant.name, tenant.schema))
     return done, jobs
@@ -385,7 +416,10 @@ def _triage(
 
 # -- tenants -----------------------------------------------------------------------------------
 def create_tenants(
-    settings: Settings, names: Sequence[str], *, migrate: bool = True,
+    settings: Settings,
+    names: Sequence[str],
+    *,
+    migrate: bool = True,
     options: RunOptions | None = None,
 ) -> tuple[list[Tenant], RunResult | None]:
     """Register tenants and create their schemas (all or nothing), then migrate them to head."""
@@ -487,24 +521,24 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
             tenant_rows = []
         with conn.begin():
             versions = read_versions(conn, [t.schema for t in tenant_rows])
-        last = Ledger(conn, settings.shared_schema).last_outcomes(
-            [t.name for t in tenant_rows]
-        )
+        last = Ledger(conn, settings.shared_schema).last_outcomes([t.name for t in tenant_rows])
     states = []
     for tenant in tenant_rows:
         version = versions.get(tenant.schema)
         previous = last.get(tenant.name)
         failed = previous is not None and previous.status not in ("ok", "skipped")
-        states.append(TenantState(
-            name=tenant.name,
-            schema=tenant.schema,
-            revision=version.revision if version else None,
-            head=tenant_scripts.head,
-            state=classify(version, tenant_scripts),
-            last_status=previous.status if previous else None,
-            last_error=previous.error if previous and failed else None,
-            last_run_id=previous.run_id if previous else None,
-        ))
+        states.append(
+            TenantState(
+                name=tenant.name,
+                schema=tenant.schema,
+                revision=version.revision if version else None,
+                head=tenant_scripts.head,
+                state=classify(version, tenant_scripts),
+                last_status=previous.status if previous else None,
+                last_error=previous.error if previous and failed else None,
+                last_run_id=previous.run_id if previous else None,
+            )
+        )
     return StatusReport(
         shared_schema=settings.shared_schema,
         shared_revision=shared_version.revision,
@@ -551,4 +585,3 @@ def demo(settings: Settings, options: RunOptions | None = None) -> DemoResult:
         create_tenants(settings, new, migrate=False)
     result = upgrade(settings, Selection.all_tenants(), "head", options)
     return DemoResult(created=new, shared=shared, tenants=result, status=status(settings))
-

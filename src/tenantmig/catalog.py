@@ -61,8 +61,13 @@ JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(:schemas)
 """
-_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
-          "f": "foreign table"}
+_KINDS = {
+    "r": "table",
+    "p": "partitioned table",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+}
 
 
 def _strip(schema: str, text: str | None) -> str:
@@ -98,8 +103,9 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         if r.default is not None:
             parts.append(f"DEFAULT {_strip(r.schema, r.default)}")
         if r.identity:
-            parts.append("GENERATED " + ("ALWAYS" if r.identity == "a" else "BY DEFAULT")
-                         + " AS IDENTITY")
+            parts.append(
+                "GENERATED " + ("ALWAYS" if r.identity == "a" else "BY DEFAULT") + " AS IDENTITY"
+            )
         if r.generated:
             parts.append("GENERATED STORED")
         result[r.schema].add("column", f"{r.table}.{r.name}", " ".join(parts))
@@ -110,7 +116,8 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         result[r.schema].add("constraint", f"{r.table}.{r.name}", _strip(r.schema, r.definition))
     for r in conn.execute(sa.text(_SEQUENCES), params):
         result[r.schema].add(
-            "sequence", r.name,
+            "sequence",
+            r.name,
             f"{r.type} INCREMENT {r.increment} MINVALUE {r.min} MAXVALUE {r.max}"
             + (" CYCLE" if r.cycle else ""),
         )

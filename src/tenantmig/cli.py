@@ -36,41 +36,82 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
     """Options accepted before or after the command (``tenantmig --debug status`` or
     ``tenantmig status --debug``)."""
     group = parser.add_argument_group("connection and configuration")
-    group.add_argument("-c", "--config", default=default, metavar="FILE",
-                       help="alembic.ini to use (default: $TENANTMIG_CONFIG or ./alembic.ini)")
-    group.add_argument("--database-url", default=default, metavar="URL",
-                       help="PostgreSQL URL (default: $TENANTMIG_DATABASE_URL, alembic.ini, "
-                            "else the embedded server)")
-    group.add_argument("--shared-schema", default=default, metavar="SCHEMA",
-                       help="schema of the shared tables and ledger (default: public)")
-    group.add_argument("--debug", action="store_true", default=default,
-                       help="show tracebacks for errors")
+    group.add_argument(
+        "-c",
+        "--config",
+        default=default,
+        metavar="FILE",
+        help="alembic.ini to use (default: $TENANTMIG_CONFIG or ./alembic.ini)",
+    )
+    group.add_argument(
+        "--database-url",
+        default=default,
+        metavar="URL",
+        help="PostgreSQL URL (default: $TENANTMIG_DATABASE_URL, alembic.ini, "
+        "else the embedded server)",
+    )
+    group.add_argument(
+        "--shared-schema",
+        default=default,
+        metavar="SCHEMA",
+        help="schema of the shared tables and ledger (default: public)",
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks for errors"
+    )
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run options")
-    group.add_argument("-j", "--jobs", type=int, metavar="N",
-                       help="worker processes (default: number of CPUs, capped by the server's "
-                            "free connections)")
-    group.add_argument("--lock-timeout", type=float, metavar="SECONDS",
-                       help="longest a statement waits for a lock before giving up and "
-                            "retrying (default: 5)")
-    group.add_argument("--statement-timeout", type=float, metavar="SECONDS",
-                       help="longest any single statement may run (default: no limit)")
-    group.add_argument("--retries", type=int, metavar="N",
-                       help="retries of a tenant after a lock timeout or deadlock (default: 3)")
-    group.add_argument("--fail-fast", action="store_true",
-                       help="stop starting tenants after the first failure")
-    group.add_argument("--max-failures", type=int, metavar="N",
-                       help="stop starting tenants after N failures")
-    group.add_argument("--only-failed", action="store_true",
-                       help="only the tenants that failed (or did not run) in the last run of "
-                            "this kind")
-    group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                       help="wait up to SECONDS for another all-tenants run to finish "
-                            "(default: exit 4 at once)")
-    group.add_argument("--log-file", type=Path, metavar="FILE",
-                       help="per-tenant event log (default: .tenantmig/logs/tenantmig.log)")
+    group.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes (default: number of CPUs, capped by the server's free connections)",
+    )
+    group.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest a statement waits for a lock before giving up and retrying (default: 5)",
+    )
+    group.add_argument(
+        "--statement-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest any single statement may run (default: no limit)",
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retries of a tenant after a lock timeout or deadlock (default: 3)",
+    )
+    group.add_argument(
+        "--fail-fast", action="store_true", help="stop starting tenants after the first failure"
+    )
+    group.add_argument(
+        "--max-failures", type=int, metavar="N", help="stop starting tenants after N failures"
+    )
+    group.add_argument(
+        "--only-failed",
+        action="store_true",
+        help="only the tenants that failed (or did not run) in the last run of this kind",
+    )
+    group.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another all-tenants run to finish (default: exit 4 at once)",
+    )
+    group.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="FILE",
+        help="per-tenant event log (default: .tenantmig/logs/tenantmig.log)",
+    )
     group.add_argument("--json", action="store_true", help="print one JSON result object")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -78,8 +119,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--shared", action="store_true", help="only the shared schema")
-    group.add_argument("--tenant", action="append", metavar="NAME",
-                       help="only this tenant (repeatable)")
+    group.add_argument(
+        "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
+    )
     group.add_argument("--all-tenants", action="store_true", help="every registered tenant")
 
 
@@ -87,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tenantmig",
         description="Schema migrations for schema-per-tenant PostgreSQL: the shared schema "
-                    "once, every tenant schema in parallel, with a durable run ledger.",
+        "once, every tenant schema in parallel, with a durable run ledger.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -96,16 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
         _common(p, argparse.SUPPRESS)
         return p
 
-    p = add("upgrade", "Upgrade the shared schema and/or tenant schemas (default: everything "
-                       "to head, shared first).")
+    p = add(
+        "upgrade",
+        "Upgrade the shared schema and/or tenant schemas (default: everything "
+        "to head, shared first).",
+    )
     _selector(p, required=False)
-    p.add_argument("revision", nargs="?", default="head",
-                   help="target revision: head (default), a revision id, or +N")
+    p.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help="target revision: head (default), a revision id, or +N",
+    )
     _engine_options(p)
 
     p = add("downgrade", "Downgrade the shared schema or tenant schemas.")
@@ -117,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     p.add_argument("--json", action="store_true")
 
-    p = add("status", "Shared and per-tenant revisions against head, with each tenant's last "
-                      "run outcome.")
+    p = add(
+        "status",
+        "Shared and per-tenant revisions against head, with each tenant's last run outcome.",
+    )
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     p.add_argument("--json", action="store_true")
 
@@ -137,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tenants", "Register, list and drop tenants.")
     tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
-    create = tsub.add_parser("create", help="register tenants, create their schemas and "
-                                            "migrate them to head")
+    create = tsub.add_parser(
+        "create", help="register tenants, create their schemas and migrate them to head"
+    )
     _common(create, argparse.SUPPRESS)
     create.add_argument("names", nargs="+", metavar="NAME")
-    create.add_argument("--no-migrate", action="store_true",
-                        help="only register and create the schemas")
+    create.add_argument(
+        "--no-migrate", action="store_true", help="only register and create the schemas"
+    )
     create.add_argument("--json", action="store_true")
     create.add_argument("-j", "--jobs", type=int, metavar="N")
     listing = tsub.add_parser("list", help="list registered tenants")
@@ -236,14 +295,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_current(args: argparse.Namespace) -> int:
     report = api.status(_settings(args), args.tenant)
     if args.json:
-        print(json.dumps({
-            "shared": report.shared_revision,
-            "tenants": {t.name: t.revision for t in report.tenants},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "shared": report.shared_revision,
+                    "tenants": {t.name: t.revision for t in report.tenants},
+                },
+                indent=2,
+            )
+        )
         return ExitCode.OK
     if not args.tenant:
-        print(f"shared ({report.shared_schema}): {report.shared_revision or 'base'}"
-              + (" (head)" if report.shared_revision == report.shared_head else ""))
+        print(
+            f"shared ({report.shared_schema}): {report.shared_revision or 'base'}"
+            + (" (head)" if report.shared_revision == report.shared_head else "")
+        )
     for t in report.tenants:
         head = " (head)" if t.revision and t.revision == t.head else ""
         print(f"{t.name}: {t.revision or 'base'}{head}")
@@ -255,8 +321,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     chains: list[Chain] = (
         ["shared"] if args.shared else ["tenant"] if args.tenant_chain else ["shared", "tenant"]
     )
-    print("\n".join(render.history_text(c, api.history(settings, c), args.verbose)
-                    for c in chains))
+    print("\n".join(render.history_text(c, api.history(settings, c), args.verbose) for c in chains))
     return ExitCode.OK
 
 
@@ -275,9 +340,20 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if args.tenants_command == "list":
         rows = api.tenants(settings)
         if args.json:
-            print(json.dumps([{"name": t.name, "schema": t.schema, "status": t.status,
-                               "created_at": t.created_at.isoformat() if t.created_at else None}
-                              for t in rows], indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": t.name,
+                            "schema": t.schema,
+                            "status": t.status,
+                            "created_at": t.created_at.isoformat() if t.created_at else None,
+                        }
+                        for t in rows
+                    ],
+                    indent=2,
+                )
+            )
         else:
             print(render.tenants_text(rows))
         return ExitCode.OK
@@ -289,11 +365,16 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         return ExitCode.OK
     progress = render.Progress(quiet=args.json)
     options = api.RunOptions(jobs=args.jobs, on_outcome=progress, on_start=progress.start)
-    created, result = api.create_tenants(settings, args.names, migrate=not args.no_migrate,
-                                         options=options)
+    created, result = api.create_tenants(
+        settings, args.names, migrate=not args.no_migrate, options=options
+    )
     if args.json:
-        print(json.dumps({"created": [t.name for t in created],
-                          "run": result.to_json() if result else None}, indent=2))
+        print(
+            json.dumps(
+                {"created": [t.name for t in created], "run": result.to_json() if result else None},
+                indent=2,
+            )
+        )
     else:
         print(f"registered {len(created)} tenant(s): {', '.join(t.name for t in created)}")
         if result is not None:
@@ -308,8 +389,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.run_id is not None:
         record, outcomes = api.run_details(settings, args.run_id)
         if args.json:
-            print(json.dumps({**record.to_json(), "tenants": [o.to_json() for o in outcomes]},
-                             indent=2))
+            print(
+                json.dumps(
+                    {**record.to_json(), "tenants": [o.to_json() for o in outcomes]}, indent=2
+                )
+            )
         else:
             print(render.run_text(record, outcomes))
         return ExitCode.OK

@@ -45,9 +45,7 @@ class Settings:
         """A fresh Alembic Config for one chain (section [shared] or [tenant])."""
         cfg = AlembicConfig(str(self.config_file), ini_section=chain)
         if not cfg.get_main_option("script_location"):
-            raise ConfigError(
-                f"{self.config_file} has no [{chain}] section with a script_location"
-            )
+            raise ConfigError(f"{self.config_file} has no [{chain}] section with a script_location")
         return cfg
 
     def with_options(self, **changes: object) -> Settings:

@@ -53,13 +53,16 @@ def normalise_url(url: str) -> URL:
     return parsed.set(drivername="postgresql+psycopg2")
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+def create_engine(url: str | URL, *, role: str | None = None, **kwargs: Any) -> Engine:
     """An engine with tenantmig's connection defaults.
 
     NullPool: every tenantmig process holds only the connections it is using, so the number of
-    server connections is exactly the number of workers plus the coordinator.
+    server connections is exactly the number of workers plus the coordinator. ``role`` is added
+    to application_name ("tenantmig worker 1234") so an operator looking at pg_stat_activity can
+    tell which process holds which backend.
     """
-    connect_args = {"application_name": APPLICATION_NAME, "connect_timeout": 10}
+    name = f"{APPLICATION_NAME} {role}" if role else APPLICATION_NAME
+    connect_args: dict[str, Any] = {"application_name": name, "connect_timeout": 10}
     connect_args.update(kwargs.pop("connect_args", {}))
     return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, **kwargs)
 
@@ -92,7 +95,7 @@ def _start_embedded(home: Path) -> tuple[Any, URL]:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
             warnings.simplefilter("ignore")
-            import pgserver
+            from pgserver.postgres_server import get_server
     except ImportError as exc:
         raise ConfigError(
             "no database URL configured and the embedded PostgreSQL is not installed: "
@@ -102,10 +105,11 @@ def _start_embedded(home: Path) -> tuple[Any, URL]:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+        server = get_server(str(pgdata), cleanup_mode="stop")
     admin = make_url(server.get_uri())
-    engine = create_engine(admin.set(drivername="postgresql+psycopg2"),
-                           isolation_level="AUTOCOMMIT")
+    engine = create_engine(
+        admin.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT"
+    )
     try:
         with engine.connect() as conn:
             exists = conn.execute(

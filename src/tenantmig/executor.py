@@ -5,10 +5,12 @@ jobs one at a time from the coordinator over its own queue (never pre-split chun
 tenant delays only the worker that has it, and the coordinator always knows which tenant each
 worker holds: if a worker dies, exactly that tenant is marked failed and a new worker replaces it.
 
-Signals: workers ignore SIGINT, so a Ctrl-C on the terminal (sent to the whole process group)
-does not kill a tenant mid-transaction. The coordinator stops handing out work and waits for the
-in-flight tenants to commit or roll back. A second Ctrl-C terminates the workers; their
-connections close and PostgreSQL rolls their open transactions back.
+Signals: workers ignore SIGINT and SIGTERM, so a Ctrl-C on the terminal (sent to the whole
+process group) or a service manager's SIGTERM to every process does not kill a tenant
+mid-transaction. The coordinator stops handing out work and waits for the in-flight tenants to
+commit or roll back. A second signal kills the workers; their connections close and PostgreSQL
+rolls their open transactions back. If the coordinator itself dies, the kernel kills the workers
+(PR_SET_PDEATHSIG), with the same effect.
 """
 
 from __future__ import annotations
@@ -63,21 +65,24 @@ class StopPolicy:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker if the coordinator dies (e.g. SIGKILL).
+    """Ask Linux to SIGKILL this worker if the coordinator dies (e.g. it is SIGKILLed).
 
-    Otherwise an orphaned worker would keep its connection and block on its queue forever.
-    SIGTERM kills the worker (default action), its connection drops, its transaction rolls back.
+    Otherwise an orphaned worker would finish its tenant unobserved and then wait forever. Its
+    connection closes with it, so an open transaction rolls back and its locks are released.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     logger = configure_run_log(spec.log_file, spec.run_id)
-    migrator = SchemaMigrator(spec.settings, spec.url, spec.plan, logger=logger)
+    migrator = SchemaMigrator(
+        spec.settings, spec.url, spec.plan, logger=logger, role=f"worker {os.getpid()}"
+    )
     parent = os.getppid()
     try:
         while True:
@@ -224,7 +229,9 @@ def _run_pool(
         nonlocal next_id
         tasks = ctx.Queue()
         process = ctx.Process(
-            target=_worker_main, args=(spec, tasks, results, next_id), daemon=True,
+            target=_worker_main,
+            args=(spec, tasks, results, next_id),
+            daemon=True,
             name=f"tenantmig-worker-{next_id}",
         )
         process.start()
@@ -251,24 +258,25 @@ def _run_pool(
     try:
         while any(w.job is not None for w in pool.values()):
             if signals.count >= 2 and not terminated:
-                # Second Ctrl-C: abort in-flight tenants. Killing the worker closes its
+                # Second signal: abort in-flight tenants. Killing the worker closes its
                 # connection; PostgreSQL rolls the open transaction back.
                 terminated = True
                 for worker in pool.values():
                     if worker.job is not None and worker.process.is_alive():
-                        worker.process.terminate()
+                        worker.process.kill()
             try:
                 worker_id, outcome = results.get(timeout=_POLL_S)
             except queue.Empty:
-                _reap_dead_workers(pool, outcomes, execution, on_outcome, log, terminated,
-                                   start_worker, assign)
+                _reap_dead_workers(
+                    pool, outcomes, execution, on_outcome, log, terminated, start_worker, assign
+                )
                 continue
-            worker = pool.get(worker_id)
-            if worker is None:
+            owner = pool.get(worker_id)
+            if owner is None:
                 continue  # already recorded as died; its late result is stale
-            worker.job = None
+            owner.job = None
             _record(outcome, outcomes, execution, on_outcome)
-            assign(worker)
+            assign(owner)
     finally:
         for worker in pool.values():
             if worker.process.is_alive():
@@ -301,14 +309,22 @@ def _reap_dead_workers(
         job = worker.job
         code = worker.process.exitcode
         status = TenantStatus.INTERRUPTED if terminated else TenantStatus.FAILED
-        reason = "aborted by a second interrupt" if terminated else (
-            f"worker process died (exit code {code}) while migrating this tenant; its "
-            "transaction was rolled back by the server"
+        reason = (
+            "aborted by a second interrupt"
+            if terminated
+            else (
+                f"worker process died (exit code {code}) while migrating this tenant; its "
+                "transaction was rolled back by the server"
+            )
         )
         log.error("%s", reason, extra={"tenant": job.name})
         outcome = TenantOutcome(
-            job.name, job.schema, status, attempts=1,
-            duration_s=time.monotonic() - worker.started, error=reason,
+            job.name,
+            job.schema,
+            status,
+            attempts=1,
+            duration_s=time.monotonic() - worker.started,
+            error=reason,
         )
         del pool[worker_id]
         _record(outcome, outcomes, execution, on_outcome)

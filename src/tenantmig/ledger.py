@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from tenantmig.identifiers import qualified
 from tenantmig.results import TenantOutcome, TenantStatus
-from tenantmig.session import LOCK_NAMESPACE, lock_key
+from tenantmig.session import LOCK_NAMESPACE, live_runs, lock_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -148,7 +148,7 @@ class Ledger:
     def start_run(self, command: str, scope: str, target: str, options: dict[str, Any]) -> int:
         run_id = self.conn.execute(
             sa.text(
-                f"INSERT INTO {self.runs} (command, scope, target, host, pid, options) "  # noqa: S608
+                f"INSERT INTO {self.runs} (command, scope, target, host, pid, options) "
                 "VALUES (:command, :scope, :target, :host, :pid, CAST(:options AS jsonb)) "
                 "RETURNING id"
             ),
@@ -170,7 +170,7 @@ class Ledger:
             return
         self.conn.execute(
             sa.text(
-                f"INSERT INTO {self.run_tenants} "  # noqa: S608
+                f"INSERT INTO {self.run_tenants} "
                 "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
                 " duration_s, error) VALUES (:run_id, :tenant, :schema, :from_rev, :to_rev,"
                 " :status, :attempts, :duration, :error) ON CONFLICT (run_id, tenant) DO UPDATE"
@@ -195,10 +195,10 @@ class Ledger:
         )
 
     @_committed
-    def finish_run(self, run_id: int, outcome: str, totals: dict[str, int]) -> None:
+    def finish_run(self, run_id: int, outcome: str, totals: dict[str, Any]) -> None:
         self.conn.execute(
             sa.text(
-                f"UPDATE {self.runs} SET finished_at = now(), outcome = :outcome,"  # noqa: S608
+                f"UPDATE {self.runs} SET finished_at = now(), outcome = :outcome,"
                 " totals = CAST(:totals AS jsonb) WHERE id = :id"
             ),
             {"id": run_id, "outcome": outcome, "totals": json.dumps(totals)},
@@ -212,7 +212,7 @@ class Ledger:
         where = "" if tenants is None else "WHERE tenant = ANY(:names)"
         rows = self.conn.execute(
             sa.text(
-                f"SELECT DISTINCT ON (tenant) tenant, run_id, status, error, recorded_at "  # noqa: S608
+                f"SELECT DISTINCT ON (tenant) tenant, run_id, status, error, recorded_at "
                 f"FROM {self.run_tenants} {where} ORDER BY tenant, run_id DESC"
             ),
             {} if tenants is None else {"names": list(tenants)},
@@ -223,25 +223,32 @@ class Ledger:
         }
 
     @_committed
-    def failed_in_last_run(self, scope: str, command: str) -> list[str] | None:
+    def failed_in_last_run(self, scopes: Sequence[str], command: str) -> list[str] | None:
         """Tenants whose outcome in the latest finished run of this kind was not a success."""
         if not self._has_tables():
             return None
         run_id = self.conn.execute(
             sa.text(
-                f"SELECT id FROM {self.runs} WHERE command = :command AND scope = :scope "  # noqa: S608
+                f"SELECT id FROM {self.runs} WHERE command = :command AND scope = ANY(:scopes) "
                 "AND outcome <> 'running' ORDER BY id DESC LIMIT 1"
             ),
-            {"command": command, "scope": scope},
+            {"command": command, "scopes": list(scopes)},
         ).scalar()
         if run_id is None:
             return None
-        bad = [s.value for s in (TenantStatus.FAILED, TenantStatus.MISSING,
-                                 TenantStatus.INTERRUPTED, TenantStatus.NOT_RUN)]
+        bad = [
+            s.value
+            for s in (
+                TenantStatus.FAILED,
+                TenantStatus.MISSING,
+                TenantStatus.INTERRUPTED,
+                TenantStatus.NOT_RUN,
+            )
+        ]
         return list(
             self.conn.execute(
                 sa.text(
-                    f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "  # noqa: S608
+                    f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "
                     "AND status = ANY(:bad) ORDER BY tenant"
                 ),
                 {"id": run_id, "bad": bad},
@@ -253,24 +260,24 @@ class Ledger:
         if not self._has_tables():
             return []
         rows = self.conn.execute(
-            sa.text(f"SELECT * FROM {self.runs} ORDER BY id DESC LIMIT :limit"),  # noqa: S608
+            sa.text(f"SELECT * FROM {self.runs} ORDER BY id DESC LIMIT :limit"),
             {"limit": limit},
         ).all()
-        return [_run_record(r) for r in rows]
+        alive = live_runs(self.conn)
+        return [_run_record(r, alive) for r in rows]
 
     @_committed
     def run(self, run_id: int) -> tuple[RunRecord, list[TenantOutcome]] | None:
         if not self._has_tables():
             return None
         row = self.conn.execute(
-            sa.text(f"SELECT * FROM {self.runs} WHERE id = :id"), {"id": run_id}  # noqa: S608
+            sa.text(f"SELECT * FROM {self.runs} WHERE id = :id"),
+            {"id": run_id},
         ).first()
         if row is None:
             return None
         tenants = self.conn.execute(
-            sa.text(
-                f"SELECT * FROM {self.run_tenants} WHERE run_id = :id ORDER BY tenant"  # noqa: S608
-            ),
+            sa.text(f"SELECT * FROM {self.run_tenants} WHERE run_id = :id ORDER BY tenant"),
             {"id": run_id},
         ).all()
         outcomes = [
@@ -286,10 +293,13 @@ class Ledger:
             )
             for t in tenants
         ]
-        return _run_record(row), outcomes
+        return _run_record(row, live_runs(self.conn)), outcomes
 
 
-def _run_record(row: Any) -> RunRecord:
+def _run_record(row: Any, alive: set[int]) -> RunRecord:
+    outcome = row.outcome
+    if outcome == "running" and row.id not in alive:
+        outcome = "abandoned"  # its coordinator's connection is gone: killed mid-run
     return RunRecord(
         id=row.id,
         command=row.command,
@@ -300,6 +310,6 @@ def _run_record(row: Any) -> RunRecord:
         db_user=row.db_user,
         started_at=row.started_at,
         finished_at=row.finished_at,
-        outcome=row.outcome,
+        outcome=outcome,
         totals=dict(row.totals or {}),
     )

@@ -35,15 +35,15 @@ def require_tenants_table(conn: Connection, shared_schema: str) -> None:
         )
 
 
-def list_tenants(conn: Connection, shared_schema: str, *, include_deleted: bool = False) -> list[
-    Tenant
-]:
+def list_tenants(
+    conn: Connection, shared_schema: str, *, include_deleted: bool = False
+) -> list[Tenant]:
     """Registered tenants, ordered by name. Deleted tenants are left out unless asked for."""
     require_tenants_table(conn, shared_schema)
     where = "" if include_deleted else "WHERE status <> 'deleted'"
     rows = conn.execute(
         sa.text(
-            f"SELECT name, schema_name, status, created_at "  # noqa: S608 - quoted identifier
+            f"SELECT name, schema_name, status, created_at "
             f"FROM {qualified(shared_schema, TENANTS_TABLE)} {where} ORDER BY name"
         )
     ).all()
@@ -90,13 +90,16 @@ def register_tenants(conn: Connection, shared_schema: str, names: Sequence[str])
         raise TenantExists(f"tenant(s) named more than once: {', '.join(duplicates)}")
     require_tenants_table(conn, shared_schema)
     table = qualified(shared_schema, TENANTS_TABLE)
-    taken = conn.execute(
-        sa.text(
-            f"SELECT name FROM {table} "  # noqa: S608 - quoted identifier
-            "WHERE name = ANY(:names) OR schema_name = ANY(:names)"
-        ),
-        {"names": list(names)},
-    ).scalars().all()
+    taken = (
+        conn.execute(
+            sa.text(
+                f"SELECT name FROM {table} WHERE name = ANY(:names) OR schema_name = ANY(:names)"
+            ),
+            {"names": list(names)},
+        )
+        .scalars()
+        .all()
+    )
     if taken:
         raise TenantExists(f"tenant(s) already registered: {', '.join(sorted(taken))}")
     clashing = existing_schemas(conn, names)
@@ -109,7 +112,7 @@ def register_tenants(conn: Connection, shared_schema: str, names: Sequence[str])
     for name in names:
         row = conn.execute(
             sa.text(
-                f"INSERT INTO {table} (name, schema_name) "  # noqa: S608 - quoted identifier
+                f"INSERT INTO {table} (name, schema_name) "
                 "VALUES (:name, :name) RETURNING status, created_at"
             ),
             {"name": name},
@@ -124,9 +127,6 @@ def drop_tenant(conn: Connection, shared_schema: str, name: str) -> None:
     tenant = select_tenants(conn, shared_schema, [name])[0]
     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
     conn.execute(
-        sa.text(
-            f"DELETE FROM {qualified(shared_schema, TENANTS_TABLE)} "  # noqa: S608
-            "WHERE name = :name"
-        ),
+        sa.text(f"DELETE FROM {qualified(shared_schema, TENANTS_TABLE)} WHERE name = :name"),
         {"name": name},
     )

@@ -117,11 +117,15 @@ def run_summary(result: RunResult) -> str:
             f"tenant(s): {', '.join(parts) or 'none'} in {result.duration_s:.1f}s"
         )
         if result.failed:
-            lines.append(table(
-                ["tenant", "status", "revision", "attempts", "error"],
-                [(o.name, o.status.value, o.from_revision or "base", o.attempts, o.error)
-                 for o in result.failed],
-            ))
+            lines.append(
+                table(
+                    ["tenant", "status", "revision", "attempts", "error"],
+                    [
+                        (o.name, o.status.value, o.from_revision or "base", o.attempts, o.error)
+                        for o in result.failed
+                    ],
+                )
+            )
             lines.append(
                 "the failed tenants were rolled back to their previous revision; fix the cause "
                 "and run `tenantmig upgrade --all-tenants --only-failed` (or the same command "
@@ -139,12 +143,23 @@ def status_text(report: StatusReport) -> str:
     if not report.tenants:
         lines.append("no tenants registered")
         return "\n".join(lines)
-    lines.append(table(
-        ["tenant", "schema", "revision", "head", "state", "last run", "last error"],
-        [(t.name, t.schema, t.revision or "base", t.head, t.state,
-          f"{t.last_run_id}:{t.last_status}" if t.last_run_id else "", t.last_error or "")
-         for t in report.tenants],
-    ))
+    lines.append(
+        table(
+            ["tenant", "schema", "revision", "head", "state", "last run", "last error"],
+            [
+                (
+                    t.name,
+                    t.schema,
+                    t.revision or "base",
+                    t.head,
+                    t.state,
+                    f"{t.last_run_id}:{t.last_status}" if t.last_run_id else "",
+                    t.last_error or "",
+                )
+                for t in report.tenants
+            ],
+        )
+    )
     counts: dict[str, int] = {}
     for t in report.tenants:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -155,10 +170,18 @@ def status_text(report: StatusReport) -> str:
 def tenants_text(rows: Sequence[Tenant]) -> str:
     if not rows:
         return "no tenants registered"
-    return table(["tenant", "schema", "status", "created"],
-                 [(t.name, t.schema, t.status,
-                   t.created_at.strftime("%Y-%m-%d %H:%M") if t.created_at else "")
-                  for t in rows])
+    return table(
+        ["tenant", "schema", "status", "created"],
+        [
+            (
+                t.name,
+                t.schema,
+                t.status,
+                t.created_at.strftime("%Y-%m-%d %H:%M") if t.created_at else "",
+            )
+            for t in rows
+        ],
+    )
 
 
 def history_text(chain: str, revisions: Sequence[RevisionInfo], verbose: bool) -> str:
@@ -179,9 +202,19 @@ def runs_text(records: Sequence[RunRecord]) -> str:
         return "no runs recorded yet"
     return table(
         ["run", "command", "scope", "target", "started", "outcome", "totals", "by"],
-        [(r.id, r.command, r.scope, r.target, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.outcome,
-          " ".join(f"{k}={v}" for k, v in r.totals.items() if v and k != "total"),
-          f"{r.db_user}@{r.host}:{r.pid}") for r in records],
+        [
+            (
+                r.id,
+                r.command,
+                r.scope,
+                r.target,
+                f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                r.outcome,
+                " ".join(f"{k}={v}" for k, v in r.totals.items() if v and k != "total"),
+                f"{r.db_user}@{r.host}:{r.pid}",
+            )
+            for r in records
+        ],
     )
 
 
@@ -189,8 +222,22 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     head = runs_text([record])
     if not outcomes:
         return head
-    return head + "\n\n" + table(
-        ["tenant", "status", "from", "to", "attempts", "duration", "error"],
-        [(o.name, o.status.value, o.from_revision or "base", o.to_revision or "",
-          o.attempts, f"{o.duration_s:.2f}s", o.error or "") for o in outcomes],
+    return (
+        head
+        + "\n\n"
+        + table(
+            ["tenant", "status", "from", "to", "attempts", "duration", "error"],
+            [
+                (
+                    o.name,
+                    o.status.value,
+                    o.from_revision or "base",
+                    o.to_revision or "",
+                    o.attempts,
+                    f"{o.duration_s:.2f}s",
+                    o.error or "",
+                )
+                for o in outcomes
+            ],
+        )
     )

@@ -47,6 +47,15 @@ def apply_timeouts(conn: Connection, timeouts: Timeouts) -> None:
         f"{int(timeouts.statement_timeout_s * 1000)}ms" if timeouts.statement_timeout_s else "0"
     )
     conn.execute(sa.text("SELECT set_config('statement_timeout', :st, true)"), {"st": statement})
+    # A backend waiting in a lock queue does not notice that its client died: a killed runner
+    # would leave it holding this tenant's locks (and its place in the queue, blocking readers)
+    # until lock_timeout. PostgreSQL 14+ can poll the socket while a statement runs.
+    conn.execute(
+        sa.text(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000"
+            " THEN set_config('client_connection_check_interval', '1000', true) END"
+        )
+    )
 
 
 def lock_schema(conn: Connection, schema: str) -> None:
@@ -128,4 +137,34 @@ def run_lock_holder(conn: Connection, shared_schema: str) -> str:
     return (
         f"server pid {row.pid} (user {row.usename}, client {client}, "
         f"connected since {row.backend_start:%Y-%m-%d %H:%M:%S %Z})"
+    )
+
+
+# Second key space: "run N is alive", held (session-level) by the coordinator of run N. A run
+# recorded as running whose lock nobody holds was killed: the ledger shows it as abandoned.
+LIVE_RUN_NAMESPACE = LOCK_NAMESPACE + 1
+
+
+def hold_live_run_lock(conn: Connection, run_id: int) -> None:
+    conn.execute(
+        sa.text("SELECT pg_advisory_lock(:ns, :id)"), {"ns": LIVE_RUN_NAMESPACE, "id": run_id}
+    )
+
+
+def release_live_run_lock(conn: Connection, run_id: int) -> None:
+    conn.execute(
+        sa.text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": LIVE_RUN_NAMESPACE, "id": run_id}
+    )
+
+
+def live_runs(conn: Connection) -> set[int]:
+    """Ids of runs whose coordinator is still connected."""
+    return set(
+        conn.execute(
+            sa.text(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = CAST(:ns AS oid) AND objsubid = 2"
+            ),
+            {"ns": LIVE_RUN_NAMESPACE},
+        ).scalars()
     )

@@ -69,15 +69,17 @@ class SchemaMigrator:
         *,
         logger: logging.Logger | None = None,
         scripts: ChainScripts | None = None,
+        role: str | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
         self.scripts = scripts or ChainScripts(settings, "tenant")
         self.timeouts = Timeouts(settings.lock_timeout_s, settings.statement_timeout_s)
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, role=role)
         self.log = logger or logging.getLogger("tenantmig.run")
         self._conn: Connection | None = None
         self._uses = 0
+        self._seen_revision: str | None = None
         # Validate the target once, before any tenant: a typo fails the run with nothing changed.
         if not (plan.target.lstrip("+-").isdigit() and plan.target[:1] in "+-"):
             self.scripts.resolve_target(plan.target)
@@ -112,6 +114,7 @@ class SchemaMigrator:
         started = time.monotonic()
         attempts = 0
         extra = {"tenant": job.name}
+        self._seen_revision = None  # read under the lock; reported on failure
         while True:
             attempts += 1
             try:
@@ -129,8 +132,9 @@ class SchemaMigrator:
                 if reason and attempts <= self.settings.retries:
                     delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempts - 1))
                     delay *= random.uniform(0.5, 1.0)  # jitter: workers do not retry in step
-                    self.log.info("attempt %d: %s, retrying in %.2fs", attempts, reason, delay,
-                                  extra=extra)
+                    self.log.info(
+                        "attempt %d: %s, retrying in %.2fs", attempts, reason, delay, extra=extra
+                    )
                     time.sleep(delay)
                     continue
                 message = _first_line(exc)
@@ -142,8 +146,13 @@ class SchemaMigrator:
                 return self._outcome(job, TenantStatus.FAILED, started, attempts, error=message)
             except Exception as exc:  # a migration script's own bug: record it, keep going
                 self.log.exception("failed", extra=extra)
-                return self._outcome(job, TenantStatus.FAILED, started, attempts,
-                                     error=f"{type(exc).__name__}: {exc}")
+                return self._outcome(
+                    job,
+                    TenantStatus.FAILED,
+                    started,
+                    attempts,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             status = TenantStatus.SKIPPED if before == after else TenantStatus.OK
             self.log.info("%s %s -> %s", status.value, before, after, extra=extra)
             return self._outcome(job, status, started, attempts, before, after)
@@ -158,6 +167,9 @@ class SchemaMigrator:
         after: str | None = None,
         error: str | None = None,
     ) -> TenantOutcome:
+        if status is not TenantStatus.OK and status is not TenantStatus.SKIPPED:
+            # Rolled back: the tenant stays exactly where it was when we read it.
+            before = after = self._seen_revision
         return TenantOutcome(
             name=job.name,
             schema=job.schema,
@@ -176,6 +188,7 @@ class SchemaMigrator:
             # previous holder committed (READ COMMITTED takes a new snapshot per statement).
             prepare_migration_transaction(conn, job.schema, self.timeouts)
             before = self._current(conn, job.schema)
+            self._seen_revision = before
             destination = self._destination(before)
             if destination is _NOTHING:
                 return before, before
@@ -191,7 +204,7 @@ class SchemaMigrator:
             raise _Refused(f"schema has diverged revisions {', '.join(sorted(heads))}")
         return heads[0] if heads else None
 
-    def _destination(self, current: str | None) -> str | None | _Nothing:
+    def _destination(self, current: str | None) -> str | _Nothing | None:
         scripts = self.scripts
         if not scripts.knows(current):
             raise _Refused(

@@ -54,7 +54,7 @@ def read_versions(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaV
     for start in range(0, len(with_table), _CHUNK):
         chunk = with_table[start : start + _CHUNK]
         parts = [
-            f"SELECT :s{i} AS schema, version_num FROM {qualified(name, VERSION_TABLE)}"  # noqa: S608
+            f"SELECT :s{i} AS schema, version_num FROM {qualified(name, VERSION_TABLE)}"
             for i, name in enumerate(chunk)
         ]
         params = {f"s{i}": name for i, name in enumerate(chunk)}

@@ -23,13 +23,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _id() -> sa.Column[object]:
-    return sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True,
-                     server_default=sa.text("gen_random_uuid()"))
+    return sa.Column(
+        "id",
+        postgresql.UUID(as_uuid=True),
+        primary_key=True,
+        server_default=sa.text("gen_random_uuid()"),
+    )
 
 
 def _tenant_fk() -> sa.Column[object]:
-    return sa.Column("tenant_id", postgresql.UUID(as_uuid=True),
-                     sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    return sa.Column(
+        "tenant_id",
+        postgresql.UUID(as_uuid=True),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    )
 
 
 def _timestamp(name: str, nullable: bool = False) -> sa.Column[object]:
@@ -44,8 +52,9 @@ def upgrade() -> None:
         _tenant_fk(),
         sa.Column("feature_key", sa.Text(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False, server_default=sa.false()),
-        sa.Column("config", postgresql.JSONB(), nullable=False,
-                  server_default=sa.text("'{}'::jsonb")),
+        sa.Column(
+            "config", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")
+        ),
         _timestamp("created_at"),
         _timestamp("updated_at"),
         sa.UniqueConstraint("tenant_id", "feature_key", name="uq_tenant_features_key"),
@@ -66,8 +75,12 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("key_prefix", sa.String(12), nullable=False),
         sa.Column("key_hash", sa.String(64), nullable=False),
-        sa.Column("scopes", postgresql.ARRAY(sa.Text()), nullable=False,
-                  server_default=sa.text("'{}'::text[]")),
+        sa.Column(
+            "scopes",
+            postgresql.ARRAY(sa.Text()),
+            nullable=False,
+            server_default=sa.text("'{}'::text[]"),
+        ),
         _timestamp("created_at"),
         _timestamp("last_used_at", nullable=True),
         _timestamp("expires_at", nullable=True),
@@ -91,8 +104,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "period_start", name="uq_billing_cycles_period"),
         sa.CheckConstraint("period_end > period_start", name="ck_billing_cycles_period"),
         sa.CheckConstraint("amount_cents >= 0", name="ck_billing_cycles_amount"),
-        sa.CheckConstraint("status IN ('open', 'invoiced', 'paid', 'void')",
-                           name="ck_billing_cycles_status"),
+        sa.CheckConstraint(
+            "status IN ('open', 'invoiced', 'paid', 'void')", name="ck_billing_cycles_status"
+        ),
     )
 
 

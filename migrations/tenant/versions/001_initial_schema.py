@@ -25,16 +25,28 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _uuid_pk() -> sa.Column[object]:
-    return sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True,
-                     server_default=sa.text("gen_random_uuid()"))
+    return sa.Column(
+        "id",
+        postgresql.UUID(as_uuid=True),
+        primary_key=True,
+        server_default=sa.text("gen_random_uuid()"),
+    )
 
 
 def _timestamps() -> list[sa.Column[object]]:
     return [
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("now()")),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
     ]
 
 
@@ -68,8 +80,12 @@ def upgrade() -> None:
     op.create_table(
         "orders",
         _uuid_pk(),
-        sa.Column("user_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("users.id", ondelete="RESTRICT"), nullable=False),
+        sa.Column(
+            "user_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("users.id", ondelete="RESTRICT"),
+            nullable=False,
+        ),
         sa.Column("status", sa.Text(), nullable=False, server_default="pending"),
         sa.Column("total_amount", sa.Numeric(12, 2), nullable=False, server_default="0"),
         *_timestamps(),
@@ -85,10 +101,18 @@ def upgrade() -> None:
     op.create_table(
         "order_items",
         _uuid_pk(),
-        sa.Column("order_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
-        sa.Column("item_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("inventory_items.id", ondelete="RESTRICT"), nullable=False),
+        sa.Column(
+            "order_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("orders.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column(
+            "item_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("inventory_items.id", ondelete="RESTRICT"),
+            nullable=False,
+        ),
         sa.Column("quantity", sa.Integer(), nullable=False),
         sa.Column("unit_price", sa.Numeric(12, 2), nullable=False),
         sa.CheckConstraint("quantity > 0", name="ck_order_items_quantity"),
@@ -99,14 +123,22 @@ def upgrade() -> None:
     op.create_table(
         "audit_logs",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
-        sa.Column("user_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "user_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("users.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
         sa.Column("action", sa.Text(), nullable=False),
         sa.Column("entity_type", sa.Text(), nullable=False),
         sa.Column("entity_id", sa.Text(), nullable=True),
         sa.Column("changes", postgresql.JSONB(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
     )
     op.create_index("ix_audit_logs_entity", "audit_logs", ["entity_type", "entity_id"])
     op.create_index("ix_audit_logs_created_at", "audit_logs", ["created_at"])

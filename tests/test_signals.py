@@ -1,0 +1,173 @@
+"""Killing or interrupting a run never leaves a tenant half-migrated or a lock behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from tenantmig import api
+from tenantmig.config import Settings
+from tests.helpers import CONFIG, REPO, TENANT_HEAD, run_cli, version
+from tests.test_engine import make_tenants, names
+
+
+def start_run(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tenantmig",
+            "--config",
+            str(CONFIG),
+            "upgrade",
+            "--all-tenants",
+            *args,
+        ],
+        env={**os.environ, "TENANTMIG_DATABASE_URL": url},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def waiting_lock_requests(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE NOT l.granted AND a.application_name LIKE 'tenantmig%'"
+                )
+            ).scalar()
+            or 0
+        )
+
+
+def tenantmig_advisory_locks(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+            or 0
+        )
+
+
+def tenantmig_sessions(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tenantmig%'"
+                )
+            ).scalar()
+            or 0
+        )
+
+
+def test_sigkill_of_the_runner_leaves_every_tenant_at_old_or_new_revision(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    tenants = names(10)
+    make_tenants(settings, tenants, "001_initial_schema")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
+        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60")
+        # t000 sits in the lock queue, mid-transaction, with DDL of revision 003 already done.
+        wait_for(lambda: waiting_lock_requests(engine) == 1)
+        wait_for(lambda: sum(version(engine, t) == TENANT_HEAD for t in tenants) == 9)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        # The worker dies with its coordinator; its connection closes and rolls back.
+        wait_for(lambda: tenantmig_sessions(engine) == 0, timeout=30)
+        blocker.rollback()
+    assert version(engine, "t000") == "001_initial_schema"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('t000.locations')")).scalar() is None
+    assert tenantmig_advisory_locks(engine) == 0
+    runs = json.loads(run_cli("runs", "--json", url=database_url).stdout)
+    assert runs[0]["outcome"] == "abandoned"
+    again = run_cli("upgrade", "--all-tenants", "--json", url=database_url)
+    assert again.returncode == 0, again.stderr
+    assert all(version(engine, t) == TENANT_HEAD for t in tenants)
+    statuses = {t["name"]: t["status"] for t in json.loads(again.stdout)["tenants"]}
+    assert statuses["t000"] == "ok" and list(statuses.values()).count("skipped") == 9
+
+
+def test_sigterm_lets_in_flight_tenants_finish_then_stops(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    tenants = names(10)
+    make_tenants(settings, tenants, "001_initial_schema")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql(
+            'LOCK TABLE "t000".inventory_items, "t001".inventory_items IN ACCESS SHARE MODE'
+        )
+        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60")
+        wait_for(lambda: waiting_lock_requests(engine) == 2)
+        # A service manager's SIGTERM goes to every process of the group, workers included.
+        os.killpg(run.pid, signal.SIGTERM)
+        time.sleep(1.0)
+        assert run.poll() is None  # still waiting for its in-flight tenants
+        blocker.rollback()
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "interrupted" in out
+    assert version(engine, "t000") == TENANT_HEAD  # in flight: allowed to commit
+    assert version(engine, "t001") == TENANT_HEAD
+    untouched = [t for t in tenants if version(engine, t) == "001_initial_schema"]
+    assert len(untouched) == 8  # nothing new was started after the signal
+    runs = json.loads(run_cli("runs", "--json", url=database_url).stdout)
+    assert runs[0]["outcome"] == "interrupted"
+    assert runs[0]["totals"]["not_run"] == 8
+    assert api.upgrade(settings, api.Selection.all_tenants()).succeeded
+    assert all(version(engine, t) == TENANT_HEAD for t in tenants)
+
+
+def test_worker_killed_mid_tenant_is_recorded_and_replaced(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    tenants = names(6)
+    make_tenants(settings, tenants, "001_initial_schema")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
+        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60", "--json")
+        wait_for(lambda: waiting_lock_requests(engine) == 1)
+        with engine.connect() as conn:
+            # Workers name themselves in application_name: "tenantmig worker <pid>".
+            name = conn.execute(
+                sa.text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE NOT l.granted "
+                    "AND a.application_name LIKE 'tenantmig%'"
+                )
+            ).scalar()
+        assert name is not None and name.startswith("tenantmig worker ")
+        os.kill(int(name.rsplit(" ", 1)[1]), signal.SIGKILL)
+        out, err = run.communicate(timeout=60)
+        blocker.rollback()
+    assert run.returncode == 3, err
+    result = json.loads(out)
+    t000 = next(t for t in result["tenants"] if t["name"] == "t000")
+    assert t000["status"] == "failed" and "worker process died" in t000["error"]
+    assert version(engine, "t000") == "001_initial_schema"
+    assert all(version(engine, t) == TENANT_HEAD for t in tenants if t != "t000")
