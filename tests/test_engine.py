@@ -257,7 +257,9 @@ def test_runs_listing_and_details(settings: Settings, database_url: str) -> None
     runs = json.loads(listing.stdout)
     assert runs[0]["id"] == result.run_id and runs[0]["outcome"] == "succeeded"
     assert runs[0]["totals"]["ok"] == 3
-    shown = run_cli("runs", str(result.run_id), "--json", url=database_url)
+    shown = run_cli("runs", "show", str(result.run_id), "--json", url=database_url)
     detail = json.loads(shown.stdout)
     assert sorted(t["name"] for t in detail["tenants"]) == names(3)
-    assert run_cli("runs", "999999", url=database_url).returncode == 1
+    assert run_cli("runs", "show", "999999", url=database_url).returncode == 1
+    text = run_cli("runs", "show", str(result.run_id), url=database_url)
+    assert text.returncode == 0 and "t002" in text.stdout

@@ -171,3 +171,71 @@ def test_worker_killed_mid_tenant_is_recorded_and_replaced(
     assert t000["status"] == "failed" and "worker process died" in t000["error"]
     assert version(engine, "t000") == "001_initial_schema"
     assert all(version(engine, t) == TENANT_HEAD for t in tenants if t != "t000")
+
+
+def test_second_signal_aborts_in_flight_tenants_which_roll_back(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    tenants = names(6)
+    make_tenants(settings, tenants, "001_initial_schema")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql(
+            'LOCK TABLE "t000".inventory_items, "t001".inventory_items IN ACCESS SHARE MODE'
+        )
+        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60", "--json")
+        wait_for(lambda: waiting_lock_requests(engine) == 2)
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        wait_for(lambda: tenantmig_sessions(engine) == 0, timeout=30)
+        blocker.rollback()
+    assert run.returncode == 130, err
+    statuses = {t["name"]: t["status"] for t in json.loads(out)["tenants"]}
+    assert statuses["t000"] == statuses["t001"] == "interrupted"
+    assert version(engine, "t000") == version(engine, "t001") == "001_initial_schema"
+    assert tenantmig_advisory_locks(engine) == 0
+
+
+def test_tenant_registered_during_a_run_is_left_for_the_next(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    make_tenants(settings, names(3), "001_initial_schema")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
+        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60")
+        wait_for(lambda: waiting_lock_requests(engine) == 1)
+        api.create_tenants(settings, ["latecomer"], migrate=False)
+        blocker.rollback()
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert "1 tenant(s) were registered during this run" in out
+    assert version(engine, "latecomer") is None
+    assert all(version(engine, t) == TENANT_HEAD for t in names(3))
+
+
+def test_every_process_logs_to_one_file_tagged_with_run_and_tenant(
+    settings: Settings, database_url: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    make_tenants(settings, names(8))
+    log = Path(str(tmp_path)) / "run.log"
+    done = run_cli(
+        "upgrade",
+        "--all-tenants",
+        "--jobs",
+        "2",
+        "--log-file",
+        str(log),
+        "--json",
+        url=database_url,
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    lines = log.read_text().splitlines()
+    tenant_lines = [line for line in lines if f"run={run_id} tenant=t" in line]
+    assert len(tenant_lines) == 8  # one "ok" line per tenant
+    assert all(" ok base -> " in line for line in tenant_lines)
+    pids = {line.split()[2] for line in tenant_lines}
+    assert len(pids) == 2  # written by both worker processes into the same file

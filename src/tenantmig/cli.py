@@ -212,10 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("names", nargs="+", metavar="NAME")
     drop.add_argument("--yes", action="store_true", help="required: confirms the data loss")
 
-    p = add("runs", "Show past runs from the ledger.")
-    p.add_argument("run_id", nargs="?", type=int, help="show one run with every tenant")
-    p.add_argument("--limit", type=int, default=20)
+    p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
+    p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
     p.add_argument("--json", action="store_true")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    show = rsub.add_parser("show", help="one run with every tenant's outcome")
+    _common(show, argparse.SUPPRESS)
+    show.add_argument("run_id", type=int)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     add("demo", "Create demo tenants (acme, globex, initech) and run the full upgrade.")
     return parser
@@ -386,7 +390,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.run_id is not None:
+    if getattr(args, "runs_command", None) == "show":
         record, outcomes = api.run_details(settings, args.run_id)
         if args.json:
             print(

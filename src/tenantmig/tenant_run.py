@@ -154,7 +154,9 @@ class SchemaMigrator:
                     error=f"{type(exc).__name__}: {exc}",
                 )
             status = TenantStatus.SKIPPED if before == after else TenantStatus.OK
-            self.log.info("%s %s -> %s", status.value, before, after, extra=extra)
+            self.log.info(
+                "%s %s -> %s", status.value, before or "base", after or "base", extra=extra
+            )
             return self._outcome(job, status, started, attempts, before, after)
 
     def _outcome(
