@@ -19,6 +19,8 @@ from sqlalchemy.engine import Connection
 
 from tenantmig.config import Chain, Settings
 from tenantmig.database import Database, open_database
+from tenantmig.drift import DriftReport
+from tenantmig.drift import check as check_drift
 from tenantmig.errors import ConfigError, RunLocked, SharedSchemaNotReady
 from tenantmig.executor import Execution, StopPolicy, WorkerSpec, run_jobs
 from tenantmig.identifiers import quote_ident, validate_tenant_name
@@ -551,6 +553,17 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
 def history(settings: Settings, chain: Chain) -> list[RevisionInfo]:
     """Revisions of one chain, newest first (no database needed)."""
     return ChainScripts(settings, chain).revisions()
+
+
+# -- drift ---------------------------------------------------------------------------------------
+def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport:
+    """Version and structural drift of the shared schema and the (named) tenants."""
+    for name in names or ():
+        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        with conn.begin():
+            selected = select_tenants(conn, settings.shared_schema, names)
+        return check_drift(settings, conn, selected, include_shared=not names)
 
 
 # -- runs ----------------------------------------------------------------------------------------

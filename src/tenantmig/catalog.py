@@ -19,6 +19,11 @@ from sqlalchemy.engine import Connection
 
 Snapshot = dict[str, dict[str, str]]  # kind -> object name -> definition
 
+# Column facts are separate kinds so a drift report can say exactly what changed.
+COLUMN = "column"
+NULLABILITY = "column nullability"
+DEFAULT = "column default"
+
 _TABLES = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -61,6 +66,20 @@ JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(:schemas)
 """
+_TRIGGERS = """
+SELECT n.nspname AS schema, c.relname AS table, t.tgname AS name,
+       pg_get_triggerdef(t.oid) AS definition
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(:schemas) AND NOT t.tgisinternal
+"""
+_FUNCTIONS = """
+SELECT n.nspname AS schema, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+       AS name, pg_get_function_result(p.oid) AS result, md5(p.prosrc) AS body
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY(:schemas)
+"""
 _KINDS = {
     "r": "table",
     "p": "partitioned table",
@@ -93,22 +112,24 @@ class SchemaStructure:
 
 
 def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaStructure]:
-    """Snapshot every schema in ``schemas`` with five catalog queries in total."""
+    """Snapshot every schema in ``schemas`` with seven catalog queries in total."""
     result = {s: SchemaStructure(s) for s in schemas}
     params = {"schemas": list(schemas)}
     for r in conn.execute(sa.text(_TABLES), params):
         result[r.schema].add("table", r.name, _KINDS[r.kind])
     for r in conn.execute(sa.text(_COLUMNS), params):
-        parts = [r.type, "NOT NULL" if r.notnull else "NULL"]
-        if r.default is not None:
-            parts.append(f"DEFAULT {_strip(r.schema, r.default)}")
+        column = f"{r.table}.{r.name}"
+        kind = r.type
         if r.identity:
-            parts.append(
-                "GENERATED " + ("ALWAYS" if r.identity == "a" else "BY DEFAULT") + " AS IDENTITY"
-            )
+            kind += " GENERATED " + ("ALWAYS" if r.identity == "a" else "BY DEFAULT")
+            kind += " AS IDENTITY"
         if r.generated:
-            parts.append("GENERATED STORED")
-        result[r.schema].add("column", f"{r.table}.{r.name}", " ".join(parts))
+            kind += f" GENERATED ALWAYS AS ({_strip(r.schema, r.default)}) STORED"
+        structure = result[r.schema]
+        structure.add(COLUMN, column, kind)
+        structure.add(NULLABILITY, column, "NOT NULL" if r.notnull else "NULL")
+        if r.default is not None and not r.generated:
+            structure.add(DEFAULT, column, _strip(r.schema, r.default))
     for r in conn.execute(sa.text(_INDEXES), params):
         definition = _strip(r.schema, r.definition) + ("" if r.valid else " INVALID")
         result[r.schema].add("index", r.name, definition)
@@ -121,4 +142,106 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
             f"{r.type} INCREMENT {r.increment} MINVALUE {r.min} MAXVALUE {r.max}"
             + (" CYCLE" if r.cycle else ""),
         )
+    for r in conn.execute(sa.text(_TRIGGERS), params):
+        result[r.schema].add("trigger", f"{r.table}.{r.name}", _strip(r.schema, r.definition))
+    for r in conn.execute(sa.text(_FUNCTIONS), params):
+        result[r.schema].add(
+            "function",
+            _strip(r.schema, r.name),
+            f"RETURNS {_strip(r.schema, r.result)} body md5 {r.body}",
+        )
     return result
+
+
+# One row per schema: an md5 over every structural fact, computed by the server from raw catalog
+# columns (attribute numbers, type oids, flags) rather than deparsed definitions, which are the
+# slow part of reading a catalog. Equal fingerprints imply equal structure (every input of the
+# deparsed definitions is covered); unequal fingerprints may still hide equal structure (e.g. a
+# column dropped and re-added gets a new attnum), which only costs an extra in-depth comparison.
+# The schema's own name is stripped from the few deparsed expressions (defaults, CHECK and index
+# expressions), so tenants compare equal to each other.
+_FINGERPRINTS = r"""
+WITH s AS (
+    SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(:schemas)
+), parts AS (
+    SELECT c.relnamespace AS ns, concat_ws('|', 't', c.relname, c.relkind) AS item
+    FROM pg_class c JOIN s ON s.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  UNION ALL
+    SELECT c.relnamespace, concat_ws('|', 'c', c.relname, a.attname, a.attnum, a.atttypid,
+        a.atttypmod, a.attnotnull, a.attidentity, a.attgenerated,
+        {strip:pg_get_expr(d.adbin, d.adrelid)})
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN s ON s.oid = c.relnamespace
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+    SELECT ic.relnamespace, concat_ws('|', 'i', ic.relname, tc.relname, i.indisunique,
+        i.indisprimary, i.indisvalid, {nulls_not_distinct}, am.amname, i.indkey::text,
+        i.indclass::text, i.indoption::text, i.indcollation::text,
+        {strip:pg_get_expr(i.indexprs, i.indrelid)},
+        {strip:pg_get_expr(i.indpred, i.indrelid)})
+    FROM pg_index i
+    JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_class tc ON tc.oid = i.indrelid
+    JOIN pg_am am ON am.oid = ic.relam
+    JOIN s ON s.oid = ic.relnamespace
+  UNION ALL
+    SELECT c.relnamespace, concat_ws('|', 'k', c.relname, con.conname, con.contype,
+        con.conkey::text, fc.relname, fn.nspname = s.nspname, con.confkey::text,
+        con.confupdtype, con.confdeltype, con.confmatchtype, con.condeferrable,
+        con.condeferred, con.convalidated, con.connoinherit,
+        {strip:pg_get_expr(con.conbin, con.conrelid)})
+    FROM pg_constraint con
+    JOIN pg_class c ON c.oid = con.conrelid
+    JOIN s ON s.oid = c.relnamespace
+    LEFT JOIN pg_class fc ON fc.oid = con.confrelid
+    LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+    WHERE con.contype IN ('p', 'f', 'u', 'c', 'x')
+  UNION ALL
+    SELECT c.relnamespace, concat_ws('|', 'q', c.relname, q.seqtypid, q.seqincrement,
+        q.seqmin, q.seqmax, q.seqcycle)
+    FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid JOIN s ON s.oid = c.relnamespace
+  UNION ALL
+    SELECT c.relnamespace, concat_ws('|', 'g', c.relname, t.tgname,
+        {strip:pg_get_triggerdef(t.oid)})
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN s ON s.oid = c.relnamespace
+    WHERE NOT t.tgisinternal
+  UNION ALL
+    SELECT p.pronamespace, concat_ws('|', 'f', p.proname,
+        pg_get_function_identity_arguments(p.oid), p.prorettype, md5(p.prosrc))
+    FROM pg_proc p JOIN s ON s.oid = p.pronamespace
+)
+SELECT s.nspname AS schema, md5(coalesce(string_agg(parts.item, E'\n' ORDER BY parts.item), ''))
+       AS fingerprint
+FROM s LEFT JOIN parts ON parts.ns = s.oid
+GROUP BY s.nspname
+"""
+
+
+def _strip_sql(expression: str) -> str:
+    """SQL that strips the row's own schema name (s.nspname) from a deparsed expression.
+
+    The regular expression only runs when the name occurs at all, which is rare: deparsing is
+    already the expensive part of this query.
+    """
+    return (
+        "(SELECT CASE WHEN strpos(x.e, s.nspname || '.') > 0 THEN "
+        "regexp_replace(x.e, '(^|[^\\w\"])(\"?)' || s.nspname || '\\2\\.', '\\1', 'g') "
+        f"ELSE x.e END FROM (SELECT {expression} AS e) AS x)"
+    )
+
+
+_STRIP = re.compile(r"\{strip:([^{}]+)\}")
+
+
+def read_fingerprints(conn: Connection, schemas: Sequence[str]) -> dict[str, str]:
+    """A structural fingerprint per existing schema, in one query (see _FINGERPRINTS)."""
+    version = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
+    # NULLS NOT DISTINCT exists from PostgreSQL 15 on.
+    nulls = "i.indnullsnotdistinct" if version >= 150000 else "false"
+    query = _STRIP.sub(lambda m: _strip_sql(m.group(1)), _FINGERPRINTS)
+    query = query.replace("{nulls_not_distinct}", nulls)
+    rows = conn.execute(sa.text(query), {"schemas": list(schemas)})
+    return {r.schema: r.fingerprint for r in rows}

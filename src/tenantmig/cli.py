@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from tenantmig import __version__, api, render
 from tenantmig.config import Chain, Settings, load_settings
 from tenantmig.database import mask_url
+from tenantmig.drift_render import drift_html, drift_text
 from tenantmig.errors import ExitCode, TenantmigError
 from tenantmig.results import RunResult
 
@@ -211,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(drop, argparse.SUPPRESS)
     drop.add_argument("names", nargs="+", metavar="NAME")
     drop.add_argument("--yes", action="store_true", help="required: confirms the data loss")
+
+    p = add(
+        "drift",
+        "Report tenants (and the shared schema) whose version or structure is not "
+        "what their migrations should have produced. Exit code 2 when any drifted.",
+    )
+    p.add_argument(
+        "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
+    )
 
     p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
     p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
@@ -423,6 +437,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.tenants.succeeded else ExitCode.TENANTS_FAILED
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    report = api.drift(_settings(args), args.tenant)
+    if args.html is not None:
+        try:
+            args.html.write_text(drift_html(report), encoding="utf-8")
+        except OSError as exc:
+            raise TenantmigError(f"cannot write {args.html}: {exc.strerror}") from exc
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(drift_text(report))
+        if args.html is not None:
+            print(f"HTML report written to {args.html}")
+    return ExitCode.DRIFT if report.any_drift else ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "upgrade": cmd_migrate,
     "downgrade": cmd_migrate,
@@ -432,6 +462,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "revision": cmd_revision,
     "tenants": cmd_tenants,
     "runs": cmd_runs,
+    "drift": cmd_drift,
     "demo": cmd_demo,
 }
 

@@ -195,7 +195,7 @@ class SchemaMigrator:
             if destination is _NOTHING:
                 return before, before
             assert not isinstance(destination, _Nothing)
-            self._run_alembic(conn, job.schema, destination)
+            run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
             after = self._current(conn, job.schema)
         return before, after
 
@@ -221,22 +221,6 @@ class SchemaMigrator:
             return _NOTHING
         return destination
 
-    def _run_alembic(self, conn: Connection, schema: str, destination: str | None) -> None:
-        script = self.scripts.script
-        target = destination or "base"
-
-        def step(revision: Any, _context: MigrationContext) -> Any:
-            if self.plan.direction == "upgrade":
-                return script._upgrade_revs(target, revision)
-            return script._downgrade_revs(target, revision)
-
-        environment = EnvironmentContext(
-            self.scripts.config, script, fn=step, destination_rev=target
-        )
-        with environment:
-            environment.configure(connection=conn, **context_options(schema))
-            environment.run_migrations()
-
     def _blockers(self, schema: str) -> str:
         """Who holds locks in this schema, for a lock-timeout message (best effort)."""
         try:
@@ -259,6 +243,32 @@ class SchemaMigrator:
         except DBAPIError:
             return ""
         return _describe_blockers(rows)
+
+
+def run_alembic(
+    conn: Connection,
+    scripts: ChainScripts,
+    schema: str,
+    direction: Direction,
+    destination: str | None,
+) -> None:
+    """Run the chain's revisions in ``schema`` up or down to ``destination`` (None: base).
+
+    Runs inside the caller's open transaction (Alembic sees an external transaction and does not
+    commit), with search_path already pointing at ``schema``.
+    """
+    script = scripts.script
+    target = destination or "base"
+
+    def step(revision: Any, _context: MigrationContext) -> Any:
+        if direction == "upgrade":
+            return script._upgrade_revs(target, revision)
+        return script._downgrade_revs(target, revision)
+
+    environment = EnvironmentContext(scripts.config, script, fn=step, destination_rev=target)
+    with environment:
+        environment.configure(connection=conn, **context_options(schema))
+        environment.run_migrations()
 
 
 def _describe_blockers(rows: Iterable[Any]) -> str:

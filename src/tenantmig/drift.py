@@ -1,0 +1,309 @@
+"""Drift: which schemas are not what their migrations say they should be.
+
+Version drift comes from the bulk version read. Structural drift compares each schema's catalog
+snapshot with the snapshot of a *reference* schema built by running the migrations themselves to
+the same revision (never a hand-written model that could disagree with them). References are
+built inside a transaction that is rolled back, so nothing is left behind, even if the process
+dies half way.
+
+Speed: catalogs are read in bulk for chunks of schemas, each schema is reduced to a fingerprint,
+and only one schema per distinct (revision, fingerprint) is compared in depth. Thousands of
+tenants with the same structure cost one comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from tenantmig.alembic_env import VERSION_TABLE
+from tenantmig.catalog import (
+    COLUMN,
+    DEFAULT,
+    NULLABILITY,
+    SchemaStructure,
+    read_fingerprints,
+    read_structures,
+)
+from tenantmig.config import Chain, Settings
+from tenantmig.identifiers import quote_ident
+from tenantmig.ledger import RUN_TENANTS, RUNS
+from tenantmig.registry import Tenant
+from tenantmig.scripts import ChainScripts
+from tenantmig.session import Timeouts, prepare_migration_transaction
+from tenantmig.tenant_run import run_alembic
+from tenantmig.versions import SchemaVersion, read_versions
+
+REFERENCE_SCHEMA = "tenantmig_reference"
+_CHUNK = 500
+# tenantmig's own tables in the shared schema are not made by the migrations.
+_OWN_TABLES = (RUNS, RUN_TENANTS, "tenantmig_run_tenants_tenant_idx")
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # table, column, column nullability, column default, index, constraint, ...
+    object: str
+    change: str  # missing, extra, changed
+    expected: str | None
+    actual: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "object": self.object,
+            "change": self.change,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+
+    def describe(self) -> str:
+        if self.change == "missing":
+            return f"missing {self.kind} {self.object}: expected {self.expected}"
+        if self.change == "extra":
+            return f"extra {self.kind} {self.object}: {self.actual}"
+        return f"{self.kind} {self.object}: expected {self.expected}, found {self.actual}"
+
+
+@dataclass(frozen=True)
+class SchemaDrift:
+    name: str
+    schema: str
+    revision: str | None
+    version_drift: str | None  # None when at head; else behind, unknown_revision, ...
+    differences: tuple[Difference, ...] = ()
+    detail: str | None = None
+
+    @property
+    def drifted(self) -> bool:
+        return self.version_drift is not None or bool(self.differences)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "schema": self.schema,
+            "revision": self.revision,
+            "version_drift": self.version_drift,
+            "detail": self.detail,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+
+@dataclass
+class DriftReport:
+    head: str | None
+    shared_head: str | None
+    tenants_checked: int
+    shared: SchemaDrift | None
+    drifted: list[SchemaDrift] = field(default_factory=list)
+
+    @property
+    def any_drift(self) -> bool:
+        return bool(self.drifted) or (self.shared is not None and self.shared.drifted)
+
+    def groups(self) -> list[tuple[tuple[str | None, tuple[Difference, ...]], list[SchemaDrift]]]:
+        """Tenants grouped by identical drift, largest group first."""
+        grouped: dict[tuple[str | None, tuple[Difference, ...]], list[SchemaDrift]] = {}
+        for item in self.drifted:
+            grouped.setdefault((item.version_drift, item.differences), []).append(item)
+        return sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[1][0].name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "head": self.head,
+            "tenants_checked": self.tenants_checked,
+            "shared": self.shared.to_json() if self.shared else None,
+            "drifted": [d.to_json() for d in self.drifted],
+        }
+
+
+def compare(expected: SchemaStructure, actual: SchemaStructure) -> tuple[Difference, ...]:
+    """Every difference between two snapshots, in a stable order."""
+    expected, actual = _without_version_table(expected), _without_version_table(actual)
+    found: list[Difference] = []
+    missing_columns = set(expected.objects.get(COLUMN, {})) - set(actual.objects.get(COLUMN, {}))
+    extra_columns = set(actual.objects.get(COLUMN, {})) - set(expected.objects.get(COLUMN, {}))
+    for kind in sorted(set(expected.objects) | set(actual.objects)):
+        want = expected.objects.get(kind, {})
+        have = actual.objects.get(kind, {})
+        for name in sorted(set(want) | set(have)):
+            if kind in (NULLABILITY, DEFAULT) and name in (missing_columns | extra_columns):
+                continue  # implied by the missing/extra column itself
+            if name not in have:
+                found.append(Difference(kind, name, "missing", want[name], None))
+            elif name not in want:
+                found.append(Difference(kind, name, "extra", None, have[name]))
+            elif want[name] != have[name]:
+                found.append(Difference(kind, name, "changed", want[name], have[name]))
+    return tuple(found)
+
+
+def _without_version_table(structure: SchemaStructure) -> SchemaStructure:
+    """Alembic's bookkeeping is checked by version drift, not compared as structure."""
+    cleaned = SchemaStructure(structure.schema)
+    for kind, objects in structure.objects.items():
+        for name, definition in objects.items():
+            if name.split(".", 1)[0] in (VERSION_TABLE, f"{VERSION_TABLE}_pkc"):
+                continue
+            cleaned.add(kind, name, definition)
+    return cleaned
+
+
+def _without_own_tables(structure: SchemaStructure) -> SchemaStructure:
+    cleaned = SchemaStructure(structure.schema)
+    for kind, objects in structure.objects.items():
+        for name, definition in objects.items():
+            table = name.split(".", 1)[0]
+            if table in _OWN_TABLES or name in _OWN_TABLES or "tenantmig_runs" in definition:
+                continue
+            cleaned.add(kind, name, definition)
+    return cleaned
+
+
+class ReferenceBuilder:
+    """Expected structures per revision, built once each by running the migrations."""
+
+    def __init__(self, settings: Settings, conn: Connection, chain: Chain) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.scripts = ChainScripts(settings, chain)
+        self._cache: dict[str | None, SchemaStructure] = {}
+
+    def expected(self, revision: str | None) -> SchemaStructure:
+        if revision not in self._cache:
+            self._cache[revision] = self._build(revision)
+        return self._cache[revision]
+
+    def _build(self, revision: str | None) -> SchemaStructure:
+        timeouts = Timeouts(self.settings.lock_timeout_s, self.settings.statement_timeout_s)
+        transaction = self.conn.begin()
+        try:
+            self.conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(REFERENCE_SCHEMA)}")
+            prepare_migration_transaction(self.conn, REFERENCE_SCHEMA, timeouts)
+            if revision is not None:
+                run_alembic(self.conn, self.scripts, REFERENCE_SCHEMA, "upgrade", revision)
+            structure = read_structures(self.conn, [REFERENCE_SCHEMA])[REFERENCE_SCHEMA]
+        finally:
+            transaction.rollback()  # the reference never outlives this transaction
+        return structure
+
+
+def version_drift(version: SchemaVersion | None, scripts: ChainScripts) -> tuple[str | None, str]:
+    """(state or None when at head, human detail)."""
+    head = scripts.head
+    if version is None or not version.schema_exists:
+        return "missing_schema", "the schema does not exist"
+    if version.diverged:
+        return "diverged", f"several revisions recorded: {', '.join(version.revisions)}"
+    current = version.revision
+    if not version.has_version_table:
+        return "no_version_table", "no alembic_version table: never migrated by these migrations"
+    if current is None:
+        return ("behind", f"at base, head is {head}") if head else (None, "at base")
+    if not scripts.knows(current):
+        return (
+            "unknown_revision",
+            f"at {current}, which these migrations do not know: ahead of head (applied by newer "
+            "code) or from another branch",
+        )
+    if current != head:
+        behind = scripts.position(head) - scripts.position(current)
+        return "behind", f"at {current}, {behind} revision(s) behind head {head}"
+    return None, "at head"
+
+
+def check(
+    settings: Settings,
+    conn: Connection,
+    tenants: Sequence[Tenant],
+    *,
+    include_shared: bool = True,
+) -> DriftReport:
+    tenant_refs = ReferenceBuilder(settings, conn, "tenant")
+    scripts = tenant_refs.scripts
+    report = DriftReport(
+        head=scripts.head,
+        shared_head=ChainScripts(settings, "shared").head if include_shared else None,
+        tenants_checked=len(tenants),
+        shared=None,
+    )
+    if include_shared:
+        report.shared = _check_shared(settings, conn)
+
+    # Fingerprint every schema on the server, chunk by chunk; remember one sample schema per
+    # distinct (revision, fingerprint) and read only those samples' catalogs in full.
+    samples: dict[tuple[str | None, str], str] = {}
+    keyed: list[tuple[Tenant, SchemaVersion | None, str | None]] = []
+    for start in range(0, len(tenants), _CHUNK):
+        chunk = tenants[start : start + _CHUNK]
+        with conn.begin():
+            versions = read_versions(conn, [t.schema for t in chunk])
+            fingerprints = read_fingerprints(conn, [t.schema for t in chunk])
+        for tenant in chunk:
+            version = versions.get(tenant.schema)
+            fingerprint = fingerprints.get(tenant.schema)
+            if version is None or fingerprint is None or not _comparable(version, scripts):
+                fingerprint = None
+            else:
+                samples.setdefault((version.revision, fingerprint), tenant.schema)
+            keyed.append((tenant, version, fingerprint))
+
+    compared: dict[tuple[str | None, str], tuple[Difference, ...]] = {}
+    sample_keys = list(samples.items())
+    for start in range(0, len(sample_keys), _CHUNK):
+        part = sample_keys[start : start + _CHUNK]
+        with conn.begin():
+            structures = read_structures(conn, [schema for _, schema in part])
+        for key, schema in part:
+            compared[key] = compare(tenant_refs.expected(key[0]), structures[schema])
+    for tenant, version, fingerprint in keyed:
+        state, detail = version_drift(version, scripts)
+        differences: tuple[Difference, ...] = ()
+        if fingerprint is not None and version is not None:
+            differences = compared[(version.revision, fingerprint)]
+        if state is not None or differences:
+            report.drifted.append(
+                SchemaDrift(
+                    name=tenant.name,
+                    schema=tenant.schema,
+                    revision=version.revision if version else None,
+                    version_drift=state,
+                    differences=differences,
+                    detail=detail,
+                )
+            )
+    return report
+
+
+def _comparable(version: SchemaVersion, scripts: ChainScripts) -> bool:
+    """Structure can only be checked against a revision the migrations know."""
+    return version.schema_exists and not version.diverged and scripts.knows(version.revision)
+
+
+def _check_shared(settings: Settings, conn: Connection) -> SchemaDrift:
+    schema = settings.shared_schema
+    refs = ReferenceBuilder(settings, conn, "shared")
+    with conn.begin():
+        version = read_versions(conn, [schema])[schema]
+        structure = read_structures(conn, [schema])[schema] if version.schema_exists else None
+    state, detail = version_drift(version, refs.scripts)
+    differences: tuple[Difference, ...] = ()
+    if structure is not None and _comparable(version, refs.scripts):
+        expected = refs.expected(version.revision)
+        differences = compare(expected, _without_own_tables(structure))
+        # The shared schema (often ``public``) may hold objects that no migration made, such
+        # as an extension's functions: only what the migrations define, or tables, count.
+        differences = tuple(
+            d for d in differences if d.change != "extra" or d.kind in ("table", COLUMN)
+        )
+    return SchemaDrift(
+        name="(shared)",
+        schema=schema,
+        revision=version.revision,
+        version_drift=state,
+        differences=differences,
+        detail=detail,
+    )
