@@ -106,6 +106,11 @@ def test_structural_and_version_drift_report_exactly_the_mutations(
         assert len(by_name[tenant].differences) == 1, by_name[tenant].differences
     changed = by_name["t007"].differences[0]
     assert (changed.expected, changed.actual) == ("numeric(12,2)", "numeric(14,2)")
+    # A dropped table is one difference, not one per column, index and constraint.
+    assert [(d.kind, d.object) for d in by_name["t010"].differences] == [
+        ("sequence", "audit_logs_id_seq"),
+        ("table", "audit_logs"),
+    ]
     assert by_name["t015"].version_drift == "unknown_revision"
     assert by_name["t016"].version_drift == "missing_schema"
     assert report.shared is not None and not report.shared.drifted

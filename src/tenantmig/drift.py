@@ -13,6 +13,7 @@ tenants with the same structure cost one comparison.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,28 @@ def compare(expected: SchemaStructure, actual: SchemaStructure) -> tuple[Differe
                 found.append(Difference(kind, name, "extra", None, have[name]))
             elif want[name] != have[name]:
                 found.append(Difference(kind, name, "changed", want[name], have[name]))
-    return tuple(found)
+    return _collapse_whole_tables(found)
+
+
+def _collapse_whole_tables(found: list[Difference]) -> tuple[Difference, ...]:
+    """A missing or extra table implies its columns, constraints, indexes and triggers: report
+    the table once instead of every part of it."""
+    whole = {(d.object, d.change) for d in found if d.kind == "table" and d.change != "changed"}
+    if not whole:
+        return tuple(found)
+
+    def part_of_whole_table(d: Difference) -> bool:
+        if d.kind == "table":
+            return False
+        if "." in d.object and (d.object.split(".", 1)[0], d.change) in whole:
+            return True
+        if d.kind == "index":
+            definition = d.expected if d.change == "missing" else d.actual
+            match = re.search(r" ON (?:ONLY )?(\S+) USING ", definition or "")
+            return bool(match) and (match.group(1).strip('"'), d.change) in whole
+        return False
+
+    return tuple(d for d in found if not part_of_whole_table(d))
 
 
 def _without_version_table(structure: SchemaStructure) -> SchemaStructure:
