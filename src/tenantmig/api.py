@@ -33,9 +33,11 @@ from tenantmig.registry import (
     register_tenants,
     select_tenants,
 )
+from tenantmig.replay import CompiledStep, StepKey, compile_step
 from tenantmig.results import Direction, RunResult, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.scripts import ChainScripts, RevisionInfo
 from tenantmig.session import (
+    Timeouts,
     hold_live_run_lock,
     release_live_run_lock,
     release_run_lock,
@@ -95,6 +97,7 @@ class RunOptions:
     log_file: Path | None = None  # default: <home>/logs/tenantmig.log
     on_outcome: OutcomeCallback | None = None
     on_start: Callable[[int, int], None] | None = None  # (tenants to migrate, workers)
+    replay: bool = True  # replay compiled steps where provably equivalent (see replay.py)
 
 
 # -- upgrade / downgrade -------------------------------------------------------------------------
@@ -311,6 +314,11 @@ def _run_tenants(
 
     workers = _choose_workers(conn, options.jobs, len(jobs), result.notices) if jobs else 0
     conn.commit()
+    compiled = (
+        _compile_steps(settings, conn, scripts, jobs, direction, revision)
+        if options.replay and len(jobs) > 1
+        else ()
+    )
     if options.on_start is not None:
         options.on_start(len(jobs), workers)
     buffer: list[TenantOutcome] = []
@@ -336,6 +344,7 @@ def _run_tenants(
                 plan=Plan(direction, revision),
                 log_file=_log_file(settings, options),
                 run_id=run_id,
+                compiled=compiled,
             )
             policy = StopPolicy(options.fail_fast, options.max_failures)
             outcomes, interrupted = run_jobs(spec, jobs, workers, policy=policy, on_outcome=collect)
@@ -412,8 +421,33 @@ def _triage(
                     )
                 )
                 continue
-        jobs.append(TenantJob(tenant.name, tenant.schema))
+        jobs.append(TenantJob(tenant.name, tenant.schema, current, version.has_version_table))
     return done, jobs
+
+
+def _compile_steps(
+    settings: Settings,
+    conn: Connection,
+    scripts: ChainScripts,
+    jobs: Sequence[TenantJob],
+    direction: Direction,
+    revision: str,
+) -> tuple[CompiledStep, ...]:
+    """Compile each distinct step the jobs need, once, on the coordinator's connection."""
+    if revision.lstrip("+-").isdigit() and revision[:1] in "+-":
+        return ()  # relative targets differ per tenant: no shared step
+    target = scripts.resolve_target(revision)
+    keys = {
+        StepKey(job.seen_revision, target, bool(job.seen_version_table))
+        for job in jobs
+        if job.seen_version_table is not None and scripts.knows(job.seen_revision)
+    }
+    timeouts = Timeouts(settings.lock_timeout_s, settings.statement_timeout_s)
+    steps = [
+        compile_step(conn, scripts, key, direction, timeouts)
+        for key in sorted(keys, key=lambda k: (k.from_revision or "", k.has_version_table))
+    ]
+    return tuple(step for step in steps if step is not None)
 
 
 # -- tenants -----------------------------------------------------------------------------------

@@ -113,6 +113,11 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="per-tenant event log (default: .tenantmig/logs/tenantmig.log)",
     )
+    group.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="run Alembic for every tenant instead of replaying each step's compiled SQL",
+    )
     group.add_argument("--json", action="store_true", help="print one JSON result object")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -276,6 +281,7 @@ def _run_options(args: argparse.Namespace) -> tuple[api.RunOptions, render.Progr
         log_file=getattr(args, "log_file", None),
         on_outcome=progress,
         on_start=progress.start,
+        replay=not getattr(args, "no_replay", False),
     )
     return options, progress
 

@@ -34,7 +34,9 @@ class Settings:
     """Everything a tenantmig operation needs to know about where and how to run."""
 
     config_file: Path
-    database_url: str | None  # None: use the embedded PostgreSQL under ``home``
+    # None: use the embedded PostgreSQL under ``home``. Kept out of repr(): it may hold a
+    # password, and reprs end up in tracebacks and logs.
+    database_url: str | None = field(repr=False)
     shared_schema: str = "public"
     home: Path = field(default_factory=lambda: Path(".tenantmig"))
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S

@@ -157,7 +157,7 @@ def _collapse_whole_tables(found: list[Difference]) -> tuple[Difference, ...]:
         if d.kind == "index":
             definition = d.expected if d.change == "missing" else d.actual
             match = re.search(r" ON (?:ONLY )?(\S+) USING ", definition or "")
-            return bool(match) and (match.group(1).strip('"'), d.change) in whole
+            return match is not None and (match.group(1).strip('"'), d.change) in whole
         return False
 
     return tuple(d for d in found if not part_of_whole_table(d))

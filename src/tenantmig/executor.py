@@ -33,6 +33,7 @@ from typing import Any
 
 from tenantmig.config import Settings
 from tenantmig.logs import configure_run_log
+from tenantmig.replay import CompiledStep
 from tenantmig.results import TenantJob, TenantOutcome, TenantStatus
 from tenantmig.tenant_run import Plan, SchemaMigrator
 
@@ -49,6 +50,17 @@ class WorkerSpec:
     plan: Plan
     log_file: Path | None
     run_id: int | None
+    compiled: tuple[CompiledStep, ...] = ()
+
+    def migrator(self, logger: logging.Logger, role: str | None = None) -> SchemaMigrator:
+        return SchemaMigrator(
+            self.settings,
+            self.url,
+            self.plan,
+            logger=logger,
+            role=role,
+            compiled={step.key: step for step in self.compiled},
+        )
 
 
 @dataclass
@@ -80,9 +92,7 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     logger = configure_run_log(spec.log_file, spec.run_id)
-    migrator = SchemaMigrator(
-        spec.settings, spec.url, spec.plan, logger=logger, role=f"worker {os.getpid()}"
-    )
+    migrator = spec.migrator(logger, role=f"worker {os.getpid()}")
     parent = os.getppid()
     try:
         while True:
@@ -194,7 +204,7 @@ def _run_inline(
     """
     outcomes: list[TenantOutcome] = []
     logger = configure_run_log(spec.log_file, spec.run_id)
-    migrator = SchemaMigrator(spec.settings, spec.url, spec.plan, logger=logger)
+    migrator = spec.migrator(logger)
     pending = deque(jobs)
     try:
         while pending and not signals.count and not policy.should_stop(execution.failures):

@@ -22,6 +22,10 @@ class TenantStatus(str, Enum):
 class TenantJob:
     name: str
     schema: str
+    # What the coordinator's bulk read saw; verified again under the tenant's lock before a
+    # compiled step is replayed (None: unknown, always take the ordinary Alembic path).
+    seen_revision: str | None = None
+    seen_version_table: bool | None = None
 
 
 @dataclass(frozen=True)

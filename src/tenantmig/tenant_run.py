@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantmig.alembic_env import context_options
+from tenantmig.alembic_env import VERSION_TABLE, context_options
 from tenantmig.config import Settings
 from tenantmig.database import create_engine
 from tenantmig.errors import SchemaMissing, TenantmigError, UnknownRevision
+from tenantmig.identifiers import qualified
+from tenantmig.replay import CompiledStep, StepKey, replay
 from tenantmig.results import Direction, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.scripts import ChainScripts
 from tenantmig.session import Timeouts, prepare_migration_transaction
@@ -70,6 +72,7 @@ class SchemaMigrator:
         logger: logging.Logger | None = None,
         scripts: ChainScripts | None = None,
         role: str | None = None,
+        compiled: Mapping[StepKey, CompiledStep] | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
@@ -80,6 +83,9 @@ class SchemaMigrator:
         self._conn: Connection | None = None
         self._uses = 0
         self._seen_revision: str | None = None
+        self.compiled: dict[StepKey, CompiledStep] = dict(compiled or {})
+        self._replayed_last = False
+        self.replayed = 0  # tenants migrated by replaying a compiled step
         # Validate the target once, before any tenant: a typo fails the run with nothing changed.
         if not (plan.target.lstrip("+-").isdigit() and plan.target[:1] in "+-"):
             self.scripts.resolve_target(plan.target)
@@ -115,6 +121,7 @@ class SchemaMigrator:
         attempts = 0
         extra = {"tenant": job.name}
         self._seen_revision = None  # read under the lock; reported on failure
+        self._replayed_last = False
         while True:
             attempts += 1
             try:
@@ -155,7 +162,12 @@ class SchemaMigrator:
                 )
             status = TenantStatus.SKIPPED if before == after else TenantStatus.OK
             self.log.info(
-                "%s %s -> %s", status.value, before or "base", after or "base", extra=extra
+                "%s %s -> %s%s",
+                status.value,
+                before or "base",
+                after or "base",
+                " (replayed)" if self._replayed_last else "",
+                extra=extra,
             )
             return self._outcome(job, status, started, attempts, before, after)
 
@@ -195,9 +207,32 @@ class SchemaMigrator:
             if destination is _NOTHING:
                 return before, before
             assert not isinstance(destination, _Nothing)
-            run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
+            step = self._compiled_step(conn, job.schema, before, destination)
+            self._replayed_last = step is not None
+            if step is not None:
+                replay(conn, step, job.schema)
+                self.replayed += 1
+            else:
+                run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
             after = self._current(conn, job.schema)
+            if step is not None and after != destination:
+                # Never commit a replay that did not land exactly where Alembic would have.
+                raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
         return before, after
+
+    def _compiled_step(
+        self, conn: Connection, schema: str, before: str | None, destination: str | None
+    ) -> CompiledStep | None:
+        """The compiled step for this tenant's *verified* state, if there is one."""
+        if not self.compiled:
+            return None
+        has_table = bool(
+            conn.execute(
+                sa.text("SELECT to_regclass(:t) IS NOT NULL"),
+                {"t": qualified(schema, VERSION_TABLE)},
+            ).scalar()
+        )
+        return self.compiled.get(StepKey(before, destination, has_table))
 
     def _current(self, conn: Connection, schema: str) -> str | None:
         context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
