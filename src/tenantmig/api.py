@@ -7,6 +7,7 @@ result = api.upgrade(load_settings(), Selection.all_tenants())
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from tenantmig.config import Chain, Settings
 from tenantmig.database import Database, open_database
@@ -44,7 +46,7 @@ from tenantmig.session import (
     run_lock_holder,
     try_run_lock,
 )
-from tenantmig.tenant_run import Plan, SchemaMigrator
+from tenantmig.tenant_run import Plan, SchemaMigrator, connection_lost
 from tenantmig.versions import SchemaVersion, read_versions
 
 DEMO_TENANTS = ("acme", "globex", "initech")
@@ -239,8 +241,27 @@ def _migrate_tenants(
             _run_tenants(settings, database, conn, selection, direction, revision, options, result)
         finally:
             if lock_held:
-                release_run_lock(conn, settings.shared_schema)
-                conn.commit()
+                with contextlib.suppress(DBAPIError):  # released with the connection if lost
+                    release_run_lock(conn, settings.shared_schema)
+                    conn.commit()
+
+
+def _durably(conn: Connection, timeout_s: float, write: Callable[[], None]) -> None:
+    """Run a ledger write, reconnecting (with a pause) while the server is away, up to
+    ``timeout_s``. The coordinator's connection reconnects on its next use once rolled back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            write()
+            return
+        except DBAPIError as exc:
+            if not (exc.connection_invalidated or connection_lost(exc)):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            with contextlib.suppress(DBAPIError):
+                conn.rollback()
+            time.sleep(1.0)
 
 
 def _acquire_run_lock(conn: Connection, shared_schema: str, wait_s: float) -> bool:
@@ -329,9 +350,15 @@ def _run_tenants(
         buffer.append(outcome)
         # Batch ledger writes: one round trip per second (or 200 tenants), not per tenant.
         if len(buffer) >= 200 or time.monotonic() - last_flush > 1.0:
-            ledger.record(run_id, buffer)
-            buffer.clear()
             last_flush = time.monotonic()
+            try:
+                ledger.record(run_id, buffer)
+                buffer.clear()
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated or connection_lost(exc)):
+                    raise
+                # The server is away (restart): keep the outcomes and write them later; the
+                # workers reconnect on their own.
         if options.on_outcome is not None:
             options.on_outcome(outcome, execution)
 
@@ -350,12 +377,14 @@ def _run_tenants(
             outcomes, interrupted = run_jobs(spec, jobs, workers, policy=policy, on_outcome=collect)
             result.outcomes.extend(outcomes)
     finally:
-        ledger.record(run_id, buffer)
         result.interrupted = interrupted
         outcome = "interrupted" if interrupted else ("failed" if result.failed else "succeeded")
-        ledger.finish_run(run_id, outcome, result.totals())
-        release_live_run_lock(conn, run_id)
-        conn.commit()
+        reconnect = settings.reconnect_timeout_s
+        _durably(conn, reconnect, lambda: ledger.record(run_id, buffer))
+        _durably(conn, reconnect, lambda: ledger.finish_run(run_id, outcome, result.totals()))
+        with contextlib.suppress(DBAPIError):  # gone anyway if the connection was lost
+            release_live_run_lock(conn, run_id)
+            conn.commit()
     newly_registered = (
         _count_registered_since(conn, settings.shared_schema, tenants)
         if selection.tenants is None
@@ -365,6 +394,11 @@ def _run_tenants(
         result.notices.append(
             f"{newly_registered} tenant(s) were registered during this run and were not "
             "migrated; run again to include them"
+        )
+    if any(o.lost_connection for o in result.outcomes):
+        result.notices.append(
+            "stopped starting tenants: the database stayed unreachable; every tenant is at its "
+            "old or its new revision. Run the same command again when the server is back"
         )
     if interrupted:
         result.notices.append(

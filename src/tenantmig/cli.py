@@ -252,6 +252,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         lock_timeout_s=getattr(args, "lock_timeout", None),
         statement_timeout_s=getattr(args, "statement_timeout", None),
         retries=getattr(args, "retries", None),
+        reconnect_timeout_s=getattr(args, "reconnect_timeout", None),
     )
 
 

@@ -27,6 +27,7 @@ ENV_HOME = "TENANTMIG_HOME"
 
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 3
+DEFAULT_RECONNECT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Settings:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
     statement_timeout_s: float | None = None
     retries: int = DEFAULT_RETRIES
+    # How long a tenant keeps reconnecting after losing its connection (server restart).
+    reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S
 
     def alembic_config(self, chain: Chain) -> AlembicConfig:
         """A fresh Alembic Config for one chain (section [shared] or [tenant])."""
@@ -62,6 +65,8 @@ class Settings:
             raise ConfigError("--lock-timeout must be a positive number of seconds")
         if self.statement_timeout_s is not None and self.statement_timeout_s <= 0:
             raise ConfigError("--statement-timeout must be a positive number of seconds")
+        if self.reconnect_timeout_s < 0:
+            raise ConfigError("--reconnect-timeout must be 0 or more seconds")
         if self.retries < 0:
             raise ConfigError("--retries must be 0 or more")
 
@@ -96,6 +101,7 @@ def load_settings(
     lock_timeout_s: float | None = None,
     statement_timeout_s: float | None = None,
     retries: int | None = None,
+    reconnect_timeout_s: float | None = None,
 ) -> Settings:
     """Build and validate Settings from arguments, environment and alembic.ini."""
     path = find_config_file(config_file)
@@ -116,6 +122,9 @@ def load_settings(
         lock_timeout_s=DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s,
         statement_timeout_s=statement_timeout_s,
         retries=DEFAULT_RETRIES if retries is None else retries,
+        reconnect_timeout_s=(
+            DEFAULT_RECONNECT_TIMEOUT_S if reconnect_timeout_s is None else reconnect_timeout_s
+        ),
     )
     settings.validate()
     return settings

@@ -125,6 +125,7 @@ class Execution:
     total: int
     done: int = 0
     failures: int = 0
+    lost_connection: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -179,6 +180,7 @@ def _record(
     execution.done += 1
     if outcome.status in (TenantStatus.FAILED, TenantStatus.MISSING, TenantStatus.INTERRUPTED):
         execution.failures += 1
+    execution.lost_connection = execution.lost_connection or outcome.lost_connection
     if on_outcome is not None:
         on_outcome(outcome, execution)
 
@@ -207,7 +209,12 @@ def _run_inline(
     migrator = spec.migrator(logger)
     pending = deque(jobs)
     try:
-        while pending and not signals.count and not policy.should_stop(execution.failures):
+        while (
+            pending
+            and not signals.count
+            and not execution.lost_connection
+            and not policy.should_stop(execution.failures)
+        ):
             _record(migrator.migrate(pending.popleft()), outcomes, execution, on_outcome)
     finally:
         migrator.close()
@@ -249,7 +256,9 @@ def _run_pool(
         next_id += 1
 
     def stopping() -> bool:
-        return signals.count > 0 or policy.should_stop(execution.failures)
+        return (
+            signals.count > 0 or execution.lost_connection or policy.should_stop(execution.failures)
+        )
 
     def assign(worker: _Worker) -> None:
         if pending and not stopping():

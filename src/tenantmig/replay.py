@@ -29,7 +29,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from tenantmig.identifiers import quote_ident
+from tenantmig.alembic_env import VERSION_TABLE
+from tenantmig.identifiers import qualified, quote_ident
 from tenantmig.results import Direction
 from tenantmig.scripts import ChainScripts
 from tenantmig.session import Timeouts, prepare_migration_transaction
@@ -116,13 +117,20 @@ def compile_step(
     reads: list[str] = []
     capturing = False
 
-    def before(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        if capturing:
+    def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if not capturing:
+            return
+        statement = sql.lstrip().upper()
+        if cursor.description is None:
             recorded.append((sql, params))
-
-    def after(_conn: Any, cursor: Any, sql: str, _params: Any, _ctx: Any, _many: bool) -> None:
-        if capturing and cursor.description is not None and not _is_bookkeeping(sql):
+        elif "ALEMBIC_VERSION" in statement and statement.startswith(
+            ("INSERT", "UPDATE", "DELETE")
+        ):
+            recorded.append((sql, params))  # the version row write (SQLAlchemy adds RETURNING)
+        elif not _is_bookkeeping(sql):
             reads.append(sql)
+        # Alembic's own reads (is there a version table, which revision) are not replayed:
+        # the tenant's state is verified under its lock before a replay instead.
 
     transaction = conn.begin()
     try:
@@ -136,14 +144,12 @@ def compile_step(
                 run_alembic(conn, scripts, placeholder, "downgrade", None)
             else:
                 run_alembic(conn, scripts, placeholder, "upgrade", start)
-        event.listen(conn, "before_cursor_execute", before)
         event.listen(conn, "after_cursor_execute", after)
         capturing = True
         try:
             run_alembic(conn, scripts, placeholder, direction, key.to_revision)
         finally:
             capturing = False
-            event.remove(conn, "before_cursor_execute", before)
             event.remove(conn, "after_cursor_execute", after)
     except Exception:
         return None  # anything unusual: tenants take the ordinary path and report errors
@@ -154,10 +160,27 @@ def compile_step(
     return CompiledStep(key, placeholder, tuple(recorded))
 
 
-def replay(conn: Connection, step: CompiledStep, schema: str) -> None:
-    """Execute the recorded statements for ``schema`` in the caller's transaction."""
-    for sql, params in step.for_schema(schema):
-        if params:
-            conn.exec_driver_sql(sql, params)
-        else:
-            conn.exec_driver_sql(sql)
+def replay(conn: Connection, step: CompiledStep, schema: str) -> str | None:
+    """Run the step's statements for ``schema`` in the caller's transaction; return the
+    revision the schema's version table holds afterwards.
+
+    The statements (parameters rendered by the driver, as it would anyway) go to the server as
+    one multi-statement string: one round trip per tenant instead of one per statement.
+    """
+    # The driver renders parameters client-side; do that once here so the whole step can go
+    # out as one string. Executing through SQLAlchemy keeps its error wrapping and connection
+    # invalidation (a lock timeout or a lost server look the same as on the Alembic path).
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        parts = [
+            cursor.mogrify(sql, params).decode() if params else sql
+            for sql, params in step.for_schema(schema)
+        ]
+    finally:
+        cursor.close()
+    parts.append(f"SELECT version_num FROM {qualified(schema, VERSION_TABLE)}")
+    script = ";\n".join(part.strip().rstrip(";") for part in parts)
+    rows = conn.exec_driver_sql(script, execution_options={"no_parameters": True}).all()
+    if len(rows) > 1:
+        raise ValueError(f"several revisions after replay: {rows}")
+    return str(rows[0][0]) if rows else None

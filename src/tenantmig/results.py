@@ -38,6 +38,8 @@ class TenantOutcome:
     attempts: int = 0
     duration_s: float = 0.0
     error: str | None = None
+    # The database stayed unreachable past the reconnect budget: the run stops scheduling.
+    lost_connection: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -39,22 +39,21 @@ def apply_timeouts(conn: Connection, timeouts: Timeouts) -> None:
     for ACCESS EXCLUSIVE blocks every later reader of that table behind it, so it must give up
     quickly and be retried rather than wait behind a long transaction.
     """
-    conn.execute(
-        sa.text("SELECT set_config('lock_timeout', :lock, true)"),
-        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms"},
-    )
     statement = (
         f"{int(timeouts.statement_timeout_s * 1000)}ms" if timeouts.statement_timeout_s else "0"
     )
-    conn.execute(sa.text("SELECT set_config('statement_timeout', :st, true)"), {"st": statement})
-    # A backend waiting in a lock queue does not notice that its client died: a killed runner
-    # would leave it holding this tenant's locks (and its place in the queue, blocking readers)
-    # until lock_timeout. PostgreSQL 14+ can poll the socket while a statement runs.
+    # One round trip for all three. A backend waiting in a lock queue does not notice that its
+    # client died: a killed runner would leave it holding this tenant's locks (and its place in
+    # the queue, blocking readers) until lock_timeout. PostgreSQL 14+ can poll the socket while
+    # a statement runs (client_connection_check_interval).
     conn.execute(
         sa.text(
-            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000"
+            "SELECT set_config('lock_timeout', :lock, true),"
+            " set_config('statement_timeout', :st, true),"
+            " CASE WHEN current_setting('server_version_num')::int >= 140000"
             " THEN set_config('client_connection_check_interval', '1000', true) END"
-        )
+        ),
+        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement},
     )
 
 
@@ -71,7 +70,7 @@ def lock_schema(conn: Connection, schema: str) -> None:
     )
 
 
-def enter_schema(conn: Connection, schema: str) -> None:
+def enter_schema(conn: Connection, schema: str, *, verify: bool = True) -> None:
     """Point search_path at the schema alone for this transaction and verify it took effect.
 
     current_schema() is NULL when no schema on the path exists; checking it stops DDL from ever
@@ -80,16 +79,24 @@ def enter_schema(conn: Connection, schema: str) -> None:
     conn.execute(
         sa.text("SELECT set_config('search_path', :path, true)"), {"path": quote_ident(schema)}
     )
+    if not verify:
+        return  # the caller checks current_schema() in its next query
     actual = conn.execute(sa.text("SELECT current_schema()")).scalar()
     if actual != schema:
         raise SchemaMissing(f"schema {schema!r} does not exist")
 
 
-def prepare_migration_transaction(conn: Connection, schema: str, timeouts: Timeouts) -> None:
-    """Timeouts, then the schema's lock, then search_path; call first in the transaction."""
+def prepare_migration_transaction(
+    conn: Connection, schema: str, timeouts: Timeouts, *, verify: bool = True
+) -> None:
+    """Timeouts, then the schema's lock, then search_path; call first in the transaction.
+
+    ``verify=False`` leaves the current_schema() check to the caller (one round trip less per
+    tenant when the caller reads the schema's state right after anyway).
+    """
     apply_timeouts(conn, timeouts)
     lock_schema(conn, schema)
-    enter_schema(conn, schema)
+    enter_schema(conn, schema, verify=verify)
 
 
 RUN_LOCK_NAME = "tenantmig all-tenants run"

@@ -12,14 +12,14 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tenantmig.alembic_env import VERSION_TABLE, context_options
 from tenantmig.config import Settings
@@ -121,7 +121,9 @@ class SchemaMigrator:
         attempts = 0
         extra = {"tenant": job.name}
         self._seen_revision = None  # read under the lock; reported on failure
+        self._first_seen: str | _Unread | None = _UNREAD  # what the first attempt saw
         self._replayed_last = False
+        reconnect_deadline = started + self.settings.reconnect_timeout_s
         while True:
             attempts += 1
             try:
@@ -133,8 +135,32 @@ class SchemaMigrator:
                 self.log.error("refused: %s", exc, extra=extra)
                 return self._outcome(job, TenantStatus.FAILED, started, attempts, error=str(exc))
             except DBAPIError as exc:
-                if exc.connection_invalidated:
+                if exc.connection_invalidated or connection_lost(exc):
+                    # The server went away (restart, failover, network). Whatever this attempt
+                    # did was rolled back, or committed just before the loss: the next attempt
+                    # re-reads the version under the lock and finds out which.
                     self._drop_connection()
+                    if time.monotonic() >= reconnect_deadline:
+                        message = (
+                            f"database unreachable for {self.settings.reconnect_timeout_s:.0f}s: "
+                            f"{_first_line(exc)}"
+                        )
+                        self.log.error("failed: %s", message, extra=extra)
+                        outcome = self._outcome(
+                            job, TenantStatus.FAILED, started, attempts, error=message
+                        )
+                        return replace(outcome, lost_connection=True)
+                    else:
+                        delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempts, 5))
+                        self.log.warning(
+                            "attempt %d: connection lost (%s), reconnecting in %.2fs",
+                            attempts,
+                            _first_line(exc),
+                            delay,
+                            extra=extra,
+                        )
+                        time.sleep(delay * random.uniform(0.5, 1.0))
+                        continue
                 reason = _RETRYABLE_SQLSTATES.get(sqlstate(exc) or "")
                 if reason and attempts <= self.settings.retries:
                     delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempts - 1))
@@ -160,6 +186,9 @@ class SchemaMigrator:
                     attempts,
                     error=f"{type(exc).__name__}: {exc}",
                 )
+            if before == after and attempts > 1 and self._first_seen not in (_UNREAD, after):
+                # An earlier attempt's commit landed before its connection was lost.
+                before = self._first_seen  # type: ignore[assignment]
             status = TenantStatus.SKIPPED if before == after else TenantStatus.OK
             self.log.info(
                 "%s %s -> %s%s",
@@ -200,39 +229,50 @@ class SchemaMigrator:
         with conn.begin():
             # Lock first, then read the version: a runner that waited for the lock sees what the
             # previous holder committed (READ COMMITTED takes a new snapshot per statement).
-            prepare_migration_transaction(conn, job.schema, self.timeouts)
-            before = self._current(conn, job.schema)
+            prepare_migration_transaction(conn, job.schema, self.timeouts, verify=False)
+            before, has_table = self._state(conn, job.schema)
             self._seen_revision = before
+            if self._first_seen is _UNREAD:
+                self._first_seen = before
             destination = self._destination(before)
             if destination is _NOTHING:
                 return before, before
             assert not isinstance(destination, _Nothing)
-            step = self._compiled_step(conn, job.schema, before, destination)
+            step = self.compiled.get(StepKey(before, destination, has_table))
             self._replayed_last = step is not None
             if step is not None:
-                replay(conn, step, job.schema)
+                after = replay(conn, step, job.schema)
                 self.replayed += 1
+                if after != destination:
+                    # Never commit a replay that did not land where Alembic would have.
+                    raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
             else:
                 run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
-            after = self._current(conn, job.schema)
-            if step is not None and after != destination:
-                # Never commit a replay that did not land exactly where Alembic would have.
-                raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
+                after = self._current(conn, job.schema)
         return before, after
 
-    def _compiled_step(
-        self, conn: Connection, schema: str, before: str | None, destination: str | None
-    ) -> CompiledStep | None:
-        """The compiled step for this tenant's *verified* state, if there is one."""
-        if not self.compiled:
-            return None
-        has_table = bool(
-            conn.execute(
-                sa.text("SELECT to_regclass(:t) IS NOT NULL"),
-                {"t": qualified(schema, VERSION_TABLE)},
-            ).scalar()
+    def _state(self, conn: Connection, schema: str) -> tuple[str | None, bool]:
+        """(revision, version table exists), read under the lock; also verifies search_path.
+
+        current_schema() is NULL when the schema does not exist: checking it here stops DDL
+        from ever landing in another schema through a stale or mistaken search_path.
+        """
+        row = conn.execute(
+            sa.text("SELECT current_schema() AS cs, to_regclass(:t) IS NOT NULL AS has_table"),
+            {"t": qualified(schema, VERSION_TABLE)},
+        ).one()
+        if row.cs != schema:
+            raise SchemaMissing(f"schema {schema!r} does not exist")
+        if not row.has_table:
+            return None, False
+        versions = (
+            conn.execute(sa.text(f"SELECT version_num FROM {qualified(schema, VERSION_TABLE)}"))
+            .scalars()
+            .all()
         )
-        return self.compiled.get(StepKey(before, destination, has_table))
+        if len(versions) > 1:
+            raise _Refused(f"schema has diverged revisions {', '.join(sorted(versions))}")
+        return (versions[0] if versions else None), True
 
     def _current(self, conn: Connection, schema: str) -> str | None:
         context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
@@ -313,6 +353,21 @@ def _describe_blockers(rows: Iterable[Any]) -> str:
         for r in rows
     ]
     return f"; blocked by {'; '.join(parts)}" if parts else ""
+
+
+def connection_lost(exc: DBAPIError) -> bool:
+    """True for errors that mean the connection or the server is gone, not the statement."""
+    code = sqlstate(exc) or ""
+    if code.startswith("08") or code in ("57P01", "57P02", "57P03"):
+        return True  # connection exception, admin/crash shutdown, cannot connect now
+    return isinstance(exc, OperationalError) and not code  # e.g. "server closed the connection"
+
+
+class _Unread:
+    """Sentinel: no attempt has read the tenant's revision yet."""
+
+
+_UNREAD = _Unread()
 
 
 class _Nothing:
