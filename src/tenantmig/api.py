@@ -310,8 +310,7 @@ def _run_tenants(
         else:
             wanted = set(retry)
             tenants = [t for t in tenants if t.name in wanted]
-    with conn.begin():
-        versions = read_versions(conn, [t.schema for t in tenants])
+    versions = read_versions(conn, [t.schema for t in tenants])
     scripts = ChainScripts(settings, "tenant")
     precomputed, jobs = _triage(tenants, versions, scripts, direction, revision)
 
@@ -580,8 +579,7 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
     shared_scripts = ChainScripts(settings, "shared")
     tenant_scripts = ChainScripts(settings, "tenant")
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        with conn.begin():
-            shared_version = read_versions(conn, [settings.shared_schema])[settings.shared_schema]
+        shared_version = read_versions(conn, [settings.shared_schema])[settings.shared_schema]
         try:
             with conn.begin():
                 tenant_rows = select_tenants(conn, settings.shared_schema, names)
@@ -589,8 +587,7 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
             if names:
                 raise
             tenant_rows = []
-        with conn.begin():
-            versions = read_versions(conn, [t.schema for t in tenant_rows])
+        versions = read_versions(conn, [t.schema for t in tenant_rows])
         last = Ledger(conn, settings.shared_schema).last_outcomes([t.name for t in tenant_rows])
     states = []
     for tenant in tenant_rows:

@@ -261,8 +261,8 @@ def check(
     keyed: list[tuple[Tenant, SchemaVersion | None, str | None]] = []
     for start in range(0, len(tenants), _CHUNK):
         chunk = tenants[start : start + _CHUNK]
+        versions = read_versions(conn, [t.schema for t in chunk])
         with conn.begin():
-            versions = read_versions(conn, [t.schema for t in chunk])
             fingerprints = read_fingerprints(conn, [t.schema for t in chunk])
         for tenant in chunk:
             version = versions.get(tenant.schema)
@@ -308,8 +308,8 @@ def _comparable(version: SchemaVersion, scripts: ChainScripts) -> bool:
 def _check_shared(settings: Settings, conn: Connection) -> SchemaDrift:
     schema = settings.shared_schema
     refs = ReferenceBuilder(settings, conn, "shared")
+    version = read_versions(conn, [schema])[schema]
     with conn.begin():
-        version = read_versions(conn, [schema])[schema]
         structure = read_structures(conn, [schema])[schema] if version.schema_exists else None
     state, detail = version_drift(version, refs.scripts)
     differences: tuple[Difference, ...] = ()

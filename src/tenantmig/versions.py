@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -37,18 +38,17 @@ class SchemaVersion:
 
 
 def read_versions(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaVersion]:
+    """Versions of ``schemas``. Call outside a transaction: each chunk runs in its own.
+
+    Reading a table takes an ACCESS SHARE lock held to the end of the transaction, and the
+    server's lock table is sized max_locks_per_transaction x max_connections (6,400 slots by
+    default). Reading 10,000 version tables in one transaction exhausts it ("out of shared
+    memory"), so every chunk commits and releases its locks.
+    """
     if not schemas:
         return {}
-    rows = conn.execute(
-        sa.text(
-            "SELECT s.name, n.oid IS NOT NULL AS schema_exists, c.oid IS NOT NULL AS has_table "
-            "FROM unnest(CAST(:names AS text[])) AS s(name) "
-            "LEFT JOIN pg_namespace n ON n.nspname = s.name "
-            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = :table "
-            "AND c.relkind IN ('r', 'p')"
-        ),
-        {"names": list(schemas), "table": VERSION_TABLE},
-    ).all()
+    with conn.begin():
+        rows = _catalog_rows(conn, schemas)
     found: dict[str, list[str]] = {}
     with_table = [r.name for r in rows if r.has_table]
     for start in range(0, len(with_table), _CHUNK):
@@ -58,8 +58,9 @@ def read_versions(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaV
             for i, name in enumerate(chunk)
         ]
         params = {f"s{i}": name for i, name in enumerate(chunk)}
-        for schema, version in conn.execute(sa.text(" UNION ALL ".join(parts)), params):
-            found.setdefault(schema, []).append(version)
+        with conn.begin():
+            for schema, version in conn.execute(sa.text(" UNION ALL ".join(parts)), params):
+                found.setdefault(schema, []).append(version)
     return {
         r.name: SchemaVersion(
             schema=r.name,
@@ -69,3 +70,16 @@ def read_versions(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaV
         )
         for r in rows
     }
+
+
+def _catalog_rows(conn: Connection, schemas: Sequence[str]) -> Sequence[sa.Row[Any]]:
+    return conn.execute(
+        sa.text(
+            "SELECT s.name, n.oid IS NOT NULL AS schema_exists, c.oid IS NOT NULL AS has_table "
+            "FROM unnest(CAST(:names AS text[])) AS s(name) "
+            "LEFT JOIN pg_namespace n ON n.nspname = s.name "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = :table "
+            "AND c.relkind IN ('r', 'p')"
+        ),
+        {"names": list(schemas), "table": VERSION_TABLE},
+    ).all()
