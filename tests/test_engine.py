@@ -14,7 +14,7 @@ from tenantmig.config import Settings
 from tenantmig.errors import RunLocked
 from tenantmig.results import TenantStatus
 from tenantmig.session import LOCK_NAMESPACE, RUN_LOCK_NAME, lock_key
-from tests.helpers import TENANT_HEAD, run_cli, snapshot, version
+from tests.helpers import TENANT_HEAD, run_cli, snapshot, start_cli, version
 
 
 def make_tenants(settings: Settings, names: list[str], revision: str | None = None) -> None:
@@ -157,37 +157,10 @@ def test_run_lock_refuses_a_second_all_tenants_run(
 def test_two_runs_started_together_migrate_each_tenant_once(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    import subprocess
-    import sys
-
-    from tests.helpers import CONFIG, REPO
-
     tenants = names(10)
     make_tenants(settings, tenants)
-    env = {"TENANTMIG_DATABASE_URL": database_url}
-    import os
-
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantmig",
-                "--config",
-                str(CONFIG),
-                "upgrade",
-                "--all-tenants",
-                "--jobs",
-                "2",
-                "--wait",
-                "60",
-            ],
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_cli("upgrade", "--all-tenants", "--jobs", "2", "--wait", "60", url=database_url)
         for _ in range(2)
     ]
     codes = [p.wait(timeout=120) for p in procs]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,32 @@ import sqlalchemy as sa
 from tenantmig import api
 from tenantmig.config import Settings
 from tenantmig.results import TenantStatus
-from tests.helpers import CONFIG, REPO, TENANT_HEAD, run_cli, version
+from tests.helpers import TENANT_HEAD, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
+
+
+def _data_directory(engine: sa.Engine) -> Path:
+    with engine.connect() as conn:
+        data_dir = Path(str(conn.exec_driver_sql("SHOW data_directory").scalar()))
+    engine.dispose()
+    return data_dir
+
+
+def _stop_server(data_dir: Path) -> None:
+    """Fast shutdown of the embedded test server: aborts transactions, drops every client."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGINT)
+    while (data_dir / "postmaster.pid").exists():
+        time.sleep(0.1)
+
+
+def _start_server(data_dir: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+        # The session's server handle (cached per data directory) starts it again.
+        get_server(str(data_dir), cleanup_mode=None).ensure_postgres_running()
 
 
 def test_ddl_never_blocks_readers_longer_than_lock_timeout(
@@ -61,29 +85,17 @@ def test_ten_runners_at_once_migrate_each_tenant_exactly_once(
 ) -> None:
     tenants = names(20)
     make_tenants(settings, tenants)
-    env = {**os.environ, "TENANTMIG_DATABASE_URL": database_url}
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantmig",
-                "--config",
-                str(CONFIG),
-                "upgrade",
-                "--all-tenants",
-                "--jobs",
-                "2",
-                "--wait",
-                "120",
-                "--json",
-                "-q",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_cli(
+            "upgrade",
+            "--all-tenants",
+            "--jobs",
+            "2",
+            "--wait",
+            "120",
+            "--json",
+            "-q",
+            url=database_url,
         )
         for _ in range(10)
     ]
@@ -190,49 +202,18 @@ def test_passwords_never_reach_logs_ledger_or_output(
     reason="restarts the server: needs the embedded test server",
 )
 def test_database_restart_mid_run_is_survived(
-    settings: Settings, engine: sa.Engine, database_url: str, admin_url: str
+    settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    import signal
-    import warnings
-
     tenants = names(40)
     make_tenants(settings, tenants, "001_initial_schema")
-    with engine.connect() as conn:
-        data_dir = Path(str(conn.exec_driver_sql("SHOW data_directory").scalar()))
-    engine.dispose()
-    run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tenantmig",
-            "--config",
-            str(CONFIG),
-            "upgrade",
-            "--all-tenants",
-            "--jobs",
-            "2",
-            "--json",
-            "-q",
-            "--no-replay",
-        ],
-        env={**os.environ, "TENANTMIG_DATABASE_URL": database_url},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    data_dir = _data_directory(engine)
+    run = start_cli(
+        "upgrade", "--all-tenants", "--jobs", "2", "--json", "-q", "--no-replay", url=database_url
     )
     time.sleep(1.5)  # into the run
-    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    os.kill(postmaster, signal.SIGINT)  # fast shutdown: aborts transactions, drops clients
-    while (data_dir / "postmaster.pid").exists():
-        time.sleep(0.1)
+    _stop_server(data_dir)
     time.sleep(1.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-
-        # The session's server handle (cached per data directory) starts it again.
-        get_server(str(data_dir), cleanup_mode=None).ensure_postgres_running()
+    _start_server(data_dir)
     out, err = run.communicate(timeout=180)
     assert run.returncode == 0, err
     result = json.loads(out)
@@ -248,50 +229,27 @@ def test_database_restart_mid_run_is_survived(
 def test_server_down_past_the_reconnect_bound_stops_the_run(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    import signal
-    import warnings
-
     tenants = names(30)
     make_tenants(settings, tenants, "001_initial_schema")
-    with engine.connect() as conn:
-        data_dir = Path(str(conn.exec_driver_sql("SHOW data_directory").scalar()))
-    engine.dispose()
-    run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tenantmig",
-            "--config",
-            str(CONFIG),
-            "upgrade",
-            "--all-tenants",
-            "--jobs",
-            "2",
-            "--json",
-            "-q",
-            "--no-replay",
-            "--reconnect-timeout",
-            "2",
-        ],
-        env={**os.environ, "TENANTMIG_DATABASE_URL": database_url},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    data_dir = _data_directory(engine)
+    run = start_cli(
+        "upgrade",
+        "--all-tenants",
+        "--jobs",
+        "2",
+        "--json",
+        "-q",
+        "--no-replay",
+        "--reconnect-timeout",
+        "2",
+        url=database_url,
     )
     time.sleep(1.5)
-    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    os.kill(postmaster, signal.SIGINT)
+    _stop_server(data_dir)
     try:
         _out, err = run.communicate(timeout=60)  # bounded: it gives up instead of hanging
     finally:
-        while (data_dir / "postmaster.pid").exists():
-            time.sleep(0.1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver.postgres_server import get_server
-
-            get_server(str(data_dir), cleanup_mode=None).ensure_postgres_running()
+        _start_server(data_dir)
     assert run.returncode != 0
     assert "Traceback" not in err
     # Every tenant is at its old or its new revision, and a re-run finishes the job.

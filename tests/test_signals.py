@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -14,29 +13,12 @@ import sqlalchemy as sa
 
 from tenantmig import api
 from tenantmig.config import Settings
-from tests.helpers import CONFIG, REPO, TENANT_HEAD, run_cli, version
+from tests.helpers import TENANT_HEAD, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
 
 
 def start_run(url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tenantmig",
-            "--config",
-            str(CONFIG),
-            "upgrade",
-            "--all-tenants",
-            *args,
-        ],
-        env={**os.environ, "TENANTMIG_DATABASE_URL": url},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_cli("upgrade", "--all-tenants", *args, url=url, new_session=True)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
