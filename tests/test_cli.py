@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import sqlalchemy as sa
 
@@ -245,3 +246,20 @@ def test_help_lists_exit_codes() -> None:
     done = run_cli("upgrade", "--help")
     assert done.returncode == 0
     assert "--all-tenants" in done.stdout and "130" in done.stdout
+
+
+def test_a_custom_shared_schema_holds_shared_tables_and_ledger(
+    database_url: str, engine: sa.Engine
+) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("--shared-schema", "core", *args, url=database_url)
+
+    assert cli("upgrade", "--shared").returncode == 0
+    done = cli("tenants", "create", "acme")
+    assert done.returncode == 0, done.stderr
+    assert {"tenants", "api_keys", "tenantmig_runs"} <= tables(engine, "core")
+    assert "tenants" not in tables(engine, "public")
+    assert version(engine, "core") == SHARED_HEAD and version(engine, "acme") == TENANT_HEAD
+    assert cli("drift").returncode == 0
+    refused = cli("tenants", "create", "core")
+    assert refused.returncode == 1 and "shared" in refused.stderr
