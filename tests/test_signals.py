@@ -28,42 +28,32 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def waiting_lock_requests(engine: sa.Engine) -> int:
+def count(engine: sa.Engine, query: str) -> int:
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE NOT l.granted AND a.application_name LIKE 'tenantmig%'"
-                )
-            ).scalar()
-            or 0
-        )
+        return int(conn.execute(sa.text(query)).scalar() or 0)
+
+
+def waiting_lock_requests(engine: sa.Engine) -> int:
+    """tenantmig sessions waiting in a lock queue."""
+    return count(
+        engine,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE NOT l.granted AND a.application_name LIKE 'tenantmig%'",
+    )
 
 
 def tenantmig_advisory_locks(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND pid <> pg_backend_pid()"
-                )
-            ).scalar()
-            or 0
-        )
+    """Advisory locks held by anyone but this session."""
+    return count(
+        engine,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()",
+    )
 
 
 def tenantmig_sessions(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tenantmig%'"
-                )
-            ).scalar()
-            or 0
-        )
+    return count(
+        engine, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tenantmig%'"
+    )
 
 
 def test_sigkill_of_the_runner_leaves_every_tenant_at_old_or_new_revision(
