@@ -37,7 +37,7 @@ from tenantmig.registry import (
 )
 from tenantmig.replay import CompiledStep, StepKey, compile_step
 from tenantmig.results import Direction, RunResult, TenantJob, TenantOutcome, TenantStatus
-from tenantmig.scripts import ChainScripts, RevisionInfo
+from tenantmig.scripts import ChainScripts, RevisionInfo, is_relative
 from tenantmig.session import (
     Timeouts,
     hold_live_run_lock,
@@ -129,34 +129,44 @@ def _migrate(
         raise ConfigError(
             f"revision {revision!r} names one chain; choose --shared or --tenant/--all-tenants"
         )
-    # Validate names and the revision before touching the database.
+    # Validate names and the revision before touching the database. The scripts are loaded
+    # once here and used for the whole run.
     for name in selection.tenants or ():
         validate_tenant_name(name, shared_schema=settings.shared_schema)
-    for chain, wanted in (("shared", selection.shared), ("tenant", selection.include_tenants)):
-        if wanted:
-            _check_target(ChainScripts(settings, chain), revision)  # type: ignore[arg-type]
+    shared_scripts = ChainScripts(settings, "shared") if selection.shared else None
+    tenant_scripts = ChainScripts(settings, "tenant") if selection.include_tenants else None
+    for scripts in (shared_scripts, tenant_scripts):
+        if scripts is not None and not is_relative(revision):
+            scripts.resolve_target(revision)
     started = time.monotonic()
     result = RunResult(run_id=None, command=direction, target=revision)
     with open_database(settings) as database:
-        if selection.shared:
-            result.shared = _migrate_shared(settings, database, direction, revision)
+        if shared_scripts is not None:
+            result.shared = _migrate_shared(settings, database, shared_scripts, direction, revision)
             if result.shared.status is TenantStatus.FAILED:
                 result.duration_s = time.monotonic() - started
                 return result
-        if selection.include_tenants:
-            _migrate_tenants(settings, database, selection, direction, revision, options, result)
+        if tenant_scripts is not None:
+            _migrate_tenants(
+                settings,
+                database,
+                tenant_scripts,
+                selection,
+                direction,
+                revision,
+                options,
+                result,
+            )
     result.duration_s = time.monotonic() - started
     return result
 
 
-def _check_target(scripts: ChainScripts, revision: str) -> None:
-    if revision.lstrip("+-").isdigit() and revision[:1] in "+-":
-        return  # relative: resolved per schema against its own revision
-    scripts.resolve_target(revision)
-
-
 def _migrate_shared(
-    settings: Settings, database: Database, direction: Direction, revision: str
+    settings: Settings,
+    database: Database,
+    scripts: ChainScripts,
+    direction: Direction,
+    revision: str,
 ) -> TenantOutcome:
     schema = settings.shared_schema
     if schema != "public":
@@ -166,7 +176,7 @@ def _migrate_shared(
         settings,
         database.url.render_as_string(hide_password=False),
         Plan(direction, revision),
-        scripts=ChainScripts(settings, "shared"),
+        scripts=scripts,
         logger=configure_run_log(_log_file(settings, None), None),
     )
     try:
@@ -227,6 +237,7 @@ def _choose_workers(
 def _migrate_tenants(
     settings: Settings,
     database: Database,
+    scripts: ChainScripts,
     selection: Selection,
     direction: Direction,
     revision: str,
@@ -238,7 +249,17 @@ def _migrate_tenants(
         if selection.tenants is None:
             lock_held = _acquire_run_lock(conn, settings.shared_schema, options.wait_s)
         try:
-            _run_tenants(settings, database, conn, selection, direction, revision, options, result)
+            _run_tenants(
+                settings,
+                database,
+                conn,
+                scripts,
+                selection,
+                direction,
+                revision,
+                options,
+                result,
+            )
         finally:
             if lock_held:
                 with contextlib.suppress(DBAPIError):  # released with the connection if lost
@@ -285,6 +306,7 @@ def _run_tenants(
     settings: Settings,
     database: Database,
     conn: Connection,
+    scripts: ChainScripts,
     selection: Selection,
     direction: Direction,
     revision: str,
@@ -311,7 +333,6 @@ def _run_tenants(
             wanted = set(retry)
             tenants = [t for t in tenants if t.name in wanted]
     versions = read_versions(conn, [t.schema for t in tenants])
-    scripts = ChainScripts(settings, "tenant")
     precomputed, jobs = _triage(tenants, versions, scripts, direction, revision)
 
     run_id = ledger.start_run(
@@ -427,7 +448,7 @@ def _triage(
     (unknown or diverged revisions, relative targets) goes to a worker, which decides under the
     tenant's lock.
     """
-    relative = revision.lstrip("+-").isdigit() and revision[:1] in "+-"
+    relative = is_relative(revision)
     target = None if relative else scripts.resolve_target(revision)
     done: list[TenantOutcome] = []
     jobs: list[TenantJob] = []
@@ -467,7 +488,7 @@ def _compile_steps(
     revision: str,
 ) -> tuple[CompiledStep, ...]:
     """Compile each distinct step the jobs need, once, on the coordinator's connection."""
-    if revision.lstrip("+-").isdigit() and revision[:1] in "+-":
+    if is_relative(revision):
         return ()  # relative targets differ per tenant: no shared step
     target = scripts.resolve_target(revision)
     keys = {

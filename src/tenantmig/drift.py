@@ -247,13 +247,12 @@ def check(
     tenant_refs = ReferenceBuilder(settings, conn, "tenant")
     scripts = tenant_refs.scripts
     report = DriftReport(
-        head=scripts.head,
-        shared_head=ChainScripts(settings, "shared").head if include_shared else None,
-        tenants_checked=len(tenants),
-        shared=None,
+        head=scripts.head, shared_head=None, tenants_checked=len(tenants), shared=None
     )
     if include_shared:
-        report.shared = _check_shared(settings, conn)
+        shared_refs = ReferenceBuilder(settings, conn, "shared")
+        report.shared_head = shared_refs.scripts.head
+        report.shared = _check_shared(settings, conn, shared_refs)
 
     # Fingerprint every schema on the server, chunk by chunk; remember one sample schema per
     # distinct (revision, fingerprint) and read only those samples' catalogs in full.
@@ -305,9 +304,8 @@ def _comparable(version: SchemaVersion, scripts: ChainScripts) -> bool:
     return version.schema_exists and not version.diverged and scripts.knows(version.revision)
 
 
-def _check_shared(settings: Settings, conn: Connection) -> SchemaDrift:
+def _check_shared(settings: Settings, conn: Connection, refs: ReferenceBuilder) -> SchemaDrift:
     schema = settings.shared_schema
-    refs = ReferenceBuilder(settings, conn, "shared")
     version = read_versions(conn, [schema])[schema]
     with conn.begin():
         structure = read_structures(conn, [schema])[schema] if version.schema_exists else None

@@ -58,17 +58,5 @@ class RunLocked(TenantmigError):
     exit_code = ExitCode.LOCKED
 
 
-class Interrupted(TenantmigError):
-    """The run was stopped by SIGINT or SIGTERM."""
-
-    exit_code = ExitCode.INTERRUPTED
-
-
-class TenantMigrationFailed(TenantmigError):
-    """One tenant's migration failed (raised inside a worker, recorded, never fatal to a run)."""
-
-    exit_code = ExitCode.TENANTS_FAILED
-
-
 class SchemaMissing(TenantmigError):
     """A tenant is registered (or named) but its schema does not exist."""

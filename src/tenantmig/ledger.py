@@ -133,10 +133,6 @@ class Ledger:
                 f"ON {self.run_tenants} (tenant, run_id DESC)"
             )
 
-    @_committed
-    def exists(self) -> bool:
-        return self._has_tables()
-
     def _has_tables(self) -> bool:
         return bool(
             self.conn.execute(

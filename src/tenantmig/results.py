@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -100,9 +100,3 @@ class RunResult:
             "totals": self.totals(),
             "notices": self.notices,
         }
-
-
-def outcome_as_dict(outcome: TenantOutcome) -> dict[str, Any]:
-    data = asdict(outcome)
-    data["status"] = outcome.status.value
-    return data

@@ -23,6 +23,11 @@ class RevisionInfo:
     is_head: bool
 
 
+def is_relative(target: str) -> bool:
+    """``-1``, ``+2``: a number of steps from each schema's own revision."""
+    return target[:1] in ("+", "-") and target[1:].isdigit()
+
+
 class ChainScripts:
     """One chain's ScriptDirectory, loaded once per process and reused for every tenant.
 
@@ -77,7 +82,7 @@ class ChainScripts:
             return None
         if target == "head" or target == "heads":
             return self.head
-        if target.lstrip("+-").isdigit() and target[0] in "+-":
+        if is_relative(target):
             steps = int(target)
             index = self.position(current) + steps
             if index < -1 or index >= len(self.order):

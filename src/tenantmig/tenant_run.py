@@ -28,7 +28,7 @@ from tenantmig.errors import SchemaMissing, TenantmigError, UnknownRevision
 from tenantmig.identifiers import qualified
 from tenantmig.replay import CompiledStep, StepKey, replay
 from tenantmig.results import Direction, TenantJob, TenantOutcome, TenantStatus
-from tenantmig.scripts import ChainScripts
+from tenantmig.scripts import ChainScripts, is_relative
 from tenantmig.session import Timeouts, prepare_migration_transaction
 
 RECYCLE_CONNECTION_AFTER = 200
@@ -87,7 +87,7 @@ class SchemaMigrator:
         self._replayed_last = False
         self.replayed = 0  # tenants migrated by replaying a compiled step
         # Validate the target once, before any tenant: a typo fails the run with nothing changed.
-        if not (plan.target.lstrip("+-").isdigit() and plan.target[:1] in "+-"):
+        if not is_relative(plan.target):
             self.scripts.resolve_target(plan.target)
 
     # -- connection -----------------------------------------------------------------------
