@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from tenantmig.backup import (
+    BackupFailed,
+    BackupPlan,
+    LibpqConnection,
+    check_writable_directory,
+    find_pg_tools,
+)
 from tenantmig.config import Chain, Settings
 from tenantmig.database import Database, open_database
 from tenantmig.drift import DriftReport
@@ -36,6 +43,7 @@ from tenantmig.registry import (
     select_tenants,
 )
 from tenantmig.replay import CompiledStep, StepKey, compile_step
+from tenantmig.restore import RestoreResult, restore_tenant
 from tenantmig.results import Direction, RunResult, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.scripts import ChainScripts, RevisionInfo, is_relative
 from tenantmig.session import (
@@ -100,6 +108,7 @@ class RunOptions:
     on_outcome: OutcomeCallback | None = None
     on_start: Callable[[int, int], None] | None = None  # (tenants to migrate, workers)
     replay: bool = True  # replay compiled steps where provably equivalent (see replay.py)
+    backup_dir: Path | None = None  # pg_dump each tenant here before migrating it
 
 
 # -- upgrade / downgrade -------------------------------------------------------------------------
@@ -141,6 +150,8 @@ def _migrate(
     started = time.monotonic()
     result = RunResult(run_id=None, command=direction, target=revision)
     with open_database(settings) as database:
+        # Checked before anything changes: a run that cannot back up must not start.
+        backup = _backup_plan(settings, database, options) if tenant_scripts else None
         if shared_scripts is not None:
             result.shared = _migrate_shared(settings, database, shared_scripts, direction, revision)
             if result.shared.status is TenantStatus.FAILED:
@@ -156,9 +167,28 @@ def _migrate(
                 revision,
                 options,
                 result,
+                backup,
             )
     result.duration_s = time.monotonic() - started
     return result
+
+
+def server_major(conn: Connection) -> int:
+    return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
+
+
+def _backup_plan(settings: Settings, database: Database, options: RunOptions) -> BackupPlan | None:
+    if options.backup_dir is None:
+        return None
+    with database.engine.connect() as conn:
+        major = server_major(conn)
+    tools = find_pg_tools(major)
+    return BackupPlan(
+        directory=check_writable_directory(options.backup_dir),
+        tools=tools,
+        connection=LibpqConnection.from_url(database.url),
+        lock_timeout_s=settings.lock_timeout_s,
+    )
 
 
 def _migrate_shared(
@@ -243,6 +273,7 @@ def _migrate_tenants(
     revision: str,
     options: RunOptions,
     result: RunResult,
+    backup: BackupPlan | None,
 ) -> None:
     with database.engine.connect() as conn:
         lock_held = False
@@ -259,6 +290,7 @@ def _migrate_tenants(
                 revision,
                 options,
                 result,
+                backup,
             )
         finally:
             if lock_held:
@@ -312,6 +344,7 @@ def _run_tenants(
     revision: str,
     options: RunOptions,
     result: RunResult,
+    backup: BackupPlan | None,
 ) -> None:
     with conn.begin():
         tenants = select_tenants(
@@ -345,6 +378,7 @@ def _run_tenants(
             "max_failures": options.max_failures,
             "only_failed": options.only_failed,
             "tenants": len(tenants),
+            "backup_dir": str(backup.directory) if backup else None,
         },
     )
     result.run_id = run_id
@@ -392,6 +426,7 @@ def _run_tenants(
                 log_file=_log_file(settings, options),
                 run_id=run_id,
                 compiled=compiled,
+                backup=backup,
             )
             policy = StopPolicy(options.fail_fast, options.max_failures)
             outcomes, interrupted = run_jobs(spec, jobs, workers, policy=policy, on_outcome=collect)
@@ -653,6 +688,47 @@ def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport
 
 
 # -- runs ----------------------------------------------------------------------------------------
+def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
+    """Replace one tenant's schema with a ``--backup`` dump, atomically; recorded in the ledger."""
+    validate_tenant_name(tenant, shared_schema=settings.shared_schema)
+    with open_database(settings) as database:
+        try:
+            result = restore_tenant(settings, database, tenant, archive)
+        except BackupFailed as exc:
+            _record_restore(database, settings, tenant, archive, None, str(exc))
+            raise
+        run_id = _record_restore(database, settings, tenant, archive, result, None)
+    return replace(result, run_id=run_id)
+
+
+def _record_restore(
+    database: Database,
+    settings: Settings,
+    tenant: str,
+    archive: Path,
+    result: RestoreResult | None,
+    error: str | None,
+) -> int:
+    with database.engine.connect() as conn:
+        ledger = Ledger(conn, settings.shared_schema)
+        ledger.ensure()
+        run_id = ledger.start_run("restore", "tenants", str(archive), {"file": str(archive)})
+        outcome = TenantOutcome(
+            name=tenant,
+            schema=result.schema if result else tenant,
+            status=TenantStatus.OK if result else TenantStatus.FAILED,
+            from_revision=result.from_revision if result else None,
+            to_revision=result.to_revision if result else None,
+            attempts=1,
+            duration_s=result.duration_s if result else 0.0,
+            error=error,
+            backup=str(archive),
+        )
+        ledger.record(run_id, [outcome])
+        ledger.finish_run(run_id, "succeeded" if result else "failed", {outcome.status.value: 1})
+    return run_id
+
+
 def runs(settings: Settings, limit: int = 20) -> list[RunRecord]:
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         return Ledger(conn, settings.shared_schema).runs_list(limit)

@@ -118,6 +118,14 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run Alembic for every tenant instead of replaying each step's compiled SQL",
     )
+    group.add_argument(
+        "--backup",
+        type=Path,
+        metavar="DIR",
+        help="pg_dump -Fc each tenant's schema into DIR just before migrating it (the run "
+        "refuses to start if pg_dump is missing or DIR is not writable); restore one with "
+        "`tenantmig restore`",
+    )
     group.add_argument("--json", action="store_true", help="print one JSON result object")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -240,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", type=int)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
+    p = add(
+        "restore",
+        "Replace one tenant's schema with a dump taken by --backup, in one transaction: "
+        "on any error the current schema is kept. The tenant's tables are locked meanwhile.",
+    )
+    p.add_argument("--tenant", required=True, metavar="NAME", help="the tenant to restore")
+    p.add_argument("file", type=Path, metavar="FILE", help="a .dump file written by --backup")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest to wait for the tenant's locks (default: 5)",
+    )
+    p.add_argument("--json", action="store_true")
+
     add("demo", "Create demo tenants (acme, globex, initech) and run the full upgrade.")
     return parser
 
@@ -283,6 +306,7 @@ def _run_options(args: argparse.Namespace) -> tuple[api.RunOptions, render.Progr
         on_outcome=progress,
         on_start=progress.start,
         replay=not getattr(args, "no_replay", False),
+        backup_dir=getattr(args, "backup", None),
     )
     return options, progress
 
@@ -444,6 +468,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.tenants.succeeded else ExitCode.TENANTS_FAILED
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    result = api.restore(_settings(args), args.tenant, args.file)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"restored tenant {result.tenant} from {result.file}: revision "
+            f"{result.from_revision or 'base'} -> {result.to_revision or 'base'} "
+            f"in {result.duration_s:.1f}s (run {result.run_id})"
+        )
+    return ExitCode.OK
+
+
 def cmd_drift(args: argparse.Namespace) -> int:
     report = api.drift(_settings(args), args.tenant)
     if args.html is not None:
@@ -471,6 +508,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "drift": cmd_drift,
     "demo": cmd_demo,
+    "restore": cmd_restore,
 }
 
 

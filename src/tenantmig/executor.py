@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tenantmig.backup import BackupPlan
 from tenantmig.config import Settings
 from tenantmig.logs import configure_run_log
 from tenantmig.replay import CompiledStep
@@ -51,6 +52,7 @@ class WorkerSpec:
     log_file: Path | None
     run_id: int | None
     compiled: tuple[CompiledStep, ...] = ()
+    backup: BackupPlan | None = None
 
     def migrator(self, logger: logging.Logger, role: str | None = None) -> SchemaMigrator:
         return SchemaMigrator(
@@ -60,6 +62,8 @@ class WorkerSpec:
             logger=logger,
             role=role,
             compiled={step.key: step for step in self.compiled},
+            backup=self.backup,
+            run_id=self.run_id,
         )
 
 

@@ -128,6 +128,10 @@ class Ledger:
                 " error text, recorded_at timestamptz NOT NULL DEFAULT now(),"
                 " PRIMARY KEY (run_id, tenant))"
             )
+            # Added after the first release: older ledgers get the column on first use.
+            self.conn.exec_driver_sql(
+                f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS backup_path text"
+            )
             self.conn.exec_driver_sql(
                 "CREATE INDEX IF NOT EXISTS tenantmig_run_tenants_tenant_idx "
                 f"ON {self.run_tenants} (tenant, run_id DESC)"
@@ -168,11 +172,13 @@ class Ledger:
             sa.text(
                 f"INSERT INTO {self.run_tenants} "
                 "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
-                " duration_s, error) VALUES (:run_id, :tenant, :schema, :from_rev, :to_rev,"
-                " :status, :attempts, :duration, :error) ON CONFLICT (run_id, tenant) DO UPDATE"
+                " duration_s, error, backup_path) VALUES (:run_id, :tenant, :schema, :from_rev,"
+                " :to_rev, :status, :attempts, :duration, :error, :backup)"
+                " ON CONFLICT (run_id, tenant) DO UPDATE"
                 " SET from_revision = EXCLUDED.from_revision, to_revision = EXCLUDED.to_revision,"
                 " status = EXCLUDED.status, attempts = EXCLUDED.attempts,"
-                " duration_s = EXCLUDED.duration_s, error = EXCLUDED.error, recorded_at = now()"
+                " duration_s = EXCLUDED.duration_s, error = EXCLUDED.error,"
+                " backup_path = EXCLUDED.backup_path, recorded_at = now()"
             ),
             [
                 {
@@ -185,6 +191,7 @@ class Ledger:
                     "attempts": o.attempts,
                     "duration": o.duration_s,
                     "error": o.error,
+                    "backup": o.backup,
                 }
                 for o in outcomes
             ],
@@ -286,6 +293,7 @@ class Ledger:
                 attempts=t.attempts,
                 duration_s=t.duration_s or 0.0,
                 error=t.error,
+                backup=getattr(t, "backup_path", None),  # ledger from before backups
             )
             for t in tenants
         ]

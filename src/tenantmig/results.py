@@ -40,6 +40,7 @@ class TenantOutcome:
     error: str | None = None
     # The database stayed unreachable past the reconnect budget: the run stops scheduling.
     lost_connection: bool = False
+    backup: str | None = None  # the pg_dump file taken before migrating (--backup)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class TenantOutcome:
             "attempts": self.attempts,
             "duration_s": round(self.duration_s, 4),
             "error": self.error,
+            "backup": self.backup,
         }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tenantmig.alembic_env import VERSION_TABLE, context_options
+from tenantmig.backup import BackupFailed, BackupPlan
 from tenantmig.config import Settings
 from tenantmig.database import create_engine
 from tenantmig.errors import SchemaMissing, TenantmigError, UnknownRevision
@@ -73,6 +74,8 @@ class SchemaMigrator:
         scripts: ChainScripts | None = None,
         role: str | None = None,
         compiled: Mapping[StepKey, CompiledStep] | None = None,
+        backup: BackupPlan | None = None,
+        run_id: int | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
@@ -86,6 +89,9 @@ class SchemaMigrator:
         self.compiled: dict[StepKey, CompiledStep] = dict(compiled or {})
         self._replayed_last = False
         self.replayed = 0  # tenants migrated by replaying a compiled step
+        self.backup = backup
+        self.run_id = run_id
+        self._backup: tuple[str | None, str] | None = None  # (revision dumped, file) this tenant
         # Validate the target once, before any tenant: a typo fails the run with nothing changed.
         if not is_relative(plan.target):
             self.scripts.resolve_target(plan.target)
@@ -123,6 +129,7 @@ class SchemaMigrator:
         self._seen_revision = None  # read under the lock; reported on failure
         self._first_seen: str | _Unread | None = _UNREAD  # what the first attempt saw
         self._replayed_last = False
+        self._backup = None
         reconnect_deadline = started + self.settings.reconnect_timeout_s
         while True:
             attempts += 1
@@ -131,7 +138,7 @@ class SchemaMigrator:
             except SchemaMissing as exc:
                 self.log.warning("schema missing: %s", exc, extra=extra)
                 return self._outcome(job, TenantStatus.MISSING, started, attempts, error=str(exc))
-            except (_Refused, UnknownRevision) as exc:
+            except (_Refused, UnknownRevision, BackupFailed) as exc:
                 self.log.error("refused: %s", exc, extra=extra)
                 return self._outcome(job, TenantStatus.FAILED, started, attempts, error=str(exc))
             except DBAPIError as exc:
@@ -222,6 +229,7 @@ class SchemaMigrator:
             attempts=attempts,
             duration_s=time.monotonic() - started,
             error=error,
+            backup=self._backup[1] if self._backup else None,
         )
 
     def _attempt(self, job: TenantJob) -> tuple[str | None, str | None]:
@@ -238,6 +246,11 @@ class SchemaMigrator:
             if destination is _NOTHING:
                 return before, before
             assert not isinstance(destination, _Nothing)
+            if self.backup is not None and (self._backup is None or self._backup[0] != before):
+                # Dumped while we hold the tenant's lock: no other runner can migrate it
+                # between the dump and our migration. A retry at the same revision reuses it.
+                path = self.backup.dump(job.name, job.schema, before, self.run_id)
+                self._backup = (before, str(path))
             step = self.compiled.get(StepKey(before, destination, has_table))
             self._replayed_last = step is not None
             if step is not None:

@@ -1,0 +1,177 @@
+"""Restoring one tenant's schema from a ``--backup`` dump, all or nothing.
+
+pg_restore turns the archive into SQL; psql runs it in ONE transaction after our own preamble
+(take the tenant's advisory lock, drop the current schema). PostgreSQL's transactional DDL makes
+the whole replacement atomic: if anything fails, the tenant keeps its current schema untouched,
+and readers see either the old schema or the restored one, never a half-restored mix. While the
+transaction runs, the dropped tables are ACCESS EXCLUSIVE locked, so the tenant's queries wait.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tenantmig.alembic_env import VERSION_TABLE
+from tenantmig.backup import BackupFailed, LibpqConnection, PgTools, find_pg_tools
+from tenantmig.config import Settings
+from tenantmig.database import Database
+from tenantmig.errors import ConfigError
+from tenantmig.identifiers import qualified, quote_ident
+from tenantmig.registry import select_tenants
+from tenantmig.session import LOCK_NAMESPACE, lock_key
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    tenant: str
+    schema: str
+    file: str
+    from_revision: str | None
+    to_revision: str | None
+    duration_s: float
+    run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "schema": self.schema,
+            "file": self.file,
+            "from": self.from_revision,
+            "to": self.to_revision,
+            "duration_s": round(self.duration_s, 3),
+            "run_id": self.run_id,
+        }
+
+
+def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
+    """Schemas a custom-format archive creates, from its table of contents."""
+    listed = subprocess.run(
+        [tools.tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True
+    )
+    if listed.returncode != 0:
+        detail = listed.stderr.strip().splitlines()[-1] if listed.stderr.strip() else "unreadable"
+        raise ConfigError(f"{archive} is not a pg_dump custom-format archive: {detail}")
+    schemas = set()
+    for line in listed.stdout.splitlines():
+        # "215; 2615 16385 SCHEMA - acme postgres"
+        parts = line.split()
+        if len(parts) >= 6 and not line.startswith(";") and parts[3:5] == ["SCHEMA", "-"]:
+            schemas.add(parts[5])
+    return schemas
+
+
+def schema_revision(conn: Connection, schema: str) -> str | None:
+    table = qualified(schema, VERSION_TABLE)
+    with conn.begin():
+        exists = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar()
+        if not exists:
+            return None
+        return conn.execute(sa.text(f"SELECT min(version_num) FROM {table}")).scalar()
+
+
+def _preamble(schema: str, lock_timeout_s: float) -> bytes:
+    # lock_timeout bounds both waits: for a tenantmig runner migrating this tenant (the advisory
+    # lock) and for the application's transactions on its tables (DROP needs ACCESS EXCLUSIVE).
+    return (
+        f"SET lock_timeout = '{max(1, int(lock_timeout_s * 1000))}ms';\n"
+        f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
+        f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
+    ).encode()
+
+
+def _run_restore(
+    tools: PgTools, connection: LibpqConnection, archive: Path, schema: str, lock_timeout_s: float
+) -> None:
+    env = connection.environment()
+    with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
+        psql = subprocess.Popen(
+            [
+                tools.tool("psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "--single-transaction",
+                "--set=ON_ERROR_STOP=1",
+                "--file=-",
+                f"--dbname={connection.dsn}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=psql_err,
+            env=env,
+        )
+        restore = subprocess.Popen(
+            [tools.tool("pg_restore"), "--file=-", str(archive)],
+            stdout=subprocess.PIPE,
+            stderr=restore_err,
+        )
+        assert psql.stdin is not None and restore.stdout is not None
+        try:
+            psql.stdin.write(_preamble(schema, lock_timeout_s))
+            shutil.copyfileobj(restore.stdout, psql.stdin)
+        except BrokenPipeError:
+            pass  # psql stopped on an error; its stderr says which
+        finally:
+            restore.stdout.close()
+            try:
+                psql.stdin.close()
+            except BrokenPipeError:
+                pass
+        restore_code, psql_code = restore.wait(), psql.wait()
+        if restore_code == 0 and psql_code == 0:
+            return
+        restore_err.seek(0)
+        psql_err.seek(0)
+        errors = (psql_err.read() if psql_code else restore_err.read()).decode(errors="replace")
+        lines = [line for line in errors.strip().splitlines() if line.strip()]
+        detail = next((line for line in lines if "ERROR" in line or "error" in line), None)
+        raise BackupFailed(
+            f"restore failed, nothing changed: {detail or (lines[-1] if lines else 'unknown')}"
+        )
+
+
+def restore_tenant(
+    settings: Settings, database: Database, tenant: str, archive: Path
+) -> RestoreResult:
+    """Replace ``tenant``'s schema with the one in ``archive`` (a ``--backup`` dump)."""
+    if not archive.is_file():
+        raise ConfigError(f"backup file {str(archive)!r} does not exist or is not a file")
+    started = time.monotonic()
+    with database.engine.connect() as conn:
+        with conn.begin():
+            (target,) = select_tenants(conn, settings.shared_schema, [tenant])
+        major = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
+        conn.rollback()
+        tools = find_pg_tools(major)
+        found = archive_schemas(tools, archive)
+        if found != {target.schema}:
+            holds = ", ".join(sorted(found)) or "no schema"
+            raise ConfigError(
+                f"{archive} holds {holds}, not tenant {tenant}'s schema {target.schema!r}; "
+                "nothing restored"
+            )
+        before = schema_revision(conn, target.schema)
+        _run_restore(
+            tools,
+            LibpqConnection.from_url(database.url),
+            archive,
+            target.schema,
+            settings.lock_timeout_s,
+        )
+        after = schema_revision(conn, target.schema)
+    return RestoreResult(
+        tenant=tenant,
+        schema=target.schema,
+        file=str(archive.resolve()),
+        from_revision=before,
+        to_revision=after,
+        duration_s=time.monotonic() - started,
+    )
