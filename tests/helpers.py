@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,13 @@ def tenant_rows(engine: sa.Engine, shared: str = "public") -> list[str]:
         return list(
             conn.execute(sa.text(f'SELECT name FROM "{shared}".tenants ORDER BY name')).scalars()
         )
+
+
+def project_with(tmp_path: Path, tenant_revisions: dict[str, str]) -> Path:
+    """A copy of the project with extra tenant revision files; returns its alembic.ini."""
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
+    for filename, text in tenant_revisions.items():
+        (root / "migrations" / "tenant" / "versions" / filename).write_text(text)
+    return root / "alembic.ini"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,7 +11,7 @@ from tenantmig.config import Settings, load_settings
 from tenantmig.replay import StepKey, compile_step
 from tenantmig.scripts import ChainScripts
 from tenantmig.session import Timeouts
-from tests.helpers import REPO, TENANT_HEAD, snapshot, version
+from tests.helpers import TENANT_HEAD, project_with, snapshot, version
 from tests.test_engine import make_tenants
 
 
@@ -67,14 +66,6 @@ def downgrade() -> None:
 '''
 
 
-def _project_with(tmp_path: Path, filename: str, text: str) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(REPO / "migrations", root / "migrations")
-    shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
-    (root / "migrations" / "tenant" / "versions" / filename).write_text(text)
-    return root / "alembic.ini"
-
-
 def _index_exists(engine: sa.Engine, schema: str) -> bool:
     with engine.connect() as conn:
         return (
@@ -91,7 +82,7 @@ def test_a_revision_that_reads_data_is_never_replayed(
     make_tenants(settings, ["busy", "empty1", "empty2"], "head")
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO busy.users (email) VALUES ('a@example.com')")
-    config = _project_with(tmp_path, "004_conditional_index.py", READING_REVISION)
+    config = project_with(tmp_path, {"004_conditional_index.py": READING_REVISION})
     project = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
     scripts = ChainScripts(project, "tenant")
     with engine.connect() as conn:
@@ -115,7 +106,7 @@ def test_a_revision_can_opt_out_of_replay(
     opted_out = READING_REVISION.replace(
         'op.get_bind().execute(sa.text("SELECT count(*) FROM users")).scalar()', "1"
     ).replace("depends_on = None", "depends_on = None\ntenantmig_replay = False")
-    config = _project_with(tmp_path, "004_conditional_index.py", opted_out)
+    config = project_with(tmp_path, {"004_conditional_index.py": opted_out})
     project = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
     make_tenants(settings, ["a1"], "head")
     scripts = ChainScripts(project, "tenant")

@@ -26,6 +26,7 @@ from tenantmig.backup import (
     check_writable_directory,
     find_pg_tools,
 )
+from tenantmig.catalog import invalid_indexes
 from tenantmig.config import Chain, Settings
 from tenantmig.database import Database, open_database
 from tenantmig.drift import DriftReport
@@ -581,10 +582,13 @@ class TenantState:
     schema: str
     revision: str | None
     head: str | None
-    state: str  # current, behind, uninitialized, missing_schema, unknown_revision, diverged
+    # current, behind, uninitialized, missing_schema, unknown_revision, diverged, or
+    # needs_attention (INVALID indexes left by a failed CREATE INDEX CONCURRENTLY)
+    state: str
     last_status: str | None = None
     last_error: str | None = None
     last_run_id: int | None = None
+    invalid_indexes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -596,6 +600,7 @@ class TenantState:
             "last_status": self.last_status,
             "last_error": self.last_error,
             "last_run_id": self.last_run_id,
+            "invalid_indexes": list(self.invalid_indexes),
         }
 
 
@@ -644,22 +649,26 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
                 raise
             tenant_rows = []
         versions = read_versions(conn, [t.schema for t in tenant_rows])
+        with conn.begin():
+            invalid = invalid_indexes(conn, [t.schema for t in tenant_rows])
         last = Ledger(conn, settings.shared_schema).last_outcomes([t.name for t in tenant_rows])
     states = []
     for tenant in tenant_rows:
         version = versions.get(tenant.schema)
         previous = last.get(tenant.name)
         failed = previous is not None and previous.status not in ("ok", "skipped")
+        broken = tuple(invalid.get(tenant.schema, ()))
         states.append(
             TenantState(
                 name=tenant.name,
                 schema=tenant.schema,
                 revision=version.revision if version else None,
                 head=tenant_scripts.head,
-                state=classify(version, tenant_scripts),
+                state="needs_attention" if broken else classify(version, tenant_scripts),
                 last_status=previous.status if previous else None,
                 last_error=previous.error if previous and failed else None,
                 last_run_id=previous.run_id if previous else None,
+                invalid_indexes=broken,
             )
         )
     return StatusReport(

@@ -245,3 +245,26 @@ def read_fingerprints(conn: Connection, schemas: Sequence[str]) -> dict[str, str
     query = query.replace("{nulls_not_distinct}", nulls)
     rows = conn.execute(sa.text(query), {"schemas": list(schemas)})
     return {r.schema: r.fingerprint for r in rows}
+
+
+def invalid_indexes(conn: Connection, schemas: Sequence[str] | None) -> dict[str, list[str]]:
+    """INVALID indexes per schema (all schemas when None).
+
+    A failed or interrupted CREATE INDEX CONCURRENTLY leaves its index behind, marked invalid:
+    never used by queries, yet still maintained on every write, and it blocks a re-run with
+    "already exists". (An index being built right now is invalid too, until it finishes.)
+    """
+    where = "" if schemas is None else "AND n.nspname = ANY(:schemas)"
+    rows = conn.execute(
+        sa.text(
+            "SELECT n.nspname AS schema, c.relname AS name FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            f" WHERE NOT i.indisvalid {where} ORDER BY 1, 2"
+        ),
+        {} if schemas is None else {"schemas": list(schemas)},
+    ).all()
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row.schema, []).append(row.name)
+    return found

@@ -13,6 +13,7 @@ tenants with the same structure cost one comparison.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tenantmig.catalog import (
     DEFAULT,
     NULLABILITY,
     SchemaStructure,
+    invalid_indexes,
     read_fingerprints,
     read_structures,
 )
@@ -35,7 +37,7 @@ from tenantmig.ledger import RUN_TENANTS, RUNS
 from tenantmig.registry import Tenant
 from tenantmig.scripts import ChainScripts
 from tenantmig.session import Timeouts, prepare_migration_transaction
-from tenantmig.tenant_run import run_alembic
+from tenantmig.tenant_run import raised_by_autocommit_block, run_alembic
 from tenantmig.versions import SchemaVersion, read_versions
 
 REFERENCE_SCHEMA = "tenantmig_reference"
@@ -208,9 +210,37 @@ class ReferenceBuilder:
             if revision is not None:
                 run_alembic(self.conn, self.scripts, REFERENCE_SCHEMA, "upgrade", revision)
             structure = read_structures(self.conn, [REFERENCE_SCHEMA])[REFERENCE_SCHEMA]
+        except Exception as exc:
+            if not raised_by_autocommit_block(exc):
+                raise
+            transaction.rollback()
+            return self._build_outside_transaction(revision, timeouts)
         finally:
-            transaction.rollback()  # the reference never outlives this transaction
+            if transaction.is_active:
+                transaction.rollback()  # the reference never outlives this transaction
         return structure
+
+    def _build_outside_transaction(
+        self, revision: str | None, timeouts: Timeouts
+    ) -> SchemaStructure:
+        """For chains with autocommit blocks (CREATE INDEX CONCURRENTLY), which cannot run in
+        the rolled-back transaction: build in a per-process scratch schema that is committed,
+        then dropped. Its own connection carries the session-level settings and is closed."""
+        schema = f"{REFERENCE_SCHEMA}_{os.getpid()}"
+        with self.conn.engine.connect() as conn:
+            try:
+                with conn.begin():
+                    conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+                    conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
+                    prepare_migration_transaction(conn, schema, timeouts, local=False)
+                if revision is not None:
+                    run_alembic(conn, self.scripts, schema, "upgrade", revision, per_migration=True)
+                with conn.begin():
+                    return read_structures(conn, [schema])[schema]
+            finally:
+                conn.rollback()
+                with conn.begin():
+                    conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
 
 
 def version_drift(version: SchemaVersion | None, scripts: ChainScripts) -> tuple[str | None, str]:
@@ -272,6 +302,10 @@ def check(
                 samples.setdefault((version.revision, fingerprint), tenant.schema)
             keyed.append((tenant, version, fingerprint))
 
+    # One cheap query for the whole server: a failed CREATE INDEX CONCURRENTLY leaves an
+    # INVALID index whose definition may match the expected one exactly.
+    with conn.begin():
+        invalid = invalid_indexes(conn, None)
     compared: dict[tuple[str | None, str], tuple[Difference, ...]] = {}
     sample_keys = list(samples.items())
     for start in range(0, len(sample_keys), _CHUNK):
@@ -285,6 +319,12 @@ def check(
         differences: tuple[Difference, ...] = ()
         if fingerprint is not None and version is not None:
             differences = compared[(version.revision, fingerprint)]
+        differences += tuple(
+            Difference(
+                "index", name, "invalid", "valid", "INVALID (a failed CREATE INDEX CONCURRENTLY?)"
+            )
+            for name in invalid.get(tenant.schema, ())
+        )
         if state is not None or differences:
             report.drifted.append(
                 SchemaDrift(

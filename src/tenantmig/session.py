@@ -2,6 +2,11 @@
 
 All settings are transaction-local (``set_config(..., true)`` is ``SET LOCAL``), so a connection
 reused for the next tenant starts clean, and nothing leaks if the transaction rolls back.
+
+The exception is a tenant whose revisions need statements outside a transaction (``CREATE INDEX
+CONCURRENTLY`` in an autocommit block): there the settings and the advisory lock are
+session-level (``local=False``) on a connection used for that one tenant and then closed, which
+is what releases them.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ class Timeouts:
     statement_timeout_s: float | None = None
 
 
-def apply_timeouts(conn: Connection, timeouts: Timeouts) -> None:
-    """SET LOCAL lock_timeout/statement_timeout for the current transaction.
+def apply_timeouts(conn: Connection, timeouts: Timeouts, *, local: bool = True) -> None:
+    """SET LOCAL lock_timeout/statement_timeout for the current transaction (or the session).
 
     lock_timeout is what keeps a migration from sitting in a lock queue: an ALTER TABLE waiting
     for ACCESS EXCLUSIVE blocks every later reader of that table behind it, so it must give up
@@ -48,36 +53,38 @@ def apply_timeouts(conn: Connection, timeouts: Timeouts) -> None:
     # a statement runs (client_connection_check_interval).
     conn.execute(
         sa.text(
-            "SELECT set_config('lock_timeout', :lock, true),"
-            " set_config('statement_timeout', :st, true),"
+            "SELECT set_config('lock_timeout', :lock, :local),"
+            " set_config('statement_timeout', :st, :local),"
             " CASE WHEN current_setting('server_version_num')::int >= 140000"
-            " THEN set_config('client_connection_check_interval', '1000', true) END"
+            " THEN set_config('client_connection_check_interval', '1000', :local) END"
         ),
-        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement},
+        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement, "local": local},
     )
 
 
-def lock_schema(conn: Connection, schema: str) -> None:
+def lock_schema(conn: Connection, schema: str, *, session: bool = False) -> None:
     """Take the per-schema advisory lock for this transaction.
 
     A transaction-level lock: released at COMMIT/ROLLBACK, and with the connection if the runner
     dies, so nothing is ever left held. Waiting is bounded by lock_timeout (advisory lock waits
     honour it), which raises lock_not_available (55P03) like any other lock wait.
     """
+    function = "pg_advisory_lock" if session else "pg_advisory_xact_lock"
     conn.execute(
-        sa.text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+        sa.text(f"SELECT {function}(:ns, :key)"),
         {"ns": LOCK_NAMESPACE, "key": lock_key(schema)},
     )
 
 
-def enter_schema(conn: Connection, schema: str, *, verify: bool = True) -> None:
+def enter_schema(conn: Connection, schema: str, *, verify: bool = True, local: bool = True) -> None:
     """Point search_path at the schema alone for this transaction and verify it took effect.
 
     current_schema() is NULL when no schema on the path exists; checking it stops DDL from ever
     landing in some other schema through a stale or mistaken search_path.
     """
     conn.execute(
-        sa.text("SELECT set_config('search_path', :path, true)"), {"path": quote_ident(schema)}
+        sa.text("SELECT set_config('search_path', :path, :local)"),
+        {"path": quote_ident(schema), "local": local},
     )
     if not verify:
         return  # the caller checks current_schema() in its next query
@@ -87,16 +94,16 @@ def enter_schema(conn: Connection, schema: str, *, verify: bool = True) -> None:
 
 
 def prepare_migration_transaction(
-    conn: Connection, schema: str, timeouts: Timeouts, *, verify: bool = True
+    conn: Connection, schema: str, timeouts: Timeouts, *, verify: bool = True, local: bool = True
 ) -> None:
     """Timeouts, then the schema's lock, then search_path; call first in the transaction.
 
     ``verify=False`` leaves the current_schema() check to the caller (one round trip less per
     tenant when the caller reads the schema's state right after anyway).
     """
-    apply_timeouts(conn, timeouts)
-    lock_schema(conn, schema)
-    enter_schema(conn, schema, verify=verify)
+    apply_timeouts(conn, timeouts, local=local)
+    lock_schema(conn, schema, session=not local)
+    enter_schema(conn, schema, verify=verify, local=local)
 
 
 RUN_LOCK_NAME = "tenantmig all-tenants run"

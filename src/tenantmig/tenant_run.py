@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tenantmig.alembic_env import VERSION_TABLE, context_options
 from tenantmig.backup import BackupFailed, BackupPlan
+from tenantmig.catalog import invalid_indexes
 from tenantmig.config import Settings
 from tenantmig.database import create_engine
 from tenantmig.errors import SchemaMissing, TenantmigError, UnknownRevision
@@ -92,6 +93,9 @@ class SchemaMigrator:
         self.backup = backup
         self.run_id = run_id
         self._backup: tuple[str | None, str] | None = None  # (revision dumped, file) this tenant
+        # Steps (from, to) found to need statements outside a transaction; see _attempt.
+        self._autocommit_steps: set[tuple[str | None, str | None]] = set()
+        self._reached: str | _Unread | None = _UNREAD  # where a partial failure stopped
         # Validate the target once, before any tenant: a typo fails the run with nothing changed.
         if not is_relative(plan.target):
             self.scripts.resolve_target(plan.target)
@@ -130,6 +134,7 @@ class SchemaMigrator:
         self._first_seen: str | _Unread | None = _UNREAD  # what the first attempt saw
         self._replayed_last = False
         self._backup = None
+        self._reached = _UNREAD
         reconnect_deadline = started + self.settings.reconnect_timeout_s
         while True:
             attempts += 1
@@ -138,7 +143,7 @@ class SchemaMigrator:
             except SchemaMissing as exc:
                 self.log.warning("schema missing: %s", exc, extra=extra)
                 return self._outcome(job, TenantStatus.MISSING, started, attempts, error=str(exc))
-            except (_Refused, UnknownRevision, BackupFailed) as exc:
+            except (_Refused, UnknownRevision, BackupFailed, NeedsAttention) as exc:
                 self.log.error("refused: %s", exc, extra=extra)
                 return self._outcome(job, TenantStatus.FAILED, started, attempts, error=str(exc))
             except DBAPIError as exc:
@@ -218,8 +223,10 @@ class SchemaMigrator:
         error: str | None = None,
     ) -> TenantOutcome:
         if status is not TenantStatus.OK and status is not TenantStatus.SKIPPED:
-            # Rolled back: the tenant stays exactly where it was when we read it.
-            before = after = self._seen_revision
+            # Rolled back: the tenant stays exactly where it was when we read it, unless a step
+            # outside one transaction committed some revisions before failing.
+            before = self._seen_revision
+            after = before if isinstance(self._reached, _Unread) else self._reached
         return TenantOutcome(
             name=job.name,
             schema=job.schema,
@@ -233,6 +240,21 @@ class SchemaMigrator:
         )
 
     def _attempt(self, job: TenantJob) -> tuple[str | None, str | None]:
+        try:
+            return self._attempt_in_transaction(job)
+        except _NeedsAutocommit as need:
+            # Everything the attempt did was rolled back; learn it once for this worker.
+            self._autocommit_steps.add(need.step)
+            return self._attempt_outside_transaction(job)
+
+    def _backup_before(self, job: TenantJob, before: str | None) -> None:
+        if self.backup is not None and (self._backup is None or self._backup[0] != before):
+            # Dumped while we hold the tenant's lock: no other runner can migrate it
+            # between the dump and our migration. A retry at the same revision reuses it.
+            path = self.backup.dump(job.name, job.schema, before, self.run_id)
+            self._backup = (before, str(path))
+
+    def _attempt_in_transaction(self, job: TenantJob) -> tuple[str | None, str | None]:
         conn = self._connection()
         with conn.begin():
             # Lock first, then read the version: a runner that waited for the lock sees what the
@@ -246,11 +268,9 @@ class SchemaMigrator:
             if destination is _NOTHING:
                 return before, before
             assert not isinstance(destination, _Nothing)
-            if self.backup is not None and (self._backup is None or self._backup[0] != before):
-                # Dumped while we hold the tenant's lock: no other runner can migrate it
-                # between the dump and our migration. A retry at the same revision reuses it.
-                path = self.backup.dump(job.name, job.schema, before, self.run_id)
-                self._backup = (before, str(path))
+            if (before, destination) in self._autocommit_steps:
+                raise _NeedsAutocommit((before, destination))
+            self._backup_before(job, before)
             step = self.compiled.get(StepKey(before, destination, has_table))
             self._replayed_last = step is not None
             if step is not None:
@@ -260,9 +280,79 @@ class SchemaMigrator:
                     # Never commit a replay that did not land where Alembic would have.
                     raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
             else:
-                run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
+                try:
+                    run_alembic(conn, self.scripts, job.schema, self.plan.direction, destination)
+                except Exception as exc:
+                    if raised_by_autocommit_block(exc):
+                        raise _NeedsAutocommit((before, destination)) from exc
+                    raise
                 after = self._current(conn, job.schema)
         return before, after
+
+    def _attempt_outside_transaction(self, job: TenantJob) -> tuple[str | None, str | None]:
+        """Migrate a tenant whose step has an autocommit block (CREATE INDEX CONCURRENTLY...).
+
+        Such a block must commit what came before it, so the tenant cannot be one transaction:
+        Alembic commits each revision in its own transaction instead (each still atomic with
+        its version row). The advisory lock and settings are session-level, on a connection
+        used for this tenant alone and closed afterwards: closing is what releases them, even
+        when the migration fails halfway.
+        """
+        self._drop_connection()
+        conn = self.engine.connect()
+        try:
+            with conn.begin():
+                prepare_migration_transaction(
+                    conn, job.schema, self.timeouts, verify=False, local=False
+                )
+                before, _ = self._state(conn, job.schema)
+            self._seen_revision = before
+            if self._first_seen is _UNREAD:
+                self._first_seen = before
+            destination = self._destination(before)
+            if destination is _NOTHING:
+                return before, before
+            assert not isinstance(destination, _Nothing)
+            self._backup_before(job, before)
+            try:
+                run_alembic(
+                    conn,
+                    self.scripts,
+                    job.schema,
+                    self.plan.direction,
+                    destination,
+                    per_migration=True,
+                )
+            except Exception as exc:
+                self._after_partial_failure(conn, job.schema, exc)
+                raise
+            with conn.begin():
+                return before, self._current(conn, job.schema)
+        finally:
+            conn.close()
+
+    def _after_partial_failure(self, conn: Connection, schema: str, exc: Exception) -> None:
+        """After a failure outside one transaction: where did the tenant stop, what is left?
+
+        Revisions before the failing one are committed, so the tenant may now be between its
+        old revision and the target. A failed CREATE INDEX CONCURRENTLY leaves an INVALID index
+        behind (PostgreSQL cannot roll it back): report it and flag the tenant for attention
+        rather than retrying into "already exists".
+        """
+        try:
+            conn.rollback()
+            with conn.begin():
+                self._reached = self._state(conn, schema)[0]
+                invalid = invalid_indexes(conn, [schema]).get(schema, [])
+        except DBAPIError:
+            return  # connection gone: the retry loop re-reads everything under the lock
+        if invalid:
+            raise NeedsAttention(
+                f"{_first_line(exc)}; needs attention: INVALID index(es) left in the schema: "
+                f"{', '.join(invalid)}. Drop them (DROP INDEX CONCURRENTLY) before re-running, "
+                "or build indexes with tenantmig.ops.create_index_concurrently, which replaces "
+                "its own INVALID leftovers"
+            ) from exc
 
     def _state(self, conn: Connection, schema: str) -> tuple[str | None, bool]:
         """(revision, version table exists), read under the lock; also verifies search_path.
@@ -339,11 +429,14 @@ def run_alembic(
     schema: str,
     direction: Direction,
     destination: str | None,
+    *,
+    per_migration: bool = False,
 ) -> None:
     """Run the chain's revisions in ``schema`` up or down to ``destination`` (None: base).
 
     Runs inside the caller's open transaction (Alembic sees an external transaction and does not
-    commit), with search_path already pointing at ``schema``.
+    commit), with search_path already pointing at ``schema``. With ``per_migration`` the caller
+    has no transaction open and Alembic commits each revision in its own.
     """
     script = scripts.script
     target = destination or "base"
@@ -355,7 +448,9 @@ def run_alembic(
 
     environment = EnvironmentContext(scripts.config, script, fn=step, destination_rev=target)
     with environment:
-        environment.configure(connection=conn, **context_options(schema))
+        environment.configure(
+            connection=conn, **context_options(schema, per_migration=per_migration)
+        )
         environment.run_migrations()
 
 
@@ -374,6 +469,33 @@ def connection_lost(exc: DBAPIError) -> bool:
     if code.startswith("08") or code in ("57P01", "57P02", "57P03"):
         return True  # connection exception, admin/crash shutdown, cannot connect now
     return isinstance(exc, OperationalError) and not code  # e.g. "server closed the connection"
+
+
+class _NeedsAutocommit(Exception):
+    """The step has an autocommit block: it cannot run inside the tenant's one transaction."""
+
+    def __init__(self, step: tuple[str | None, str | None]) -> None:
+        super().__init__(f"step {step} needs statements outside a transaction")
+        self.step = step
+
+
+class NeedsAttention(TenantmigError):
+    """A migration outside one transaction failed and left something an operator must fix."""
+
+
+def raised_by_autocommit_block(exc: BaseException) -> bool:
+    """True when Alembic's autocommit_block() refused to run inside our transaction.
+
+    Inside an external transaction the block fails before running anything (it cannot commit
+    a transaction it does not own), so its frame in the traceback identifies this case.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "autocommit_block" and "alembic" in code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class _Unread:
