@@ -36,6 +36,7 @@ from tenantmig.executor import Execution, StopPolicy, WorkerSpec, run_jobs
 from tenantmig.identifiers import quote_ident, validate_tenant_name
 from tenantmig.ledger import Ledger, RunRecord
 from tenantmig.logs import configure_run_log
+from tenantmig.preflight import check_can_migrate
 from tenantmig.registry import (
     Tenant,
     drop_tenant,
@@ -151,7 +152,10 @@ def _migrate(
     started = time.monotonic()
     result = RunResult(run_id=None, command=direction, target=revision)
     with open_database(settings) as database:
-        # Checked before anything changes: a run that cannot back up must not start.
+        # Checked before anything changes: a role that cannot write, or a run that cannot
+        # back up, must not start.
+        with database.engine.connect() as conn:
+            check_can_migrate(conn, settings.shared_schema, shared_chain=selection.shared)
         backup = _backup_plan(settings, database, options) if tenant_scripts else None
         if shared_scripts is not None:
             result.shared = _migrate_shared(settings, database, shared_scripts, direction, revision)
