@@ -134,3 +134,63 @@ def test_a_revision_can_opt_out_of_replay(
             ).scalar()
             == 0
         )
+
+
+PERCENT_REVISION = '''"""Percent signs in a CHECK and in comments, one as a bound parameter."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "004_percent"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_check_constraint("ck_users_email_at", "users", "email LIKE '%@%'")
+    op.execute("COMMENT ON TABLE users IS 'at least 100% real'")
+    op.execute(
+        sa.text("COMMENT ON TABLE orders IS :note").bindparams(note="orders, 50% off")
+    )
+
+
+def downgrade() -> None:
+    op.execute("COMMENT ON TABLE orders IS NULL")
+    op.execute("COMMENT ON TABLE users IS NULL")
+    op.drop_constraint("ck_users_email_at", "users", type_="check")
+'''
+
+
+def _comments(engine: sa.Engine, schema: str) -> dict[str, str | None]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class"
+                " WHERE relnamespace = to_regnamespace(:s) AND relname IN ('users', 'orders')"
+            ),
+            {"s": f'"{schema}"'},
+        ).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def test_replay_renders_percent_signs_and_parameters_exactly_as_alembic(
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    make_tenants(settings, ["r1", "user", "plain"], TENANT_HEAD)  # "user": a keyword
+    config = project_with(tmp_path, {"004_percent.py": PERCENT_REVISION})
+    project = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
+    log = tmp_path / "replay.log"
+    replayed = api.upgrade(
+        project, api.Selection.named(["r1", "user"]), options=api.RunOptions(log_file=log)
+    )
+    assert replayed.succeeded, replayed.to_json()
+    assert log.read_text().count("(replayed)") == 2
+    plain = api.upgrade(
+        project, api.Selection.named(["plain"]), options=api.RunOptions(replay=False)
+    )
+    assert plain.succeeded
+    expected = {"users": "at least 100% real", "orders": "orders, 50% off"}
+    assert _comments(engine, "plain") == expected
+    for schema in ("r1", "user"):
+        assert _comments(engine, schema) == expected
+        assert snapshot(engine, schema) == snapshot(engine, "plain")

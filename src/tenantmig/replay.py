@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,26 +47,45 @@ class StepKey:
     has_version_table: bool
 
 
+# Markers in a compiled step's script where each tenant's schema name goes: in SQL text (as
+# Alembic renders it, quoted when it is a keyword) and inside rendered parameter values (bare).
+_SQL_MARK = "\x00schema\x00"  # never in SQL text; replaced before anything is sent
+_PARAM_MARK = "tenantmigschemaparammark"
+
+
 @dataclass(frozen=True)
 class CompiledStep:
     key: StepKey
     placeholder: str
     statements: tuple[Statement, ...]
+    # The whole step as one script with parameters rendered and the schema marked: replaying
+    # it for a tenant is two str.replace calls, no per-statement work in Python.
+    template: str = ""
 
-    def for_schema(self, schema: str) -> list[Statement]:
-        """The statements with the scratch schema's name replaced by ``schema``.
-
-        In SQL text the name is rendered exactly as Alembic renders it for that schema (quoted
-        when it is a keyword such as ``user``); bound parameters get the bare name.
-        """
-        name = re.escape(self.placeholder)
-        in_sql = re.compile(rf'"?\b{name}\b"?')
-        in_params = re.compile(rf"\b{name}\b")
+    def for_schema(self, schema: str) -> str:
+        """The step's script for ``schema``."""
         rendered = _PREPARER.quote_schema(schema)
-        return [
-            (in_sql.sub(lambda _m: rendered, sql), _substitute(params, in_params, schema))
-            for sql, params in self.statements
-        ]
+        return self.template.replace(_SQL_MARK, rendered).replace(_PARAM_MARK, schema)
+
+
+def _template(cursor: Any, placeholder: str, statements: Sequence[Statement]) -> str:
+    """Render the recorded statements once into a script with the schema name marked.
+
+    In SQL text the name is matched as a whole word, with the quotes Alembic may have put
+    around it; in bound parameters it is matched as a word and left bare. Parameters are
+    rendered by the driver exactly as it would render them when executing.
+    """
+    name = re.escape(placeholder)
+    in_sql = re.compile(rf'"?\b{name}\b"?')
+    in_params = re.compile(rf"\b{name}\b")
+    parts = []
+    for sql, params in statements:
+        text = in_sql.sub(lambda _m: _SQL_MARK, sql)
+        # Always through mogrify, even with empty parameters: the driver then turns the "%%"
+        # that SQLAlchemy escaped into the "%" the server must see (None leaves text as is).
+        text = cursor.mogrify(text, _substitute(params, in_params, _PARAM_MARK)).decode()
+        parts.append(text.strip().rstrip(";"))
+    return ";\n".join(parts)
 
 
 def _substitute(params: Any, pattern: re.Pattern[str], schema: str) -> Any:
@@ -157,29 +177,26 @@ def compile_step(
         transaction.rollback()
     if reads:
         return None
-    return CompiledStep(key, placeholder, tuple(recorded))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        template = _template(cursor, placeholder, recorded)
+    finally:
+        cursor.close()
+    return CompiledStep(key, placeholder, tuple(recorded), template)
 
 
 def replay(conn: Connection, step: CompiledStep, schema: str) -> str | None:
-    """Run the step's statements for ``schema`` in the caller's transaction; return the
-    revision the schema's version table holds afterwards.
+    """Run the step's script for ``schema`` in the caller's transaction; return the revision
+    the schema's version table holds afterwards.
 
-    The statements (parameters rendered by the driver, as it would anyway) go to the server as
-    one multi-statement string: one round trip per tenant instead of one per statement.
+    The script goes to the server as one multi-statement string: one round trip per tenant
+    instead of one per statement. Executing through SQLAlchemy keeps its error wrapping and
+    connection invalidation (a lock timeout or a lost server look the same as on the Alembic
+    path).
     """
-    # The driver renders parameters client-side; do that once here so the whole step can go
-    # out as one string. Executing through SQLAlchemy keeps its error wrapping and connection
-    # invalidation (a lock timeout or a lost server look the same as on the Alembic path).
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        parts = [
-            cursor.mogrify(sql, params).decode() if params else sql
-            for sql, params in step.for_schema(schema)
-        ]
-    finally:
-        cursor.close()
-    parts.append(f"SELECT version_num FROM {qualified(schema, VERSION_TABLE)}")
-    script = ";\n".join(part.strip().rstrip(";") for part in parts)
+    script = (
+        f"{step.for_schema(schema)};\nSELECT version_num FROM {qualified(schema, VERSION_TABLE)}"
+    )
     rows = conn.exec_driver_sql(script, execution_options={"no_parameters": True}).all()
     if len(rows) > 1:
         raise ValueError(f"several revisions after replay: {rows}")
