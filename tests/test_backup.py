@@ -103,6 +103,8 @@ def test_backup_refuses_to_start_without_pg_dump_or_a_writable_directory(
     )
     assert unwritable.returncode == 1
     assert "not writable" in unwritable.stderr
+    shared_only = run_cli("upgrade", "--shared", "--backup", str(tmp_path / "c"), url=database_url)
+    assert shared_only.returncode == 1 and "only the shared schema" in shared_only.stderr
     assert version(engine, "acme") == "001_initial_schema"  # nothing migrated
     with engine.connect() as conn:
         runs = conn.execute(sa.text("SELECT count(*) FROM tenantmig_run_tenants")).scalar()

@@ -140,6 +140,11 @@ def _migrate(
         raise ConfigError(
             f"revision {revision!r} names one chain; choose --shared or --tenant/--all-tenants"
         )
+    if options.backup_dir is not None and not selection.include_tenants:
+        raise ConfigError(
+            "--backup dumps tenant schemas and this run migrates only the shared schema; "
+            "back it up with pg_dump -Fc -n SCHEMA instead"
+        )
     # Validate names and the revision before touching the database. The scripts are loaded
     # once here and used for the whole run.
     for name in selection.tenants or ():

@@ -37,60 +37,36 @@ class Timeouts:
     statement_timeout_s: float | None = None
 
 
-def apply_timeouts(conn: Connection, timeouts: Timeouts, *, local: bool = True) -> None:
-    """SET LOCAL lock_timeout/statement_timeout for the current transaction (or the session).
-
-    lock_timeout is what keeps a migration from sitting in a lock queue: an ALTER TABLE waiting
-    for ACCESS EXCLUSIVE blocks every later reader of that table behind it, so it must give up
-    quickly and be retried rather than wait behind a long transaction.
-    """
+def _timeout_values(timeouts: Timeouts) -> dict[str, str]:
     statement = (
         f"{int(timeouts.statement_timeout_s * 1000)}ms" if timeouts.statement_timeout_s else "0"
     )
-    # One round trip for all three. A backend waiting in a lock queue does not notice that its
-    # client died: a killed runner would leave it holding this tenant's locks (and its place in
-    # the queue, blocking readers) until lock_timeout. PostgreSQL 14+ can poll the socket while
-    # a statement runs (client_connection_check_interval).
-    conn.execute(
-        sa.text(
-            "SELECT set_config('lock_timeout', :lock, :local),"
-            " set_config('statement_timeout', :st, :local),"
-            " CASE WHEN current_setting('server_version_num')::int >= 140000"
-            " THEN set_config('client_connection_check_interval', '1000', :local) END"
-        ),
-        {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement, "local": local},
-    )
+    return {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement}
 
 
-def lock_schema(conn: Connection, schema: str, *, session: bool = False) -> None:
-    """Take the per-schema advisory lock for this transaction.
-
-    A transaction-level lock: released at COMMIT/ROLLBACK, and with the connection if the runner
-    dies, so nothing is ever left held. Waiting is bounded by lock_timeout (advisory lock waits
-    honour it), which raises lock_not_available (55P03) like any other lock wait.
-    """
-    function = "pg_advisory_lock" if session else "pg_advisory_xact_lock"
-    conn.execute(
-        sa.text(f"SELECT {function}(:ns, :key)"),
-        {"ns": LOCK_NAMESPACE, "key": lock_key(schema)},
-    )
-
-
-def enter_schema(conn: Connection, schema: str, *, verify: bool = True, local: bool = True) -> None:
-    """Point search_path at the schema alone for this transaction and verify it took effect.
-
-    current_schema() is NULL when no schema on the path exists; checking it stops DDL from ever
-    landing in some other schema through a stale or mistaken search_path.
-    """
-    conn.execute(
-        sa.text("SELECT set_config('search_path', :path, :local)"),
-        {"path": quote_ident(schema), "local": local},
-    )
-    if not verify:
-        return  # the caller checks current_schema() in its next query
-    actual = conn.execute(sa.text("SELECT current_schema()")).scalar()
-    if actual != schema:
-        raise SchemaMissing(f"schema {schema!r} does not exist")
+# Sent as one multi-statement string: one round trip per tenant for all of it, in this order.
+# 1. Timeouts. lock_timeout is what keeps a migration from sitting in a lock queue: an ALTER
+#    TABLE waiting for ACCESS EXCLUSIVE blocks every later reader of that table behind it, so it
+#    must give up quickly and be retried rather than wait behind a long transaction. A backend
+#    waiting in a lock queue does not notice that its client died: a killed runner would leave
+#    it holding this tenant's locks (and its place in the queue) until lock_timeout, so on
+#    PostgreSQL 14+ it polls the socket while a statement runs (client_connection_check_interval).
+# 2. The per-schema advisory lock. Transaction-level normally: released at COMMIT/ROLLBACK, and
+#    with the connection if the runner dies, so nothing is ever left held. Waiting for it is
+#    bounded by lock_timeout (set just before), raising lock_not_available (55P03) like any
+#    other lock wait.
+# 3. search_path: the schema alone, so unqualified DDL lands in it. The caller then checks
+#    current_schema(), which is NULL when the schema does not exist: that stops DDL from ever
+#    landing in some other schema through a stale or mistaken search_path.
+_PREPARE = """
+SELECT set_config('lock_timeout', %(lock)s, %(local)s),
+       set_config('statement_timeout', %(st)s, %(local)s),
+       CASE WHEN current_setting('server_version_num')::int >= 140000
+            THEN set_config('client_connection_check_interval', '1000', %(local)s) END;
+SELECT {lock_function}(%(ns)s, %(key)s);
+SELECT set_config('search_path', %(path)s, %(local)s);
+SELECT current_schema() AS cs
+"""
 
 
 def prepare_migration_transaction(
@@ -98,12 +74,22 @@ def prepare_migration_transaction(
 ) -> None:
     """Timeouts, then the schema's lock, then search_path; call first in the transaction.
 
-    ``verify=False`` leaves the current_schema() check to the caller (one round trip less per
-    tenant when the caller reads the schema's state right after anyway).
+    ``local=False`` makes all three session-level (see the module docstring). ``verify=False``
+    leaves the current_schema() check to the caller, whose next query reads it anyway.
     """
-    apply_timeouts(conn, timeouts, local=local)
-    lock_schema(conn, schema, session=not local)
-    enter_schema(conn, schema, verify=verify, local=local)
+    lock_function = "pg_advisory_xact_lock" if local else "pg_advisory_lock"
+    current = conn.exec_driver_sql(
+        _PREPARE.format(lock_function=lock_function),
+        {
+            **_timeout_values(timeouts),
+            "local": local,
+            "ns": LOCK_NAMESPACE,
+            "key": lock_key(schema),
+            "path": quote_ident(schema),
+        },
+    ).scalar()
+    if verify and current != schema:
+        raise SchemaMissing(f"schema {schema!r} does not exist")
 
 
 RUN_LOCK_NAME = "tenantmig all-tenants run"

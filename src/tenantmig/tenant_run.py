@@ -261,13 +261,9 @@ class SchemaMigrator:
             # previous holder committed (READ COMMITTED takes a new snapshot per statement).
             prepare_migration_transaction(conn, job.schema, self.timeouts, verify=False)
             before, has_table = self._state(conn, job.schema)
-            self._seen_revision = before
-            if self._first_seen is _UNREAD:
-                self._first_seen = before
             destination = self._destination(before)
-            if destination is _NOTHING:
+            if isinstance(destination, _Nothing):
                 return before, before
-            assert not isinstance(destination, _Nothing)
             if (before, destination) in self._autocommit_steps:
                 raise _NeedsAutocommit((before, destination))
             self._backup_before(job, before)
@@ -306,13 +302,9 @@ class SchemaMigrator:
                     conn, job.schema, self.timeouts, verify=False, local=False
                 )
                 before, _ = self._state(conn, job.schema)
-            self._seen_revision = before
-            if self._first_seen is _UNREAD:
-                self._first_seen = before
             destination = self._destination(before)
-            if destination is _NOTHING:
+            if isinstance(destination, _Nothing):
                 return before, before
-            assert not isinstance(destination, _Nothing)
             self._backup_before(job, before)
             try:
                 run_alembic(
@@ -385,6 +377,10 @@ class SchemaMigrator:
         return heads[0] if heads else None
 
     def _destination(self, current: str | None) -> str | _Nothing | None:
+        """Where this tenant goes from ``current`` (read under its lock), or _NOTHING."""
+        self._seen_revision = current
+        if self._first_seen is _UNREAD:
+            self._first_seen = current
         scripts = self.scripts
         if not scripts.knows(current):
             raise _Refused(
