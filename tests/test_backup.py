@@ -168,3 +168,19 @@ def test_failed_restore_is_rolled_back_entirely(
     assert snapshot(engine, "acme") == current and len(_users(engine, "acme")) == 7
     runs = json.loads(run_cli("runs", "--json", url=database_url).stdout)
     assert runs[0]["command"] == "restore" and runs[0]["outcome"] == "failed"
+
+
+def test_a_ledger_written_before_backups_existed_gains_the_column(
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    make_tenants(settings, ["acme"], "001_initial_schema")
+    with engine.begin() as conn:  # the ledger as an earlier release created it
+        conn.execute(sa.text("ALTER TABLE tenantmig_run_tenants DROP COLUMN backup_path"))
+    assert run_cli("runs", "show", "2", url=database_url).returncode == 0  # still readable
+    done = run_cli(
+        "upgrade", "--all-tenants", "--backup", str(tmp_path), "--json", url=database_url
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    shown = json.loads(run_cli("runs", "show", str(run_id), "--json", url=database_url).stdout)
+    assert shown["tenants"][0]["backup"] == str(next(tmp_path.glob("acme.*.dump")))

@@ -128,10 +128,20 @@ class Ledger:
                 " error text, recorded_at timestamptz NOT NULL DEFAULT now(),"
                 " PRIMARY KEY (run_id, tenant))"
             )
-            # Added after the first release: older ledgers get the column on first use.
-            self.conn.exec_driver_sql(
-                f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS backup_path text"
-            )
+            # Added after the first release: older ledgers get the column on first use. Checked
+            # first: ALTER TABLE takes ACCESS EXCLUSIVE even when IF NOT EXISTS finds the column,
+            # which would block every reader of the ledger (`tenantmig runs`) on every run.
+            has_backup_path = self.conn.execute(
+                sa.text(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t)"
+                    " AND attname = 'backup_path' AND NOT attisdropped"
+                ),
+                {"t": self.run_tenants},
+            ).scalar()
+            if not has_backup_path:
+                self.conn.exec_driver_sql(
+                    f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS backup_path text"
+                )
             self.conn.exec_driver_sql(
                 "CREATE INDEX IF NOT EXISTS tenantmig_run_tenants_tenant_idx "
                 f"ON {self.run_tenants} (tenant, run_id DESC)"
