@@ -78,11 +78,16 @@ def test_sigkill_of_the_runner_leaves_every_tenant_at_old_or_new_revision(
     assert tenantmig_advisory_locks(engine) == 0
     runs = json.loads(run_cli("runs", "--json", url=database_url).stdout)
     assert runs[0]["outcome"] == "abandoned"
-    again = run_cli("upgrade", "--all-tenants", "--json", url=database_url)
+    # --only-failed after a killed run takes what that run did not finish (not the failures
+    # of some older run): t000, plus any tenant whose success was not yet written down.
+    again = run_cli("upgrade", "--all-tenants", "--only-failed", "--json", url=database_url)
     assert again.returncode == 0, again.stderr
     assert all(version(engine, t) == TENANT_HEAD for t in tenants)
-    statuses = {t["name"]: t["status"] for t in json.loads(again.stdout)["tenants"]}
-    assert statuses["t000"] == "ok" and list(statuses.values()).count("skipped") == 9
+    report = json.loads(again.stdout)
+    statuses = {t["name"]: t["status"] for t in report["tenants"]}
+    assert statuses.pop("t000") == "ok"
+    assert set(statuses.values()) <= {"skipped"}
+    assert any("abandoned" in notice for notice in report["notices"])
 
 
 def test_sigterm_lets_in_flight_tenants_finish_then_stops(

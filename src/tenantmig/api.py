@@ -368,13 +368,17 @@ def _run_tenants(
         scopes = (
             ("all-tenants", "shared+all-tenants") if selection.tenants is None else ("tenants",)
         )
-        retry = ledger.failed_in_last_run(scopes, direction)
-        if retry is None:
+        unfinished = ledger.unfinished_in_last_run(scopes, direction)
+        if unfinished is None:
             result.notices.append("no earlier run to take failed tenants from; nothing to do")
             tenants = []
         else:
-            wanted = set(retry)
-            tenants = [t for t in tenants if t.name in wanted]
+            tenants = [t for t in tenants if unfinished.wants(t.name)]
+            if unfinished.abandoned:
+                result.notices.append(
+                    f"run {unfinished.run_id} was abandoned (its runner was killed): taking "
+                    f"the {len(tenants)} tenant(s) it did not finish"
+                )
     versions = read_versions(conn, [t.schema for t in tenants])
     precomputed, jobs = _triage(tenants, versions, scripts, direction, revision)
 

@@ -98,7 +98,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--only-failed",
         action="store_true",
-        help="only the tenants that failed (or did not run) in the last run of this kind",
+        help="only the tenants that failed (or did not run) in the last run of this kind; "
+        "after a killed run, all it did not finish",
     )
     group.add_argument(
         "--wait",

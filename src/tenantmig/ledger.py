@@ -74,6 +74,19 @@ class LastOutcome:
     finished_at: datetime | None
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """The tenants a run did not finish: its failures, or (abandoned) all but what it did."""
+
+    run_id: int
+    abandoned: bool
+    failed: tuple[str, ...] = ()  # finished run: these failed or did not run
+    done: frozenset[str] = frozenset()  # abandoned run: only these are known to be done
+
+    def wants(self, tenant: str) -> bool:
+        return tenant not in self.done if self.abandoned else tenant in self.failed
+
+
 def _committed(method: Callable[P, R]) -> Callable[P, R]:
     """Run a Ledger method in its own transaction on the ledger connection."""
 
@@ -236,19 +249,35 @@ class Ledger:
         }
 
     @_committed
-    def failed_in_last_run(self, scopes: Sequence[str], command: str) -> list[str] | None:
-        """Tenants whose outcome in the latest finished run of this kind was not a success."""
+    def unfinished_in_last_run(self, scopes: Sequence[str], command: str) -> Unfinished | None:
+        """What the latest run of this kind left to do, for ``--only-failed``.
+
+        A finished run left its non-successful tenants. A run whose coordinator was killed
+        (abandoned: still "running", nobody holds its live-run lock) recorded only the tenants
+        it got to, so it left everything but the ones it recorded as done.
+        """
         if not self._has_tables():
             return None
-        run_id = self.conn.execute(
+        rows = self.conn.execute(
             sa.text(
-                f"SELECT id FROM {self.runs} WHERE command = :command AND scope = ANY(:scopes) "
-                "AND outcome <> 'running' ORDER BY id DESC LIMIT 1"
+                f"SELECT id, outcome FROM {self.runs} WHERE command = :command"
+                " AND scope = ANY(:scopes) ORDER BY id DESC LIMIT 50"
             ),
             {"command": command, "scopes": list(scopes)},
-        ).scalar()
-        if run_id is None:
+        ).all()
+        alive = live_runs(self.conn)
+        last = next((r for r in rows if not (r.outcome == "running" and r.id in alive)), None)
+        if last is None:
             return None
+        if last.outcome == "running":
+            done = self.conn.execute(
+                sa.text(
+                    f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id"
+                    " AND status = ANY(:good)"
+                ),
+                {"id": last.id, "good": [TenantStatus.OK.value, TenantStatus.SKIPPED.value]},
+            ).scalars()
+            return Unfinished(run_id=last.id, abandoned=True, done=frozenset(done))
         bad = [
             s.value
             for s in (
@@ -258,15 +287,14 @@ class Ledger:
                 TenantStatus.NOT_RUN,
             )
         ]
-        return list(
-            self.conn.execute(
-                sa.text(
-                    f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "
-                    "AND status = ANY(:bad) ORDER BY tenant"
-                ),
-                {"id": run_id, "bad": bad},
-            ).scalars()
-        )
+        failed = self.conn.execute(
+            sa.text(
+                f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "
+                "AND status = ANY(:bad) ORDER BY tenant"
+            ),
+            {"id": last.id, "bad": bad},
+        ).scalars()
+        return Unfinished(run_id=last.id, abandoned=False, failed=tuple(failed))
 
     @_committed
     def runs_list(self, limit: int = 20) -> list[RunRecord]:
