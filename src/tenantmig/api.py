@@ -183,16 +183,10 @@ def _migrate(
     return result
 
 
-def server_major(conn: Connection) -> int:
-    return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
-
-
 def _backup_plan(settings: Settings, database: Database, options: RunOptions) -> BackupPlan | None:
     if options.backup_dir is None:
         return None
-    with database.engine.connect() as conn:
-        major = server_major(conn)
-    tools = find_pg_tools(major)
+    tools = find_pg_tools(database.server_major)
     return BackupPlan(
         directory=check_writable_directory(options.backup_dir),
         tools=tools,

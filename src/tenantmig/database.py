@@ -73,10 +73,11 @@ def describe_connection_error(exc: DBAPIError, url: str | URL) -> DatabaseUnavai
     return DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {detail}")
 
 
-def check_connection(engine: Engine) -> None:
+def check_connection(engine: Engine) -> int:
+    """Connect once (a clear error if we cannot); return the server's version number."""
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
     except DBAPIError as exc:
         raise describe_connection_error(exc, engine.url) from exc
 
@@ -88,6 +89,11 @@ class Database:
     url: URL
     engine: Engine
     embedded: bool
+    server_version_num: int  # e.g. 160002
+
+    @property
+    def server_major(self) -> int:
+        return self.server_version_num // 10000
 
 
 def _start_embedded(home: Path) -> tuple[Any, URL]:
@@ -144,8 +150,8 @@ def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Databa
             )
     engine = create_engine(url)
     try:
-        check_connection(engine)
-        yield Database(url=url, engine=engine, embedded=embedded)
+        version = check_connection(engine)
+        yield Database(url=url, engine=engine, embedded=embedded, server_version_num=version)
     finally:
         engine.dispose()
         if server is not None:

@@ -148,9 +148,8 @@ def restore_tenant(
     with database.engine.connect() as conn:
         with conn.begin():
             (target,) = select_tenants(conn, settings.shared_schema, [tenant])
-        major = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
         conn.rollback()
-        tools = find_pg_tools(major)
+        tools = find_pg_tools(database.server_major)
         found = archive_schemas(tools, archive)
         if found != {target.schema}:
             holds = ", ".join(sorted(found)) or "no schema"
