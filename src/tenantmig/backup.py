@@ -155,7 +155,8 @@ class LibpqConnection:
         return env
 
 
-def _last_error_line(stderr: str) -> str:
+def error_line(stderr: str) -> str:
+    """The line of a PostgreSQL client program's stderr that says what went wrong."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
     for line in lines:
         if "error:" in line.lower():
@@ -192,6 +193,6 @@ class BackupPlan:
         )
         if done.returncode != 0:
             partial.unlink(missing_ok=True)
-            raise BackupFailed(f"backup failed, not migrated: {_last_error_line(done.stderr)}")
+            raise BackupFailed(f"backup failed, not migrated: {error_line(done.stderr)}")
         os.replace(partial, final)
         return final

@@ -17,17 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from tenantmig.alembic_env import VERSION_TABLE
-from tenantmig.backup import BackupFailed, LibpqConnection, PgTools, find_pg_tools
+from tenantmig.backup import BackupFailed, LibpqConnection, PgTools, error_line, find_pg_tools
 from tenantmig.config import Settings
 from tenantmig.database import Database
 from tenantmig.errors import ConfigError
-from tenantmig.identifiers import qualified, quote_ident
+from tenantmig.identifiers import quote_ident
 from tenantmig.registry import select_tenants
 from tenantmig.session import LOCK_NAMESPACE, lock_key
+from tenantmig.versions import read_versions
 
 
 @dataclass(frozen=True)
@@ -58,8 +55,9 @@ def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
         [tools.tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True
     )
     if listed.returncode != 0:
-        detail = listed.stderr.strip().splitlines()[-1] if listed.stderr.strip() else "unreadable"
-        raise ConfigError(f"{archive} is not a pg_dump custom-format archive: {detail}")
+        raise ConfigError(
+            f"{archive} is not a pg_dump custom-format archive: {error_line(listed.stderr)}"
+        )
     schemas = set()
     for line in listed.stdout.splitlines():
         # "215; 2615 16385 SCHEMA - acme postgres"
@@ -67,15 +65,6 @@ def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
         if len(parts) >= 6 and not line.startswith(";") and parts[3:5] == ["SCHEMA", "-"]:
             schemas.add(parts[5])
     return schemas
-
-
-def schema_revision(conn: Connection, schema: str) -> str | None:
-    table = qualified(schema, VERSION_TABLE)
-    with conn.begin():
-        exists = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar()
-        if not exists:
-            return None
-        return conn.execute(sa.text(f"SELECT min(version_num) FROM {table}")).scalar()
 
 
 def _preamble(schema: str, lock_timeout_s: float) -> bytes:
@@ -131,11 +120,7 @@ def _run_restore(
         restore_err.seek(0)
         psql_err.seek(0)
         errors = (psql_err.read() if psql_code else restore_err.read()).decode(errors="replace")
-        lines = [line for line in errors.strip().splitlines() if line.strip()]
-        detail = next((line for line in lines if "ERROR" in line or "error" in line), None)
-        raise BackupFailed(
-            f"restore failed, nothing changed: {detail or (lines[-1] if lines else 'unknown')}"
-        )
+        raise BackupFailed(f"restore failed, nothing changed: {error_line(errors)}")
 
 
 def restore_tenant(
@@ -157,7 +142,7 @@ def restore_tenant(
                 f"{archive} holds {holds}, not tenant {tenant}'s schema {target.schema!r}; "
                 "nothing restored"
             )
-        before = schema_revision(conn, target.schema)
+        before = read_versions(conn, [target.schema])[target.schema].revision
         _run_restore(
             tools,
             LibpqConnection.from_url(database.url),
@@ -165,7 +150,7 @@ def restore_tenant(
             target.schema,
             settings.lock_timeout_s,
         )
-        after = schema_revision(conn, target.schema)
+        after = read_versions(conn, [target.schema])[target.schema].revision
     return RestoreResult(
         tenant=tenant,
         schema=target.schema,
