@@ -331,7 +331,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "src"))
-    from tenantmig.api import default_jobs
+    from tenantmig.run.plan import default_jobs
 
     server = Server(admin_url(args))
     n = args.tenants

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tenantmig.config import Settings, load_settings
+from tenantmig.server.config import Settings, load_settings
 from tests.helpers import CONFIG
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tenantmig.catalog import read_structures
+from tenantmig.schema.catalog import read_structures
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "alembic.ini"

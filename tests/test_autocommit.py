@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, project_with, run_cli, version
 from tests.test_engine import make_tenants
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, snapshot, version
 from tests.test_engine import make_tenants
 

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import run_cli, version
 from tests.test_engine import make_tenants
 

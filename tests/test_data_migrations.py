@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings, load_settings
+from tenantmig.server.config import Settings, load_settings
 from tests.helpers import TENANT_HEAD, project_with, run_cli, start_cli, version
 from tests.test_engine import make_tenants
 from tests.test_signals import tenantmig_sessions, wait_for

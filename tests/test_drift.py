@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, schemas
 from tests.test_engine import make_tenants, names
 

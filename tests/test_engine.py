@@ -10,10 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
 from tenantmig.errors import RunLocked
-from tenantmig.results import TenantStatus
-from tenantmig.session import LOCK_NAMESPACE, RUN_LOCK_NAME, lock_key
+from tenantmig.run.locks import RUN_LOCK_NAME
+from tenantmig.run.results import TenantStatus
+from tenantmig.server.config import Settings
+from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 from tests.helpers import TENANT_HEAD, run_cli, snapshot, start_cli, version
 
 

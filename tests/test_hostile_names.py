@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tenantmig import api
-from tenantmig.config import Settings
 from tenantmig.errors import InvalidTenantName, TenantExists
-from tenantmig.identifiers import validate_tenant_name
+from tenantmig.server.config import Settings
+from tenantmig.server.identifiers import validate_tenant_name
 from tests.helpers import schemas, tenant_rows
 
 SAFE = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -1,7 +1,7 @@
 import pytest
 
 from tenantmig.errors import InvalidTenantName
-from tenantmig.identifiers import qualified, quote_ident, validate_tenant_name
+from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
 
 
 @pytest.mark.parametrize("name", ["acme", "a", "_x", "tenant_42", "user", "order", "a" * 63])

@@ -9,7 +9,7 @@ import sys
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import CONFIG, REPO, SHARED_HEAD, TENANT_HEAD, snapshot, tables, version
 
 

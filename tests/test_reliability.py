@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
-from tenantmig.results import TenantStatus
+from tenantmig.run.results import TenantStatus
+from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings, load_settings
-from tenantmig.replay import StepKey, compile_step
-from tenantmig.scripts import ChainScripts
-from tenantmig.session import Timeouts
+from tenantmig.chains.scripts import ChainScripts
+from tenantmig.run.replay import StepKey, compile_step
+from tenantmig.server.config import Settings, load_settings
+from tenantmig.server.session import Timeouts
 from tests.helpers import TENANT_HEAD, project_with, snapshot, version
 from tests.test_engine import make_tenants
 

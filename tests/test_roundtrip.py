@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import SHARED_HEAD, TENANT_HEAD, snapshot, version
 
 

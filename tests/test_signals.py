@@ -12,7 +12,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from tenantmig import api
-from tenantmig.config import Settings
+from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
 

@@ -2,9 +2,9 @@
 
 Plain Alembic: ``alembic -n tenant -x tenant=acme upgrade head``. tenantmig itself does not execute
 this file per tenant (that would reload every script for every tenant); it calls the same
-configuration code in tenantmig.alembic_env directly.
+configuration code in tenantmig.chains.env directly.
 """
 
-from tenantmig.alembic_env import run_tenant_env
+from tenantmig.chains.env import run_tenant_env
 
 run_tenant_env()

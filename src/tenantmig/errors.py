@@ -1,7 +1,8 @@
-"""The exception tree and the exit codes the CLI maps it to.
+"""Every error tenantmig reports to a user, and the exit codes the CLI maps them to.
 
-Every expected failure is a TenantmigError whose message tells the user what to do next; the CLI
-prints it as one line (no traceback unless --debug) and exits with the error's code.
+Each is a TenantmigError whose message tells the user what to do next; the CLI prints it as one
+line (no traceback unless --debug) and exits with the error's code. Exceptions used only to steer
+control flow inside a run are private to their module and do not inherit from this tree.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class ExitCode(IntEnum):
     DRIFT = 2  # drift found (drift command)
     TENANTS_FAILED = 3  # some tenants failed; the others finished
     LOCKED = 4  # another run holds the run lock
+    RUN_ABORTED = 5  # a database error stopped a run after some tenants had committed
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
@@ -26,6 +28,10 @@ class TenantmigError(Exception):
 
 class ConfigError(TenantmigError):
     """The configuration (alembic.ini, environment, flags) is missing or invalid."""
+
+
+class CannotWrite(ConfigError):
+    """The server is read-only, or the role may not create what a run needs."""
 
 
 class InvalidTenantName(TenantmigError):
@@ -52,11 +58,27 @@ class SharedSchemaNotReady(TenantmigError):
     """The shared schema or its tenants table does not exist yet."""
 
 
+class SchemaMissing(TenantmigError):
+    """A tenant is registered (or named) but its schema does not exist."""
+
+
 class RunLocked(TenantmigError):
     """Another tenantmig run holds the run lock."""
 
     exit_code = ExitCode.LOCKED
 
 
-class SchemaMissing(TenantmigError):
-    """A tenant is registered (or named) but its schema does not exist."""
+class RunAborted(TenantmigError):
+    """A database error ended a run after it had started changing schemas.
+
+    Every tenant is still at its old or its new revision (each is one transaction), but some
+    did commit: "nothing was changed" would be false. The message names the run to inspect.
+    """
+
+    exit_code = ExitCode.RUN_ABORTED
+
+
+class BackupFailed(TenantmigError):
+    """pg_dump or a restore failed for one tenant; that tenant was left unchanged."""
+
+    exit_code = ExitCode.TENANTS_FAILED

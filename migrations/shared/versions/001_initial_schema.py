@@ -22,7 +22,7 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Mirrors tenantmig.identifiers: lower-case identifier, at most 63 bytes, no pg_ prefix.
+# Mirrors tenantmig.server.identifiers: lower-case identifier, at most 63 bytes, no pg_ prefix.
 _IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.alembic_env import VERSION_TABLE
-from tenantmig.identifiers import qualified
+from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.server.identifiers import qualified
 
 _CHUNK = 500
 

@@ -1,18 +1,14 @@
-"""Turning result objects into text: tables, summaries and a live progress line."""
+"""Turning result objects into text: tables and summaries."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
-from typing import TextIO
 
-from tenantmig.api import StatusReport
-from tenantmig.executor import Execution
-from tenantmig.ledger import RunRecord
-from tenantmig.registry import Tenant
-from tenantmig.results import RunResult, TenantOutcome, TenantStatus
-from tenantmig.scripts import RevisionInfo
+from tenantmig.chains.scripts import RevisionInfo
+from tenantmig.run.ledger import RunRecord
+from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.schema.registry import Tenant
+from tenantmig.schema.status import StatusReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -26,78 +22,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     for row in cells:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
-
-
-def _eta(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-class Progress:
-    """A live progress line on a terminal; plain lines (one per migrated tenant) otherwise."""
-
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self.quiet = quiet
-        self._last_draw = 0.0
-        self._drawn = False
-
-    def start(self, pending: int, workers: int) -> None:
-        if self.quiet:
-            return
-        if pending:
-            print(f"migrating {pending} tenant(s) with {workers} worker(s)", file=self.stream)
-        else:
-            print("all selected tenants are already at the target", file=self.stream)
-
-    def __call__(self, outcome: TenantOutcome, execution: Execution) -> None:
-        if self.quiet:
-            return
-        if self.live:
-            now = time.monotonic()
-            if outcome.status is TenantStatus.FAILED:
-                self._clear()
-                print(f"  failed  {outcome.name}: {outcome.error}", file=self.stream)
-            if now - self._last_draw > 0.1 or execution.done == execution.total:
-                self._draw(execution)
-                self._last_draw = now
-            return
-        error = f": {outcome.error}" if outcome.error else ""
-        print(
-            f"[{execution.done}/{execution.total}] {outcome.status.value:<11} {outcome.name} "
-            f"{outcome.from_revision or 'base'} -> {outcome.to_revision or '-'} "
-            f"({outcome.duration_s:.2f}s){error}",
-            file=self.stream,
-        )
-
-    def _draw(self, execution: Execution) -> None:
-        elapsed = max(1e-6, time.monotonic() - execution.started)
-        rate = execution.done / elapsed
-        remaining = execution.total - execution.done
-        eta = _eta(remaining / rate) if rate > 0 else "?"
-        width = 28
-        filled = int(width * execution.done / max(1, execution.total))
-        bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"\r[{bar}] {execution.done}/{execution.total} done, {execution.failures} failed, "
-            f"{remaining} left, {rate:.1f}/s, ETA {eta} "
-        )
-        self.stream.write(line)
-        self.stream.flush()
-        self._drawn = True
-        if execution.done == execution.total:
-            self.stream.write("\n")
-            self._drawn = False
-
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\033[K")
-            self._drawn = False
 
 
 def run_summary(result: RunResult) -> str:
@@ -138,7 +62,7 @@ def run_summary(result: RunResult) -> str:
 def status_text(report: StatusReport) -> str:
     lines = [
         f"shared ({report.shared_schema}): {report.shared_revision or 'base'} "
-        f"[head {report.shared_head}] {report.shared_state}",
+        f"[head {report.shared_head}] {report.shared_state.value}",
     ]
     if not report.tenants:
         lines.append("no tenants registered")
@@ -152,7 +76,7 @@ def status_text(report: StatusReport) -> str:
                     t.schema,
                     t.revision or "base",
                     t.head,
-                    t.state,
+                    t.state.value,
                     f"{t.last_run_id}:{t.last_status}" if t.last_run_id else "",
                     t.last_error or "",
                 )
@@ -162,7 +86,7 @@ def status_text(report: StatusReport) -> str:
     )
     counts: dict[str, int] = {}
     for t in report.tenants:
-        counts[t.state] = counts.get(t.state, 0) + 1
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
     lines.append(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     return "\n".join(lines)
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tenantmig.errors import SchemaMissing
-from tenantmig.identifiers import quote_ident
+from tenantmig.server.identifiers import quote_ident
 
 # First key of every tenantmig advisory lock (two-int form), so our locks never collide with an
 # application's single-bigint advisory locks. Arbitrary constant: "TMIG" in ASCII.
@@ -33,15 +32,22 @@ def lock_key(name: str) -> int:
 
 @dataclass(frozen=True)
 class Timeouts:
+    """How long a migration's statements may wait for a lock, and run, in seconds."""
+
     lock_timeout_s: float
-    statement_timeout_s: float | None = None
+    statement_timeout_s: float | None = None  # None: no limit
 
+    @property
+    def lock_timeout_ms(self) -> int:
+        # At least 1 ms: PostgreSQL reads lock_timeout = 0 as "wait forever".
+        return max(1, int(self.lock_timeout_s * 1000))
 
-def _timeout_values(timeouts: Timeouts) -> dict[str, str]:
-    statement = (
-        f"{int(timeouts.statement_timeout_s * 1000)}ms" if timeouts.statement_timeout_s else "0"
-    )
-    return {"lock": f"{int(timeouts.lock_timeout_s * 1000)}ms", "st": statement}
+    @property
+    def statement_timeout_ms(self) -> int:
+        """0 (PostgreSQL's "no limit") when there is none."""
+        if self.statement_timeout_s is None:
+            return 0
+        return max(1, int(self.statement_timeout_s * 1000))
 
 
 # Sent as one multi-statement string: one round trip per tenant for all of it, in this order.
@@ -81,7 +87,8 @@ def prepare_migration_transaction(
     current = conn.exec_driver_sql(
         _PREPARE.format(lock_function=lock_function),
         {
-            **_timeout_values(timeouts),
+            "lock": f"{timeouts.lock_timeout_ms}ms",
+            "st": f"{timeouts.statement_timeout_ms}ms",
             "local": local,
             "ns": LOCK_NAMESPACE,
             "key": lock_key(schema),
@@ -90,81 +97,3 @@ def prepare_migration_transaction(
     ).scalar()
     if verify and current != schema:
         raise SchemaMissing(f"schema {schema!r} does not exist")
-
-
-RUN_LOCK_NAME = "tenantmig all-tenants run"
-
-
-def try_run_lock(conn: Connection, shared_schema: str) -> bool:
-    """Try the run lock: a *session* advisory lock held on the coordinator's own connection.
-
-    Session-level because it must outlive the many short transactions of a run; it is released
-    when the run ends or, if the runner is killed, when its connection closes.
-    """
-    return bool(
-        conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:ns, :key)"),
-            {"ns": LOCK_NAMESPACE, "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}")},
-        ).scalar()
-    )
-
-
-def release_run_lock(conn: Connection, shared_schema: str) -> None:
-    conn.execute(
-        sa.text("SELECT pg_advisory_unlock(:ns, :key)"),
-        {"ns": LOCK_NAMESPACE, "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}")},
-    )
-
-
-def run_lock_holder(conn: Connection, shared_schema: str) -> str:
-    """Describe the session holding the run lock (pid, user, client, since when)."""
-    row = conn.execute(
-        sa.text(
-            "SELECT a.pid, a.usename, a.client_addr, a.client_hostname, a.backend_start"
-            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            " AND l.classid = CAST(:ns AS oid) AND l.objid = CAST(:key AS oid)"
-            " AND l.objsubid = 2"
-        ),
-        {
-            "ns": LOCK_NAMESPACE,
-            "key": lock_key(f"{RUN_LOCK_NAME}:{shared_schema}") & 0xFFFFFFFF,
-        },
-    ).first()
-    if row is None:
-        return "another session"
-    client = row.client_hostname or row.client_addr or "local socket"
-    return (
-        f"server pid {row.pid} (user {row.usename}, client {client}, "
-        f"connected since {row.backend_start:%Y-%m-%d %H:%M:%S %Z})"
-    )
-
-
-# Second key space: "run N is alive", held (session-level) by the coordinator of run N. A run
-# recorded as running whose lock nobody holds was killed: the ledger shows it as abandoned.
-LIVE_RUN_NAMESPACE = LOCK_NAMESPACE + 1
-
-
-def hold_live_run_lock(conn: Connection, run_id: int) -> None:
-    conn.execute(
-        sa.text("SELECT pg_advisory_lock(:ns, :id)"), {"ns": LIVE_RUN_NAMESPACE, "id": run_id}
-    )
-
-
-def release_live_run_lock(conn: Connection, run_id: int) -> None:
-    conn.execute(
-        sa.text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": LIVE_RUN_NAMESPACE, "id": run_id}
-    )
-
-
-def live_runs(conn: Connection) -> set[int]:
-    """Ids of runs whose coordinator is still connected."""
-    return set(
-        conn.execute(
-            sa.text(
-                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = CAST(:ns AS oid) AND objsubid = 2"
-            ),
-            {"ns": LIVE_RUN_NAMESPACE},
-        ).scalars()
-    )

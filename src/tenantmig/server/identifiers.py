@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy.dialects import postgresql
+
 from tenantmig.errors import InvalidTenantName
 
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL silently truncates longer names
@@ -61,6 +63,19 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise InvalidTenantName("identifier contains a NUL byte")
     return '"' + name.replace('"', '""') + '"'
+
+
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+
+def quote_as_alembic(name: str) -> str:
+    """``name`` as SQLAlchemy (and so Alembic) renders it: quoted only when it must be, for a
+    keyword such as ``user`` or ``order``. Replay puts a tenant's schema into SQL that Alembic
+    rendered for another schema; rendering it the same way keeps the SQL byte-for-byte what
+    Alembic would have sent (string literals that carry the name included)."""
+    if "\x00" in name:
+        raise InvalidTenantName("identifier contains a NUL byte")
+    return str(_PREPARER.quote_schema(name))
 
 
 def qualified(schema: str, table: str) -> str:

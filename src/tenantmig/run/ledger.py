@@ -19,20 +19,21 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.identifiers import qualified
-from tenantmig.results import TenantOutcome, TenantStatus
-from tenantmig.session import LOCK_NAMESPACE, live_runs, lock_key
+from tenantmig.run.locks import live_runs
+from tenantmig.run.results import RunOutcome, RunScope, TenantOutcome, TenantStatus
+from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
+from tenantmig.schema.status import LastOutcome
+from tenantmig.server.identifiers import qualified, quote_ident
+from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-RUNS = "tenantmig_runs"
-RUN_TENANTS = "tenantmig_run_tenants"
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,6 @@ class RunRecord:
             "outcome": self.outcome,
             "totals": self.totals,
         }
-
-
-@dataclass(frozen=True)
-class LastOutcome:
-    tenant: str
-    run_id: int
-    status: str
-    error: str | None
-    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -156,7 +148,7 @@ class Ledger:
                     f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS backup_path text"
                 )
             self.conn.exec_driver_sql(
-                "CREATE INDEX IF NOT EXISTS tenantmig_run_tenants_tenant_idx "
+                f"CREATE INDEX IF NOT EXISTS {quote_ident(RUN_TENANTS_INDEX)} "
                 f"ON {self.run_tenants} (tenant, run_id DESC)"
             )
 
@@ -168,7 +160,7 @@ class Ledger:
         )
 
     @_committed
-    def start_run(self, command: str, scope: str, target: str, options: dict[str, Any]) -> int:
+    def start_run(self, command: str, scope: RunScope, target: str, options: dict[str, Any]) -> int:
         run_id = self.conn.execute(
             sa.text(
                 f"INSERT INTO {self.runs} (command, scope, target, host, pid, options) "
@@ -177,7 +169,7 @@ class Ledger:
             ),
             {
                 "command": command,
-                "scope": scope,
+                "scope": scope.value,
                 "target": target,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -221,14 +213,26 @@ class Ledger:
         )
 
     @_committed
-    def finish_run(self, run_id: int, outcome: str, totals: dict[str, Any]) -> None:
+    def finish_run(self, run_id: int, outcome: RunOutcome, totals: dict[str, Any]) -> None:
         self.conn.execute(
             sa.text(
                 f"UPDATE {self.runs} SET finished_at = now(), outcome = :outcome,"
                 " totals = CAST(:totals AS jsonb) WHERE id = :id"
             ),
-            {"id": run_id, "outcome": outcome, "totals": json.dumps(totals)},
+            {"id": run_id, "outcome": outcome.value, "totals": json.dumps(totals)},
         )
+
+    def record_restore(self, archive: Path, outcome: TenantOutcome) -> int:
+        """Record a ``tenantmig restore`` of one tenant as a run of its own; return its id."""
+        self.ensure()
+        run_id = self.start_run("restore", RunScope.TENANTS, str(archive), {"file": str(archive)})
+        self.record(run_id, [outcome])
+        self.finish_run(
+            run_id,
+            RunOutcome.SUCCEEDED if outcome.status.is_done else RunOutcome.FAILED,
+            {outcome.status.value: 1},
+        )
+        return run_id
 
     @_committed
     def last_outcomes(self, tenants: Iterable[str] | None = None) -> dict[str, LastOutcome]:
@@ -244,12 +248,19 @@ class Ledger:
             {} if tenants is None else {"names": list(tenants)},
         ).all()
         return {
-            r.tenant: LastOutcome(r.tenant, r.run_id, r.status, r.error, r.recorded_at)
+            r.tenant: LastOutcome(
+                r.tenant,
+                r.run_id,
+                r.status,
+                r.error,
+                r.recorded_at,
+                failed=not TenantStatus(r.status).is_done,
+            )
             for r in rows
         }
 
     @_committed
-    def unfinished_in_last_run(self, scopes: Sequence[str], command: str) -> Unfinished | None:
+    def unfinished_in_last_run(self, scopes: Sequence[RunScope], command: str) -> Unfinished | None:
         """What the latest run of this kind left to do, for ``--only-failed``.
 
         A finished run left its non-successful tenants. A run whose coordinator was killed
@@ -263,30 +274,23 @@ class Ledger:
                 f"SELECT id, outcome FROM {self.runs} WHERE command = :command"
                 " AND scope = ANY(:scopes) ORDER BY id DESC LIMIT 50"
             ),
-            {"command": command, "scopes": list(scopes)},
+            {"command": command, "scopes": [scope.value for scope in scopes]},
         ).all()
         alive = live_runs(self.conn)
-        last = next((r for r in rows if not (r.outcome == "running" and r.id in alive)), None)
+        running = RunOutcome.RUNNING.value
+        last = next((r for r in rows if not (r.outcome == running and r.id in alive)), None)
         if last is None:
             return None
-        if last.outcome == "running":
+        if last.outcome == running:
             done = self.conn.execute(
                 sa.text(
                     f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id"
                     " AND status = ANY(:good)"
                 ),
-                {"id": last.id, "good": [TenantStatus.OK.value, TenantStatus.SKIPPED.value]},
+                {"id": last.id, "good": [s.value for s in TenantStatus if s.is_done]},
             ).scalars()
             return Unfinished(run_id=last.id, abandoned=True, done=frozenset(done))
-        bad = [
-            s.value
-            for s in (
-                TenantStatus.FAILED,
-                TenantStatus.MISSING,
-                TenantStatus.INTERRUPTED,
-                TenantStatus.NOT_RUN,
-            )
-        ]
+        bad = [s.value for s in TenantStatus if not s.is_done]
         failed = self.conn.execute(
             sa.text(
                 f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "
@@ -340,8 +344,8 @@ class Ledger:
 
 def _run_record(row: Any, alive: set[int]) -> RunRecord:
     outcome = row.outcome
-    if outcome == "running" and row.id not in alive:
-        outcome = "abandoned"  # its coordinator's connection is gone: killed mid-run
+    if outcome == RunOutcome.RUNNING.value and row.id not in alive:
+        outcome = RunOutcome.ABANDONED.value  # its coordinator's connection is gone: killed
     return RunRecord(
         id=row.id,
         command=row.command,

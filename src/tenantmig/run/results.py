@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
-Direction = Literal["upgrade", "downgrade"]
+from tenantmig.chains.scripts import Direction
 
 
 class TenantStatus(str, Enum):
@@ -16,6 +16,36 @@ class TenantStatus(str, Enum):
     MISSING = "missing"  # registered, but its schema does not exist
     INTERRUPTED = "interrupted"  # stopped mid-migration by a signal; rolled back
     NOT_RUN = "not_run"  # never started: the run stopped scheduling first
+
+    @property
+    def is_done(self) -> bool:
+        """The tenant is where the run wanted it."""
+        return self in (TenantStatus.OK, TenantStatus.SKIPPED)
+
+    @property
+    def is_failure(self) -> bool:
+        """Counts as a failure (exit code, --max-failures); NOT_RUN is unfinished, not failed."""
+        return self in (TenantStatus.FAILED, TenantStatus.MISSING, TenantStatus.INTERRUPTED)
+
+
+class RunScope(str, Enum):
+    """What a run covered, as recorded in the ledger (``--only-failed`` matches on it)."""
+
+    SHARED = "shared"
+    TENANTS = "tenants"  # named tenants (--tenant, tenants create, restore)
+    ALL_TENANTS = "all-tenants"
+    EVERYTHING = "shared+all-tenants"
+
+
+class RunOutcome(str, Enum):
+    """How a run ended, as recorded in the ledger. ABANDONED is never written: it is what a
+    RUNNING row reads as once its coordinator's live-run lock is gone (it was killed)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True)
@@ -74,16 +104,18 @@ class RunResult:
 
     @property
     def failed(self) -> list[TenantOutcome]:
-        bad = (TenantStatus.FAILED, TenantStatus.MISSING, TenantStatus.INTERRUPTED)
-        return [o for o in self.outcomes if o.status in bad]
+        return [o for o in self.outcomes if o.status.is_failure]
 
     @property
     def succeeded(self) -> bool:
-        shared_ok = self.shared is None or self.shared.status in (
-            TenantStatus.OK,
-            TenantStatus.SKIPPED,
-        )
+        shared_ok = self.shared is None or self.shared.status.is_done
         return shared_ok and not self.failed and not self.interrupted
+
+    @property
+    def outcome(self) -> RunOutcome:
+        if self.interrupted:
+            return RunOutcome.INTERRUPTED
+        return RunOutcome.FAILED if self.failed else RunOutcome.SUCCEEDED
 
     def totals(self) -> dict[str, int]:
         totals = {status.value: self.count(status) for status in TenantStatus}

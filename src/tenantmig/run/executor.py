@@ -31,12 +31,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tenantmig.backup import BackupPlan
-from tenantmig.config import Settings
+from tenantmig.backup.dump import BackupPlan
+from tenantmig.chains.scripts import ChainScripts
 from tenantmig.logs import configure_run_log
-from tenantmig.replay import CompiledStep
-from tenantmig.results import TenantJob, TenantOutcome, TenantStatus
-from tenantmig.tenant_run import Plan, SchemaMigrator
+from tenantmig.run.migrator import SchemaMigrator
+from tenantmig.run.plan import StopPolicy, TenantPolicy
+from tenantmig.run.replay import CompiledStep
+from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
+from tenantmig.server.config import Settings
+from tenantmig.server.flavour import ServerFlavour
 
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
@@ -44,11 +47,17 @@ _POLL_S = 0.2
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker process needs; pickled to it once at start."""
+    """Everything a worker process needs; pickled to it once at start.
 
+    ``policy`` is the plan's per-tenant part; ``settings`` tells the worker where the tenant
+    chain's scripts are (each worker loads them once); the rest is what the coordinator learned
+    at run time.
+    """
+
+    policy: TenantPolicy
     settings: Settings
     url: str
-    plan: Plan
+    flavour: ServerFlavour
     log_file: Path | None
     run_id: int | None
     compiled: tuple[CompiledStep, ...] = ()
@@ -56,28 +65,16 @@ class WorkerSpec:
 
     def migrator(self, logger: logging.Logger, role: str | None = None) -> SchemaMigrator:
         return SchemaMigrator(
-            self.settings,
+            self.policy,
+            ChainScripts(self.settings, "tenant"),
             self.url,
-            self.plan,
+            self.flavour,
             logger=logger,
             role=role,
             compiled={step.key: step for step in self.compiled},
             backup=self.backup,
             run_id=self.run_id,
         )
-
-
-@dataclass
-class StopPolicy:
-    """When to stop handing out tenants: after the first failure, or after N failures."""
-
-    fail_fast: bool = False
-    max_failures: int | None = None
-
-    def should_stop(self, failures: int) -> bool:
-        if self.fail_fast and failures > 0:
-            return True
-        return self.max_failures is not None and failures >= self.max_failures
 
 
 def _die_with_parent() -> None:
@@ -160,17 +157,17 @@ def run_jobs(
     jobs: Sequence[TenantJob],
     workers: int,
     *,
-    policy: StopPolicy | None = None,
+    stop: StopPolicy | None = None,
     on_outcome: OutcomeCallback | None = None,
 ) -> tuple[list[TenantOutcome], bool]:
     """Run every job; return (outcomes in completion order, interrupted?)."""
-    policy = policy or StopPolicy()
+    stop = stop or StopPolicy()
     execution = Execution(total=len(jobs))
     with _trap_signals() as signals:
         if workers <= 1 or len(jobs) <= 1:
-            outcomes = _run_inline(spec, jobs, policy, execution, on_outcome, signals)
+            outcomes = _run_inline(spec, jobs, stop, execution, on_outcome, signals)
         else:
-            outcomes = _run_pool(spec, jobs, workers, policy, execution, on_outcome, signals)
+            outcomes = _run_pool(spec, jobs, workers, stop, execution, on_outcome, signals)
         return outcomes, signals.count > 0
 
 
@@ -182,7 +179,7 @@ def _record(
 ) -> None:
     outcomes.append(outcome)
     execution.done += 1
-    if outcome.status in (TenantStatus.FAILED, TenantStatus.MISSING, TenantStatus.INTERRUPTED):
+    if outcome.status.is_failure:
         execution.failures += 1
     execution.lost_connection = execution.lost_connection or outcome.lost_connection
     if on_outcome is not None:
@@ -199,7 +196,7 @@ def _not_run(jobs: Iterator[TenantJob] | deque[TenantJob]) -> list[TenantOutcome
 def _run_inline(
     spec: WorkerSpec,
     jobs: Sequence[TenantJob],
-    policy: StopPolicy,
+    stop: StopPolicy,
     execution: Execution,
     on_outcome: OutcomeCallback | None,
     signals: _SignalState,
@@ -217,7 +214,7 @@ def _run_inline(
             pending
             and not signals.count
             and not execution.lost_connection
-            and not policy.should_stop(execution.failures)
+            and not stop.should_stop(execution.failures)
         ):
             _record(migrator.migrate(pending.popleft()), outcomes, execution, on_outcome)
     finally:
@@ -231,7 +228,7 @@ def _run_pool(
     spec: WorkerSpec,
     jobs: Sequence[TenantJob],
     workers: int,
-    policy: StopPolicy,
+    stop: StopPolicy,
     execution: Execution,
     on_outcome: OutcomeCallback | None,
     signals: _SignalState,
@@ -261,7 +258,7 @@ def _run_pool(
 
     def stopping() -> bool:
         return (
-            signals.count > 0 or execution.lost_connection or policy.should_stop(execution.failures)
+            signals.count > 0 or execution.lost_connection or stop.should_stop(execution.failures)
         )
 
     def assign(worker: _Worker) -> None:

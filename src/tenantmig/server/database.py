@@ -20,8 +20,11 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tenantmig.config import Settings
 from tenantmig.errors import ConfigError, DatabaseUnavailable
+from tenantmig.server.config import Settings
+from tenantmig.server.errorcodes import first_line
+from tenantmig.server.flavour import PostgreSQL, ServerFlavour
+from tenantmig.server.identifiers import quote_ident
 
 EMBEDDED_DATABASE = "tenantmig"
 _notice_shown = False  # the embedded-server notice is printed once per process
@@ -69,8 +72,7 @@ def create_engine(url: str | URL, *, role: str | None = None, **kwargs: Any) -> 
 
 def describe_connection_error(exc: DBAPIError, url: str | URL) -> DatabaseUnavailable:
     """Turn a driver error on connect into one clear line without the password."""
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-    return DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {detail}")
+    return DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {first_line(exc)}")
 
 
 def check_connection(engine: Engine) -> int:
@@ -84,12 +86,18 @@ def check_connection(engine: Engine) -> int:
 
 @dataclass(frozen=True)
 class Database:
-    """An open database: the URL workers connect to and the coordinator's engine."""
+    """An open database: the URL workers connect to, the coordinator's engine, and what kind
+    of server it is."""
 
     url: URL
     engine: Engine
-    embedded: bool
     server_version_num: int  # e.g. 160002
+    flavour: ServerFlavour
+
+    @property
+    def worker_url(self) -> str:
+        """The URL with its password, for worker processes (never printed or logged)."""
+        return self.url.render_as_string(hide_password=False)
 
     @property
     def server_major(self) -> int:
@@ -123,7 +131,7 @@ def _start_embedded(home: Path) -> tuple[Any, URL]:
                 {"name": EMBEDDED_DATABASE},
             ).scalar()
             if not exists:
-                conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DATABASE}"'))
+                conn.exec_driver_sql(f"CREATE DATABASE {quote_ident(EMBEDDED_DATABASE)}")
     finally:
         engine.dispose()
     url = admin.set(drivername="postgresql+psycopg2", database=EMBEDDED_DATABASE)
@@ -137,10 +145,8 @@ def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Databa
     server = None
     if settings.database_url:
         url = normalise_url(settings.database_url)
-        embedded = False
     else:
         server, url = _start_embedded(settings.home)
-        embedded = True
         if notice and not _notice_shown:
             _notice_shown = True
             print(
@@ -151,7 +157,7 @@ def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Databa
     engine = create_engine(url)
     try:
         version = check_connection(engine)
-        yield Database(url=url, engine=engine, embedded=embedded, server_version_num=version)
+        yield Database(url=url, engine=engine, server_version_num=version, flavour=PostgreSQL())
     finally:
         engine.dispose()
         if server is not None:

@@ -1,8 +1,9 @@
 """How a migration context is configured, shared by env.py (plain Alembic) and tenantmig.
 
 ``migrations/*/env.py`` call run_shared_env()/run_tenant_env(); tenantmig's own runner calls
-context_options() and prepare_migration_transaction() directly. Both paths therefore put the
-version table in the same place and open the transaction the same way.
+context_options() (through chains.runner) and the server flavour's prepare_migration() directly.
+Both paths therefore put the version table in the same place and open the transaction the same
+way.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from tenantmig.config import Settings, load_settings
-from tenantmig.database import create_engine, open_database
 from tenantmig.errors import ConfigError
-from tenantmig.identifiers import quote_ident, validate_tenant_name
-from tenantmig.session import Timeouts, prepare_migration_transaction
+from tenantmig.server.config import Settings, load_settings
+from tenantmig.server.database import open_database
+from tenantmig.server.flavour import ServerFlavour
+from tenantmig.server.identifiers import quote_ident, validate_tenant_name
+from tenantmig.server.session import Timeouts
 
 VERSION_TABLE = "alembic_version"
 
@@ -69,21 +71,22 @@ def _run(schema: str, settings: Settings, *, create_schema: bool) -> None:
             context.run_migrations()
         return
 
-    timeouts = Timeouts(settings.lock_timeout_s, settings.statement_timeout_s)
-    with open_database(settings) as database:
-        engine = create_engine(database.url)
-        try:
-            with engine.connect() as conn:
-                _run_online(conn, schema, timeouts, create_schema=create_schema)
-        finally:
-            engine.dispose()
+    with open_database(settings) as database, database.engine.connect() as conn:
+        _run_online(conn, database.flavour, schema, settings.timeouts, create_schema=create_schema)
 
 
-def _run_online(conn: Connection, schema: str, timeouts: Timeouts, *, create_schema: bool) -> None:
+def _run_online(
+    conn: Connection,
+    flavour: ServerFlavour,
+    schema: str,
+    timeouts: Timeouts,
+    *,
+    create_schema: bool,
+) -> None:
     with conn.begin():
         if create_schema:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-        prepare_migration_transaction(conn, schema, timeouts)
+        flavour.prepare_migration(conn, schema, timeouts)
         context.configure(connection=conn, **context_options(schema))
         context.run_migrations()
 

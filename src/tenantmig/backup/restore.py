@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenantmig.backup import BackupFailed, LibpqConnection, PgTools, error_line, find_pg_tools
-from tenantmig.config import Settings
-from tenantmig.database import Database
-from tenantmig.errors import ConfigError
-from tenantmig.identifiers import quote_ident
-from tenantmig.registry import select_tenants
-from tenantmig.session import LOCK_NAMESPACE, lock_key
-from tenantmig.versions import read_versions
+from tenantmig.backup.dump import LibpqConnection, PgTools, error_line, find_pg_tools
+from tenantmig.errors import BackupFailed, ConfigError
+from tenantmig.schema.registry import select_tenants
+from tenantmig.schema.versions import read_versions
+from tenantmig.server.config import Settings
+from tenantmig.server.database import Database
+from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.session import LOCK_NAMESPACE, Timeouts, lock_key
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,18 @@ def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
     return schemas
 
 
-def _preamble(schema: str, lock_timeout_s: float) -> bytes:
+def _preamble(schema: str, timeouts: Timeouts) -> bytes:
     # lock_timeout bounds both waits: for a tenantmig runner migrating this tenant (the advisory
     # lock) and for the application's transactions on its tables (DROP needs ACCESS EXCLUSIVE).
     return (
-        f"SET lock_timeout = '{max(1, int(lock_timeout_s * 1000))}ms';\n"
+        f"SET lock_timeout = '{timeouts.lock_timeout_ms}ms';\n"
         f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
         f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
     ).encode()
 
 
 def _run_restore(
-    tools: PgTools, connection: LibpqConnection, archive: Path, schema: str, lock_timeout_s: float
+    tools: PgTools, connection: LibpqConnection, archive: Path, schema: str, timeouts: Timeouts
 ) -> None:
     env = connection.environment()
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
@@ -104,7 +104,7 @@ def _run_restore(
         )
         assert psql.stdin is not None and restore.stdout is not None
         try:
-            psql.stdin.write(_preamble(schema, lock_timeout_s))
+            psql.stdin.write(_preamble(schema, timeouts))
             shutil.copyfileobj(restore.stdout, psql.stdin)
         except BrokenPipeError:
             pass  # psql stopped on an error; its stderr says which
@@ -148,7 +148,7 @@ def restore_tenant(
             LibpqConnection.from_url(database.url),
             archive,
             target.schema,
-            settings.lock_timeout_s,
+            settings.timeouts,
         )
         after = read_versions(conn, [target.schema])[target.schema].revision
     return RestoreResult(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 
-from tenantmig.drift import DriftReport, SchemaDrift
+from tenantmig.schema.drift import DriftReport, SchemaDrift
 
 _EXAMPLES = 5
 

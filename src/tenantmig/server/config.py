@@ -15,7 +15,8 @@ from typing import Literal
 from alembic.config import Config as AlembicConfig
 
 from tenantmig.errors import ConfigError
-from tenantmig.identifiers import validate_schema_name
+from tenantmig.server.identifiers import validate_schema_name
+from tenantmig.server.session import Timeouts
 
 Chain = Literal["shared", "tenant"]
 CHAINS: tuple[Chain, ...] = ("shared", "tenant")
@@ -45,6 +46,11 @@ class Settings:
     retries: int = DEFAULT_RETRIES
     # How long a tenant keeps reconnecting after losing its connection (server restart).
     reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The lock and statement timeouts every migration transaction sets."""
+        return Timeouts(self.lock_timeout_s, self.statement_timeout_s)
 
     def alembic_config(self, chain: Chain) -> AlembicConfig:
         """A fresh Alembic Config for one chain (section [shared] or [tenant])."""

@@ -21,8 +21,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tenantmig.alembic_env import VERSION_TABLE
-from tenantmig.catalog import (
+from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
+from tenantmig.chains.scripts import ChainScripts
+from tenantmig.schema.catalog import (
     COLUMN,
     DEFAULT,
     NULLABILITY,
@@ -31,19 +33,16 @@ from tenantmig.catalog import (
     read_fingerprints,
     read_structures,
 )
-from tenantmig.config import Chain, Settings
-from tenantmig.identifiers import quote_ident
-from tenantmig.ledger import RUN_TENANTS, RUNS
-from tenantmig.registry import Tenant
-from tenantmig.scripts import ChainScripts
-from tenantmig.session import Timeouts, prepare_migration_transaction
-from tenantmig.tenant_run import raised_by_autocommit_block, run_alembic
-from tenantmig.versions import SchemaVersion, read_versions
+from tenantmig.schema.owned import OWNED, RUNS
+from tenantmig.schema.registry import Tenant
+from tenantmig.schema.state import SchemaState, classify
+from tenantmig.schema.versions import SchemaVersion, read_versions
+from tenantmig.server.config import Chain, Settings
+from tenantmig.server.flavour import ServerFlavour
+from tenantmig.server.identifiers import quote_ident
 
 REFERENCE_SCHEMA = "tenantmig_reference"
 _CHUNK = 500
-# tenantmig's own tables in the shared schema are not made by the migrations.
-_OWN_TABLES = (RUNS, RUN_TENANTS, "tenantmig_run_tenants_tenant_idx")
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,7 @@ def _without_own_tables(structure: SchemaStructure) -> SchemaStructure:
     for kind, objects in structure.objects.items():
         for name, definition in objects.items():
             table = name.split(".", 1)[0]
-            if table in _OWN_TABLES or name in _OWN_TABLES or "tenantmig_runs" in definition:
+            if table in OWNED or name in OWNED or RUNS in definition:  # the FK to it too
                 continue
             cleaned.add(kind, name, definition)
     return cleaned
@@ -190,9 +189,12 @@ def _without_own_tables(structure: SchemaStructure) -> SchemaStructure:
 class ReferenceBuilder:
     """Expected structures per revision, built once each by running the migrations."""
 
-    def __init__(self, settings: Settings, conn: Connection, chain: Chain) -> None:
+    def __init__(
+        self, settings: Settings, conn: Connection, flavour: ServerFlavour, chain: Chain
+    ) -> None:
         self.settings = settings
         self.conn = conn
+        self.flavour = flavour
         self.scripts = ChainScripts(settings, chain)
         self._cache: dict[str | None, SchemaStructure] = {}
 
@@ -202,11 +204,10 @@ class ReferenceBuilder:
         return self._cache[revision]
 
     def _build(self, revision: str | None) -> SchemaStructure:
-        timeouts = Timeouts(self.settings.lock_timeout_s, self.settings.statement_timeout_s)
         transaction = self.conn.begin()
         try:
             self.conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(REFERENCE_SCHEMA)}")
-            prepare_migration_transaction(self.conn, REFERENCE_SCHEMA, timeouts)
+            self.flavour.prepare_migration(self.conn, REFERENCE_SCHEMA, self.settings.timeouts)
             if revision is not None:
                 run_alembic(self.conn, self.scripts, REFERENCE_SCHEMA, "upgrade", revision)
             structure = read_structures(self.conn, [REFERENCE_SCHEMA])[REFERENCE_SCHEMA]
@@ -214,15 +215,13 @@ class ReferenceBuilder:
             if not raised_by_autocommit_block(exc):
                 raise
             transaction.rollback()
-            return self._build_outside_transaction(revision, timeouts)
+            return self._build_outside_transaction(revision)
         finally:
             if transaction.is_active:
                 transaction.rollback()  # the reference never outlives this transaction
         return structure
 
-    def _build_outside_transaction(
-        self, revision: str | None, timeouts: Timeouts
-    ) -> SchemaStructure:
+    def _build_outside_transaction(self, revision: str | None) -> SchemaStructure:
         """For chains with autocommit blocks (CREATE INDEX CONCURRENTLY), which cannot run in
         the rolled-back transaction: build in a per-process scratch schema that is committed,
         then dropped. Its own connection carries the session-level settings and is closed."""
@@ -232,7 +231,9 @@ class ReferenceBuilder:
                 with conn.begin():
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
                     conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
-                    prepare_migration_transaction(conn, schema, timeouts, local=False)
+                    self.flavour.prepare_migration(
+                        conn, schema, self.settings.timeouts, local=False
+                    )
                 if revision is not None:
                     run_alembic(conn, self.scripts, schema, "upgrade", revision, per_migration=True)
                 with conn.begin():
@@ -244,43 +245,27 @@ class ReferenceBuilder:
 
 
 def version_drift(version: SchemaVersion | None, scripts: ChainScripts) -> tuple[str | None, str]:
-    """(state or None when at head, human detail)."""
-    head = scripts.head
-    if version is None or not version.schema_exists:
-        return "missing_schema", "the schema does not exist"
-    if version.diverged:
-        return "diverged", f"several revisions recorded: {', '.join(version.revisions)}"
-    current = version.revision
-    if not version.has_version_table:
-        return "no_version_table", "no alembic_version table: never migrated by these migrations"
-    if current is None:
-        return ("behind", f"at base, head is {head}") if head else (None, "at base")
-    if not scripts.knows(current):
-        return (
-            "unknown_revision",
-            f"at {current}, which these migrations do not know: ahead of head (applied by newer "
-            "code) or from another branch",
-        )
-    if current != head:
-        behind = scripts.position(head) - scripts.position(current)
-        return "behind", f"at {current}, {behind} revision(s) behind head {head}"
-    return None, "at head"
+    """(state, or None when at head; one line for a person), in status's vocabulary."""
+    found = classify(version, scripts)
+    state = None if found.state is SchemaState.CURRENT else found.state.value
+    return state, found.detail
 
 
 def check(
     settings: Settings,
     conn: Connection,
+    flavour: ServerFlavour,
     tenants: Sequence[Tenant],
     *,
     include_shared: bool = True,
 ) -> DriftReport:
-    tenant_refs = ReferenceBuilder(settings, conn, "tenant")
+    tenant_refs = ReferenceBuilder(settings, conn, flavour, "tenant")
     scripts = tenant_refs.scripts
     report = DriftReport(
         head=scripts.head, shared_head=None, tenants_checked=len(tenants), shared=None
     )
     if include_shared:
-        shared_refs = ReferenceBuilder(settings, conn, "shared")
+        shared_refs = ReferenceBuilder(settings, conn, flavour, "shared")
         report.shared_head = shared_refs.scripts.head
         report.shared = _check_shared(settings, conn, shared_refs)
 

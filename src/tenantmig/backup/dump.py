@@ -26,18 +26,14 @@ from pathlib import Path
 from psycopg2.extensions import make_dsn
 from sqlalchemy.engine import URL
 
-from tenantmig.errors import ConfigError, ExitCode, TenantmigError
-from tenantmig.identifiers import quote_ident
+from tenantmig.errors import BackupFailed, ConfigError
+from tenantmig.server.database import Database
+from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.session import Timeouts
 
 PG_BIN_ENV = "TENANTMIG_PG_BIN"
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 _UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class BackupFailed(TenantmigError):
-    """pg_dump or a restore failed for one tenant; that tenant was left unchanged."""
-
-    exit_code = ExitCode.TENANTS_FAILED
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ class BackupPlan:
     directory: Path
     tools: PgTools
     connection: LibpqConnection
-    lock_timeout_s: float
+    timeouts: Timeouts
 
     def dump(self, tenant: str, schema: str, revision: str | None, run_id: int | None) -> Path:
         """Dump one schema; the file appears under its final name only once complete."""
@@ -185,7 +181,7 @@ class BackupPlan:
             f"--schema={quote_ident(schema)}",
             f"--file={partial}",
             # pg_dump waits for ACCESS SHARE on every table; never behind a long lock.
-            f"--lock-wait-timeout={max(1, int(self.lock_timeout_s * 1000))}",
+            f"--lock-wait-timeout={self.timeouts.lock_timeout_ms}",
             f"--dbname={self.connection.dsn}",
         ]
         done = subprocess.run(
@@ -196,3 +192,15 @@ class BackupPlan:
             raise BackupFailed(f"backup failed, not migrated: {error_line(done.stderr)}")
         os.replace(partial, final)
         return final
+
+
+def plan_backups(directory: Path, database: Database, timeouts: Timeouts) -> BackupPlan:
+    """Check, before a run changes anything, that it can back up: client programs of the
+    server's version or newer are found and ``directory`` is writable (ConfigError if not)."""
+    tools = find_pg_tools(database.server_major)  # first: a missing tool creates no directory
+    return BackupPlan(
+        directory=check_writable_directory(directory),
+        tools=tools,
+        connection=LibpqConnection.from_url(database.url),
+        timeouts=timeouts,
+    )

@@ -9,13 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.errors import ConfigError
-from tenantmig.identifiers import qualified
-from tenantmig.ledger import RUNS
-
-
-class CannotWrite(ConfigError):
-    """The server is read-only, or the role may not create what a run needs."""
+from tenantmig.errors import CannotWrite
+from tenantmig.schema.owned import RUNS
+from tenantmig.server.identifiers import qualified
 
 
 def check_can_migrate(conn: Connection, shared_schema: str, *, shared_chain: bool) -> None:

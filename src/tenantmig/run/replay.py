@@ -27,17 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from tenantmig.alembic_env import VERSION_TABLE
-from tenantmig.identifiers import qualified, quote_ident
-from tenantmig.results import Direction
-from tenantmig.scripts import ChainScripts
-from tenantmig.session import Timeouts, prepare_migration_transaction
+from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.runner import run_alembic
+from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.server.flavour import PostgreSQL, ServerFlavour
+from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
+from tenantmig.server.session import Timeouts
 
 Statement = tuple[str, Any]
-_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,6 @@ _PARAM_MARK = "tenantmigschemaparammark"
 @dataclass(frozen=True)
 class CompiledStep:
     key: StepKey
-    placeholder: str
     statements: tuple[Statement, ...]
     # The whole step as one script with parameters rendered and the schema marked: replaying
     # it for a tenant is two str.replace calls, no per-statement work in Python.
@@ -64,7 +62,7 @@ class CompiledStep:
 
     def for_schema(self, schema: str) -> str:
         """The step's script for ``schema``."""
-        rendered = _PREPARER.quote_schema(schema)
+        rendered = quote_as_alembic(schema)
         return self.template.replace(_SQL_MARK, rendered).replace(_PARAM_MARK, schema)
 
 
@@ -123,13 +121,13 @@ def compile_step(
     key: StepKey,
     direction: Direction,
     timeouts: Timeouts,
+    flavour: ServerFlavour | None = None,
 ) -> CompiledStep | None:
     """Run the step in a scratch schema inside a rolled-back transaction and record its SQL.
 
     Returns None when the step read from the database (not replayable) or failed.
     """
-    from tenantmig.tenant_run import run_alembic  # tenant_run imports this module
-
+    flavour = flavour or PostgreSQL()
     if not replay_allowed(scripts, key, direction):
         return None
     placeholder = f"tenantmig_compile_{os.getpid()}"
@@ -155,7 +153,7 @@ def compile_step(
     transaction = conn.begin()
     try:
         conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(placeholder)}")
-        prepare_migration_transaction(conn, placeholder, timeouts)
+        flavour.prepare_migration(conn, placeholder, timeouts)
         if key.has_version_table or key.from_revision is not None:
             # Bring the scratch schema to the starting state (not recorded).
             start = key.from_revision
@@ -182,22 +180,20 @@ def compile_step(
         template = _template(cursor, placeholder, recorded)
     finally:
         cursor.close()
-    return CompiledStep(key, placeholder, tuple(recorded), template)
+    return CompiledStep(key, tuple(recorded), template)
 
 
-def replay(conn: Connection, step: CompiledStep, schema: str) -> str | None:
+def replay(conn: Connection, flavour: ServerFlavour, step: CompiledStep, schema: str) -> str | None:
     """Run the step's script for ``schema`` in the caller's transaction; return the revision
     the schema's version table holds afterwards.
 
-    The script goes to the server as one multi-statement string: one round trip per tenant
-    instead of one per statement. Executing through SQLAlchemy keeps its error wrapping and
-    connection invalidation (a lock timeout or a lost server look the same as on the Alembic
-    path).
+    On a plain server the script goes as one multi-statement string: one round trip per tenant
+    instead of one per statement (the flavour decides how it is sent).
     """
     script = (
         f"{step.for_schema(schema)};\nSELECT version_num FROM {qualified(schema, VERSION_TABLE)}"
     )
-    rows = conn.exec_driver_sql(script, execution_options={"no_parameters": True}).all()
+    rows = flavour.send_script(conn, script)
     if len(rows) > 1:
         raise ValueError(f"several revisions after replay: {rows}")
     return str(rows[0][0]) if rows else None

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tenantmig.errors import SharedSchemaNotReady, TenantExists, UnknownTenant
-from tenantmig.identifiers import qualified, quote_ident, validate_tenant_name
+from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
 
 TENANTS_TABLE = "tenants"
 
@@ -35,16 +35,14 @@ def require_tenants_table(conn: Connection, shared_schema: str) -> None:
         )
 
 
-def list_tenants(
-    conn: Connection, shared_schema: str, *, include_deleted: bool = False
-) -> list[Tenant]:
-    """Registered tenants, ordered by name. Deleted tenants are left out unless asked for."""
+def list_tenants(conn: Connection, shared_schema: str) -> list[Tenant]:
+    """Registered tenants, ordered by name; tenants whose status is 'deleted' are left out."""
     require_tenants_table(conn, shared_schema)
-    where = "" if include_deleted else "WHERE status <> 'deleted'"
     rows = conn.execute(
         sa.text(
             f"SELECT name, schema_name, status, created_at "
-            f"FROM {qualified(shared_schema, TENANTS_TABLE)} {where} ORDER BY name"
+            f"FROM {qualified(shared_schema, TENANTS_TABLE)} WHERE status <> 'deleted' "
+            "ORDER BY name"
         )
     ).all()
     return [Tenant(r.name, r.schema_name, r.status, r.created_at) for r in rows]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 from alembic.config import Config as AlembicConfig
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from tenantmig.config import Chain, Settings
 from tenantmig.errors import ConfigError, UnknownRevision
+from tenantmig.server.config import Chain, Settings
+
+Direction = Literal["upgrade", "downgrade"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,16 @@ class ChainScripts:
         if found is None:
             return None
         return found.revision
+
+    def already_there(self, direction: Direction, current: str | None, target: str | None) -> bool:
+        """The one "nothing to do" rule: a schema at ``current`` is already where ``direction``
+        to ``target`` (a resolved revision, None for base) would take it, or past it.
+
+        An upgrade never moves a schema down and a downgrade never moves it up: a tenant ahead
+        of an upgrade's target is left alone, not downgraded.
+        """
+        here, there = self.position(current), self.position(target)
+        return there <= here if direction == "upgrade" else there >= here
 
     def revisions(self) -> list[RevisionInfo]:
         head = self.head

@@ -1,0 +1,247 @@
+"""One function per command: build settings and options from the parsed arguments, call the
+API, render the result, return the exit code. No SQL here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from tenantmig import api
+from tenantmig.cli import render
+from tenantmig.cli.drift_render import drift_html, drift_text
+from tenantmig.cli.progress import Progress
+from tenantmig.errors import ConfigError, ExitCode
+from tenantmig.run.results import RunResult
+from tenantmig.server.config import Chain, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        config_file=args.config,
+        database_url=args.database_url,
+        shared_schema=args.shared_schema,
+        lock_timeout_s=getattr(args, "lock_timeout", None),
+        statement_timeout_s=getattr(args, "statement_timeout", None),
+        retries=getattr(args, "retries", None),
+        reconnect_timeout_s=getattr(args, "reconnect_timeout", None),
+    )
+
+
+def _selection(args: argparse.Namespace) -> api.Selection:
+    if args.shared:
+        return api.Selection.shared_only()
+    if args.tenant:
+        return api.Selection.named(args.tenant)
+    if args.all_tenants:
+        return api.Selection.all_tenants()
+    return api.Selection.everything()
+
+
+def _run_options(args: argparse.Namespace) -> api.RunOptions:
+    return api.RunOptions(
+        jobs=args.jobs,
+        fail_fast=args.fail_fast,
+        max_failures=args.max_failures,
+        only_failed=args.only_failed,
+        wait_s=args.wait,
+        log_file=args.log_file,
+        replay=not args.no_replay,
+        backup_dir=args.backup,
+    )
+
+
+def _finish_run(result: RunResult, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render.run_summary(result))
+    if result.interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    verb = api.upgrade if args.command == "upgrade" else api.downgrade
+    progress = Progress(quiet=args.quiet)
+    result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
+    return _finish_run(result, args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = api.status(_settings(args), args.tenant)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        print(render.status_text(report))
+    return ExitCode.OK
+
+
+def cmd_current(args: argparse.Namespace) -> int:
+    report = api.status(_settings(args), args.tenant)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "shared": report.shared_revision,
+                    "tenants": {t.name: t.revision for t in report.tenants},
+                },
+                indent=2,
+            )
+        )
+        return ExitCode.OK
+    if not args.tenant:
+        print(
+            f"shared ({report.shared_schema}): {report.shared_revision or 'base'}"
+            + (" (head)" if report.shared_revision == report.shared_head else "")
+        )
+    for t in report.tenants:
+        head = " (head)" if t.revision and t.revision == t.head else ""
+        print(f"{t.name}: {t.revision or 'base'}{head}")
+    return ExitCode.OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    chains: list[Chain] = (
+        ["shared"] if args.shared else ["tenant"] if args.tenant_chain else ["shared", "tenant"]
+    )
+    print("\n".join(render.history_text(c, api.history(settings, c), args.verbose) for c in chains))
+    return ExitCode.OK
+
+
+def cmd_revision(args: argparse.Namespace) -> int:
+    chain: Chain = "shared" if args.shared else "tenant"
+    created = api.revision(_settings(args), chain, args.message, args.rev_id)
+    print(f"created {chain} revision {created.revision}: {created.path}")
+    return ExitCode.OK
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.tenants_command == "list":
+        rows = api.tenants(settings)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": t.name,
+                            "schema": t.schema,
+                            "status": t.status,
+                            "created_at": t.created_at.isoformat() if t.created_at else None,
+                        }
+                        for t in rows
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            print(render.tenants_text(rows))
+        return ExitCode.OK
+    if args.tenants_command == "drop":
+        if not args.yes:
+            raise ConfigError("dropping tenants deletes their data: add --yes to confirm")
+        api.drop_tenants(settings, args.names)
+        print(f"dropped {len(args.names)} tenant(s): {', '.join(args.names)}")
+        return ExitCode.OK
+    created, result = api.create_tenants(
+        settings,
+        args.names,
+        migrate=not args.no_migrate,
+        options=api.RunOptions(jobs=args.jobs),
+        observer=Progress(quiet=args.json),
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {"created": [t.name for t in created], "run": result.to_json() if result else None},
+                indent=2,
+            )
+        )
+    else:
+        print(f"registered {len(created)} tenant(s): {', '.join(t.name for t in created)}")
+        if result is not None:
+            print(render.run_summary(result))
+    if result is not None and not result.succeeded:
+        return ExitCode.TENANTS_FAILED
+    return ExitCode.OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if getattr(args, "runs_command", None) == "show":
+        record, outcomes = api.run_details(settings, args.run_id)
+        if args.json:
+            print(
+                json.dumps(
+                    {**record.to_json(), "tenants": [o.to_json() for o in outcomes]}, indent=2
+                )
+            )
+        else:
+            print(render.run_text(record, outcomes))
+        return ExitCode.OK
+    records = api.runs(settings, args.limit)
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+    else:
+        print(render.runs_text(records))
+    return ExitCode.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    result = api.demo(settings, Progress())
+    if result.created:
+        print(f"registered demo tenants: {', '.join(result.created)}")
+    print(render.run_summary(result.shared))
+    print("$ tenantmig upgrade --all-tenants")
+    print(render.run_summary(result.tenants))
+    print()
+    print(render.status_text(result.status))
+    return ExitCode.OK if result.tenants.succeeded else ExitCode.TENANTS_FAILED
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    result = api.restore(_settings(args), args.tenant, args.file)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"restored tenant {result.tenant} from {result.file}: revision "
+            f"{result.from_revision or 'base'} -> {result.to_revision or 'base'} "
+            f"in {result.duration_s:.1f}s (run {result.run_id})"
+        )
+    return ExitCode.OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    report = api.drift(_settings(args), args.tenant)
+    if args.html is not None:
+        try:
+            args.html.write_text(drift_html(report), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.html}: {exc.strerror}") from exc
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(drift_text(report))
+        if args.html is not None:
+            print(f"HTML report written to {args.html}")
+    return ExitCode.DRIFT if report.any_drift else ExitCode.OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "upgrade": cmd_migrate,
+    "downgrade": cmd_migrate,
+    "status": cmd_status,
+    "current": cmd_current,
+    "history": cmd_history,
+    "revision": cmd_revision,
+    "tenants": cmd_tenants,
+    "runs": cmd_runs,
+    "drift": cmd_drift,
+    "demo": cmd_demo,
+    "restore": cmd_restore,
+}

@@ -1,0 +1,266 @@
+"""The ``tenantmig`` argument parser: every command, its options and its help text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tenantmig import __version__
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    usage or configuration error (nothing was changed)
+  2    drift found
+  3    some tenants failed (the others finished; failed ones were rolled back)
+  4    another all-tenants run holds the run lock
+  5    a database error stopped a run after it had started migrating (schemas it reached
+       may have committed; each is at its old or new revision): see `tenantmig status`
+  130  interrupted (SIGINT/SIGTERM); in-flight tenants committed or rolled back
+
+database: --database-url, else $TENANTMIG_DATABASE_URL, else sqlalchemy.url in alembic.ini,
+else an embedded PostgreSQL under ./.tenantmig/ (pip install 'tenantmig[embedded]').
+"""
+
+
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options accepted before or after the command (``tenantmig --debug status`` or
+    ``tenantmig status --debug``)."""
+    group = parser.add_argument_group("connection and configuration")
+    group.add_argument(
+        "-c",
+        "--config",
+        default=default,
+        metavar="FILE",
+        help="alembic.ini to use (default: $TENANTMIG_CONFIG or ./alembic.ini)",
+    )
+    group.add_argument(
+        "--database-url",
+        default=default,
+        metavar="URL",
+        help="PostgreSQL URL (default: $TENANTMIG_DATABASE_URL, alembic.ini, "
+        "else the embedded server)",
+    )
+    group.add_argument(
+        "--shared-schema",
+        default=default,
+        metavar="SCHEMA",
+        help="schema of the shared tables and ledger (default: public)",
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks for errors"
+    )
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run options")
+    group.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes (default: number of CPUs, capped by the server's free connections)",
+    )
+    group.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest a statement waits for a lock before giving up and retrying (default: 5)",
+    )
+    group.add_argument(
+        "--statement-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest any single statement may run (default: no limit)",
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retries of a tenant after a lock timeout or deadlock (default: 3)",
+    )
+    group.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a tenant keeps reconnecting after the server went away (restart, "
+        "failover) before it is recorded as failed (default: 60)",
+    )
+    group.add_argument(
+        "--fail-fast", action="store_true", help="stop starting tenants after the first failure"
+    )
+    group.add_argument(
+        "--max-failures", type=int, metavar="N", help="stop starting tenants after N failures"
+    )
+    group.add_argument(
+        "--only-failed",
+        action="store_true",
+        help="only the tenants that failed (or did not run) in the last run of this kind; "
+        "after a killed run, all it did not finish",
+    )
+    group.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another all-tenants run to finish (default: exit 4 at once)",
+    )
+    group.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="FILE",
+        help="per-tenant event log (default: .tenantmig/logs/tenantmig.log)",
+    )
+    group.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="run Alembic for every tenant instead of replaying each step's compiled SQL",
+    )
+    group.add_argument(
+        "--backup",
+        type=Path,
+        metavar="DIR",
+        help="pg_dump -Fc each tenant's schema into DIR just before migrating it (the run "
+        "refuses to start if pg_dump is missing or DIR is not writable); restore one with "
+        "`tenantmig restore`",
+    )
+    group.add_argument("--json", action="store_true", help="print one JSON result object")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--shared", action="store_true", help="only the shared schema")
+    group.add_argument(
+        "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
+    )
+    group.add_argument("--all-tenants", action="store_true", help="every registered tenant")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tenantmig",
+        description="Schema migrations for schema-per-tenant PostgreSQL: the shared schema "
+        "once, every tenant schema in parallel, with a durable run ledger.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tenantmig {__version__}")
+    _common(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+        _common(p, argparse.SUPPRESS)
+        return p
+
+    p = add(
+        "upgrade",
+        "Upgrade the shared schema and/or tenant schemas (default: everything "
+        "to head, shared first).",
+    )
+    _selector(p, required=False)
+    p.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help="target revision: head (default), a revision id, or +N",
+    )
+    _engine_options(p)
+
+    p = add("downgrade", "Downgrade the shared schema or tenant schemas.")
+    _selector(p, required=True)
+    p.add_argument("revision", help="target revision: a revision id, base, or -N (e.g. -1)")
+    _engine_options(p)
+
+    p = add("current", "Show the current revision of the shared schema and tenants.")
+    p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "status",
+        "Shared and per-tenant revisions against head, with each tenant's last run outcome.",
+    )
+    p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
+    p.add_argument("--json", action="store_true")
+
+    p = add("history", "List the revisions of the shared and tenant chains.")
+    chain = p.add_mutually_exclusive_group()
+    chain.add_argument("--shared", action="store_true", help="only the shared chain")
+    chain.add_argument("--tenant-chain", action="store_true", help="only the tenant chain")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = add("revision", "Create a new revision file in one chain (like `alembic revision`).")
+    chain = p.add_mutually_exclusive_group(required=True)
+    chain.add_argument("--shared", action="store_true", help="in migrations/shared")
+    chain.add_argument("--tenant-chain", action="store_true", help="in migrations/tenant")
+    p.add_argument("-m", "--message", required=True)
+    p.add_argument("--rev-id", help="revision id to use instead of a generated one")
+
+    p = add("tenants", "Register, list and drop tenants.")
+    tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
+    create = tsub.add_parser(
+        "create", help="register tenants, create their schemas and migrate them to head"
+    )
+    _common(create, argparse.SUPPRESS)
+    create.add_argument("names", nargs="+", metavar="NAME")
+    create.add_argument(
+        "--no-migrate", action="store_true", help="only register and create the schemas"
+    )
+    create.add_argument("--json", action="store_true")
+    create.add_argument("-j", "--jobs", type=int, metavar="N")
+    listing = tsub.add_parser("list", help="list registered tenants")
+    _common(listing, argparse.SUPPRESS)
+    listing.add_argument("--json", action="store_true")
+    drop = tsub.add_parser("drop", help="drop tenant schemas (CASCADE) and unregister them")
+    _common(drop, argparse.SUPPRESS)
+    drop.add_argument("names", nargs="+", metavar="NAME")
+    drop.add_argument("--yes", action="store_true", help="required: confirms the data loss")
+
+    p = add(
+        "drift",
+        "Report tenants (and the shared schema) whose version or structure is not "
+        "what their migrations should have produced. Exit code 2 when any drifted.",
+    )
+    p.add_argument(
+        "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
+    )
+
+    p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
+    p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
+    p.add_argument("--json", action="store_true")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    show = rsub.add_parser("show", help="one run with every tenant's outcome")
+    _common(show, argparse.SUPPRESS)
+    show.add_argument("run_id", type=int)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    p = add(
+        "restore",
+        "Replace one tenant's schema with a dump taken by --backup, in one transaction: "
+        "on any error the current schema is kept. The tenant's tables are locked meanwhile.",
+    )
+    p.add_argument("--tenant", required=True, metavar="NAME", help="the tenant to restore")
+    p.add_argument("file", type=Path, metavar="FILE", help="a .dump file written by --backup")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest to wait for the tenant's locks (default: 5)",
+    )
+    p.add_argument("--json", action="store_true")
+
+    add("demo", "Create demo tenants (acme, globex, initech) and run the full upgrade.")
+    return parser

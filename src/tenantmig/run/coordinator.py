@@ -1,0 +1,390 @@
+"""The coordinator of one upgrade or downgrade: the shared schema, then the tenants.
+
+For the tenants it takes the run lock (every-tenant runs), selects and triages them, records the
+run in the ledger, compiles the steps worth replaying, fans the rest out to workers, records each
+outcome, and finishes the run; it returns the RunResult instead of filling one passed in.
+
+Only the coordinator writes the ledger, on its own connection, so a tenant's migration
+transaction never touches a shared table and a failure's record survives its rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from tenantmig.backup.dump import BackupPlan, plan_backups
+from tenantmig.chains.scripts import ChainScripts
+from tenantmig.errors import RunAborted, RunLocked
+from tenantmig.logs import configure_run_log
+from tenantmig.run.executor import Execution, WorkerSpec, run_jobs
+from tenantmig.run.ledger import Ledger
+from tenantmig.run.locks import (
+    hold_live_run_lock,
+    release_live_run_lock,
+    release_run_lock,
+    run_lock_holder,
+    try_run_lock,
+)
+from tenantmig.run.migrator import SchemaMigrator
+from tenantmig.run.plan import RunPlan, default_jobs
+from tenantmig.run.preflight import check_can_migrate
+from tenantmig.run.replay import CompiledStep, StepKey, compile_step
+from tenantmig.run.results import (
+    RunOutcome,
+    RunResult,
+    RunScope,
+    TenantJob,
+    TenantOutcome,
+    TenantStatus,
+)
+from tenantmig.run.triage import triage
+from tenantmig.schema.registry import Tenant, list_tenants, select_tenants
+from tenantmig.schema.versions import read_versions
+from tenantmig.server.database import Database
+from tenantmig.server.errorcodes import connection_lost, first_line
+from tenantmig.server.identifiers import quote_ident
+
+# Ledger writes are batched: one round trip per this many outcomes or seconds, not per tenant.
+_FLUSH_OUTCOMES = 200
+_FLUSH_SECONDS = 1.0
+
+
+class RunObserver(Protocol):
+    """Told about a run's progress (the CLI draws a progress line from it)."""
+
+    def started(self, pending: int, workers: int) -> None: ...
+
+    def outcome(self, outcome: TenantOutcome, execution: Execution) -> None: ...
+
+
+def migrate(plan: RunPlan, database: Database, observer: RunObserver | None = None) -> RunResult:
+    """Run ``plan`` against ``database``: the shared schema first, then the tenants."""
+    return _Coordinator(plan, database, observer).run()
+
+
+class _Coordinator:
+    def __init__(self, plan: RunPlan, database: Database, observer: RunObserver | None) -> None:
+        self.plan = plan
+        self.database = database
+        self.observer = observer
+        self.shared_schema = plan.settings.shared_schema
+        self.result = RunResult(run_id=None, command=plan.direction, target=plan.target)
+        self.migrating = False  # some schema may have committed: errors must not say otherwise
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        plan = self.plan
+        try:
+            # Checked before anything changes: a role that cannot write, or a run that cannot
+            # back up, must not start.
+            with self.database.engine.connect() as conn:
+                check_can_migrate(conn, self.shared_schema, shared_chain=plan.selection.shared)
+            backup = (
+                plan_backups(plan.backup_dir, self.database, plan.policy.timeouts)
+                if plan.backup_dir is not None and plan.tenant_scripts is not None
+                else None
+            )
+            if plan.shared_scripts is not None:
+                self.result.shared = self._migrate_shared(plan.shared_scripts)
+                if self.result.shared.status is TenantStatus.FAILED:
+                    return self._finished(started)
+            if plan.tenant_scripts is not None:
+                self._migrate_tenants(plan.tenant_scripts, backup)
+        except DBAPIError as exc:
+            if not self.migrating:
+                raise  # nothing was changed: the CLI reports a plain database error
+            where = f"run {self.result.run_id}" if self.result.run_id else "the run"
+            raise RunAborted(
+                f"database error after {where} had started migrating: {first_line(exc)}. "
+                "Schemas it reached may have committed; each is at its old or its new revision. "
+                "See `tenantmig status`"
+                + (f" and `tenantmig runs show {self.result.run_id}`" if self.result.run_id else "")
+                + ", then run the same command again to finish"
+            ) from exc
+        return self._finished(started)
+
+    def _finished(self, started: float) -> RunResult:
+        self.result.duration_s = time.monotonic() - started
+        return self.result
+
+    # -- the shared schema ------------------------------------------------------------------
+    def _migrate_shared(self, scripts: ChainScripts) -> TenantOutcome:
+        schema = self.shared_schema
+        if schema != "public":
+            with self.database.engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        migrator = SchemaMigrator(
+            self.plan.policy,
+            scripts,
+            self.database.worker_url,
+            self.database.flavour,
+            logger=configure_run_log(self.plan.log_file, None),
+        )
+        self.migrating = True
+        try:
+            outcome = migrator.migrate(TenantJob(name=schema, schema=schema))
+        finally:
+            migrator.close()
+        with self.database.engine.connect() as conn:
+            ledger = Ledger(conn, schema)
+            ledger.ensure()
+            run_id = ledger.start_run(self.plan.direction, RunScope.SHARED, self.plan.target, {})
+            ledger.finish_run(
+                run_id,
+                RunOutcome.FAILED
+                if outcome.status is TenantStatus.FAILED
+                else RunOutcome.SUCCEEDED,
+                {"from": outcome.from_revision, "to": outcome.to_revision, "error": outcome.error},
+            )
+        return outcome
+
+    # -- the tenants --------------------------------------------------------------------------
+    def _migrate_tenants(self, scripts: ChainScripts, backup: BackupPlan | None) -> None:
+        with self.database.engine.connect() as conn:
+            lock_held = False
+            if self.plan.selection.every_tenant:
+                lock_held = _acquire_run_lock(conn, self.shared_schema, self.plan.wait_s)
+            try:
+                self._run_tenants(conn, scripts, backup)
+            finally:
+                if lock_held:
+                    with contextlib.suppress(DBAPIError):  # released with the connection if lost
+                        release_run_lock(conn, self.shared_schema)
+                        conn.commit()
+
+    def _select(self, conn: Connection, ledger: Ledger) -> list[Tenant]:
+        """The selected tenants; with --only-failed, those the last run of this kind left."""
+        selection = self.plan.selection
+        with conn.begin():
+            tenants = select_tenants(conn, self.shared_schema, selection.tenants)
+        if not self.plan.only_failed:
+            return tenants
+        unfinished = ledger.unfinished_in_last_run(selection.same_kind_scopes, self.plan.direction)
+        if unfinished is None:
+            self.result.notices.append("no earlier run to take failed tenants from; nothing to do")
+            return []
+        tenants = [t for t in tenants if unfinished.wants(t.name)]
+        if unfinished.abandoned:
+            self.result.notices.append(
+                f"run {unfinished.run_id} was abandoned (its runner was killed): taking "
+                f"the {len(tenants)} tenant(s) it did not finish"
+            )
+        return tenants
+
+    def _run_tenants(
+        self, conn: Connection, scripts: ChainScripts, backup: BackupPlan | None
+    ) -> None:
+        plan, result = self.plan, self.result
+        ledger = Ledger(conn, self.shared_schema)
+        ledger.ensure()
+        tenants = self._select(conn, ledger)
+        versions = read_versions(conn, [t.schema for t in tenants])
+        relative = plan.policy.relative
+        target = None if relative else plan.resolved_target()
+        sorted_out = triage(tenants, versions, scripts, plan.direction, target, relative=relative)
+        jobs = sorted_out.jobs
+
+        run_id = ledger.start_run(
+            plan.direction,
+            plan.selection.scope,
+            plan.target,
+            {
+                "jobs": plan.jobs,
+                "fail_fast": plan.stop.fail_fast,
+                "max_failures": plan.stop.max_failures,
+                "only_failed": plan.only_failed,
+                "tenants": len(tenants),
+                "backup_dir": str(backup.directory) if backup else None,
+            },
+        )
+        result.run_id = run_id
+        hold_live_run_lock(conn, run_id)
+        conn.commit()
+        ledger.record(run_id, sorted_out.settled)
+        result.outcomes.extend(sorted_out.settled)
+
+        workers = self._choose_workers(conn, len(jobs)) if jobs else 0
+        conn.commit()
+        compiled = (
+            self._compile_steps(conn, scripts, jobs)
+            if plan.replay and len(jobs) > 1 and not relative
+            else ()
+        )
+        if self.observer is not None:
+            self.observer.started(len(jobs), workers)
+        writer = _OutcomeWriter(ledger, run_id, self.observer)
+        interrupted = False
+        try:
+            if jobs:
+                spec = WorkerSpec(
+                    policy=plan.policy,
+                    settings=plan.settings,
+                    url=self.database.worker_url,
+                    flavour=self.database.flavour,
+                    log_file=plan.log_file,
+                    run_id=run_id,
+                    compiled=compiled,
+                    backup=backup,
+                )
+                self.migrating = True
+                outcomes, interrupted = run_jobs(
+                    spec, jobs, workers, stop=plan.stop, on_outcome=writer
+                )
+                result.outcomes.extend(outcomes)
+        finally:
+            result.interrupted = interrupted
+            reconnect = plan.policy.reconnect_timeout_s
+            _durably(conn, reconnect, writer.flush)
+            _durably(
+                conn, reconnect, lambda: ledger.finish_run(run_id, result.outcome, result.totals())
+            )
+            with contextlib.suppress(DBAPIError):  # gone anyway if the connection was lost
+                release_live_run_lock(conn, run_id)
+                conn.commit()
+        self._add_notices(conn, tenants, interrupted)
+
+    def _add_notices(self, conn: Connection, seen: Sequence[Tenant], interrupted: bool) -> None:
+        result = self.result
+        if self.plan.selection.every_tenant and seen:
+            with conn.begin():
+                now = list_tenants(conn, self.shared_schema)
+            known = {t.name for t in seen}
+            newly_registered = sum(1 for t in now if t.name not in known)
+            if newly_registered:
+                result.notices.append(
+                    f"{newly_registered} tenant(s) were registered during this run and were not "
+                    "migrated; run again to include them"
+                )
+        if any(o.lost_connection for o in result.outcomes):
+            result.notices.append(
+                "stopped starting tenants: the database stayed unreachable; every tenant is at "
+                "its old or its new revision. Run the same command again when the server is back"
+            )
+        if interrupted:
+            result.notices.append(
+                f"run {result.run_id} was interrupted; in-flight tenants committed or rolled "
+                "back. Run the same command again to finish the rest"
+            )
+
+    def _choose_workers(self, conn: Connection, pending: int) -> int:
+        """Worker count: requested or the CPU default, capped by pending work and free
+        connections. Each worker holds one connection; leave a margin so the application keeps
+        connecting."""
+        wanted = self.plan.jobs if self.plan.jobs is not None else default_jobs()
+        free = _free_connections(conn)
+        allowed = max(1, free - 2)
+        if wanted > allowed:
+            self.result.notices.append(
+                f"--jobs {wanted} reduced to {allowed}: the server has {free} free connections"
+            )
+            wanted = allowed
+        return max(1, min(wanted, pending))
+
+    def _compile_steps(
+        self, conn: Connection, scripts: ChainScripts, jobs: Sequence[TenantJob]
+    ) -> tuple[CompiledStep, ...]:
+        """Compile each distinct step the jobs need, once, on the coordinator's connection.
+
+        Only for absolute targets: a relative one (-1) is a different step per tenant.
+        """
+        target = self.plan.resolved_target()
+        keys = {
+            StepKey(job.seen_revision, target, bool(job.seen_version_table))
+            for job in jobs
+            if job.seen_version_table is not None and scripts.knows(job.seen_revision)
+        }
+        steps = [
+            compile_step(
+                conn,
+                scripts,
+                key,
+                self.plan.direction,
+                self.plan.policy.timeouts,
+                self.database.flavour,
+            )
+            for key in sorted(keys, key=lambda k: (k.from_revision or "", k.has_version_table))
+        ]
+        return tuple(step for step in steps if step is not None)
+
+
+class _OutcomeWriter:
+    """Records outcomes in the ledger as they arrive, in batches, and passes them on.
+
+    While the server is away (a restart) outcomes are kept and written later; the workers
+    reconnect on their own.
+    """
+
+    def __init__(self, ledger: Ledger, run_id: int, observer: RunObserver | None) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.observer = observer
+        self.buffer: list[TenantOutcome] = []
+        self.last_flush = time.monotonic()
+
+    def __call__(self, outcome: TenantOutcome, execution: Execution) -> None:
+        self.buffer.append(outcome)
+        due = time.monotonic() - self.last_flush > _FLUSH_SECONDS
+        if len(self.buffer) >= _FLUSH_OUTCOMES or due:
+            self.last_flush = time.monotonic()
+            try:
+                self.flush()
+            except DBAPIError as exc:
+                if not connection_lost(exc):
+                    raise
+        if self.observer is not None:
+            self.observer.outcome(outcome, execution)
+
+    def flush(self) -> None:
+        self.ledger.record(self.run_id, self.buffer)
+        self.buffer.clear()
+
+
+def _acquire_run_lock(conn: Connection, shared_schema: str, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while True:
+        got = try_run_lock(conn, shared_schema)
+        conn.commit()
+        if got:
+            return True
+        if time.monotonic() >= deadline:
+            holder = run_lock_holder(conn, shared_schema)
+            conn.commit()
+            raise RunLocked(
+                f"another all-tenants run holds the run lock: {holder}; wait for it, or pass "
+                "--wait SECONDS to queue behind it"
+            )
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+
+def _durably(conn: Connection, timeout_s: float, write: Callable[[], None]) -> None:
+    """Run a ledger write, reconnecting (with a pause) while the server is away, up to
+    ``timeout_s``. The coordinator's connection reconnects on its next use once rolled back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            write()
+            return
+        except DBAPIError as exc:
+            if not connection_lost(exc) or time.monotonic() > deadline:
+                raise
+            with contextlib.suppress(DBAPIError):
+                conn.rollback()
+            time.sleep(1.0)
+
+
+def _free_connections(conn: Connection) -> int:
+    row = conn.execute(
+        sa.text(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )
+    ).scalar()
+    return int(row or 0)

@@ -1,0 +1,217 @@
+"""The run plan: the user's request, validated once and frozen, before the database is touched.
+
+``build_plan`` is the one place a run's options are checked and combined with the settings; the
+coordinator and the workers only read the result. A new run option is added here: to
+``RunOptions`` (what the caller asks for), then to ``RunPlan`` (coordinator only) or to
+``TenantPolicy`` (it changes how each tenant is migrated, so it travels to the workers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
+from tenantmig.errors import ConfigError
+from tenantmig.run.results import RunScope
+from tenantmig.server.config import Settings
+from tenantmig.server.identifiers import validate_tenant_name
+from tenantmig.server.session import Timeouts
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which schemas a command acts on."""
+
+    shared: bool = False
+    tenants: tuple[str, ...] | None = None  # None with include_tenants: every tenant
+    include_tenants: bool = False
+
+    @classmethod
+    def everything(cls) -> Selection:
+        return cls(shared=True, include_tenants=True)
+
+    @classmethod
+    def shared_only(cls) -> Selection:
+        return cls(shared=True)
+
+    @classmethod
+    def all_tenants(cls) -> Selection:
+        return cls(include_tenants=True)
+
+    @classmethod
+    def named(cls, names: Sequence[str]) -> Selection:
+        return cls(tenants=tuple(names), include_tenants=True)
+
+    @property
+    def every_tenant(self) -> bool:
+        """Every registered tenant (takes the run lock), not a named list."""
+        return self.include_tenants and self.tenants is None
+
+    @property
+    def scope(self) -> RunScope:
+        if self.every_tenant:
+            return RunScope.EVERYTHING if self.shared else RunScope.ALL_TENANTS
+        if self.include_tenants:
+            return RunScope.TENANTS
+        return RunScope.SHARED
+
+    @property
+    def same_kind_scopes(self) -> tuple[RunScope, ...]:
+        """Scopes of earlier runs whose unfinished tenants ``--only-failed`` takes."""
+        if self.every_tenant:
+            return (RunScope.ALL_TENANTS, RunScope.EVERYTHING)
+        return (RunScope.TENANTS,)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a tenant run behaves, as the caller asks for it; defaults are what a careful operator
+    would pick. Timeouts and retries come from Settings (flags, environment, alembic.ini)."""
+
+    jobs: int | None = None  # None: min(CPU-based default, what the server can take)
+    fail_fast: bool = False
+    max_failures: int | None = None
+    only_failed: bool = False
+    wait_s: float = 0.0  # how long to wait for another run's run lock
+    log_file: Path | None = None  # default: <home>/logs/tenantmig.log
+    replay: bool = True  # replay compiled steps where provably equivalent (see replay.py)
+    backup_dir: Path | None = None  # pg_dump each tenant here before migrating it
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """How every tenant of a run is migrated. Picklable: it travels to each worker process."""
+
+    direction: Direction
+    target: str  # as the user wrote it: head, base, a revision id, +N / -N
+    timeouts: Timeouts
+    retries: int  # after a lock timeout, deadlock or serialization failure
+    reconnect_timeout_s: float  # how long a tenant keeps reconnecting to a lost server
+
+    @property
+    def relative(self) -> bool:
+        return is_relative(self.target)
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    """When to stop handing out tenants: after the first failure, or after N failures."""
+
+    fail_fast: bool = False
+    max_failures: int | None = None
+
+    def should_stop(self, failures: int) -> bool:
+        if self.fail_fast and failures > 0:
+            return True
+        return self.max_failures is not None and failures >= self.max_failures
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One upgrade or downgrade, validated. Built by ``build_plan``, never changed afterwards.
+
+    What travels to worker processes: ``policy`` and ``settings`` (from which a worker loads
+    the tenant chain's scripts once), plus what the coordinator learns at run time (the run id,
+    compiled steps, the backup plan; see ``executor.WorkerSpec``). Everything else stays with
+    the coordinator: the selection, worker count, stop policy, ``--only-failed``, the run-lock
+    wait, and the loaded scripts (which hold imported revision modules and are not pickled).
+    """
+
+    settings: Settings
+    selection: Selection
+    policy: TenantPolicy
+    stop: StopPolicy
+    jobs: int | None
+    only_failed: bool
+    wait_s: float
+    replay: bool
+    log_file: Path
+    backup_dir: Path | None
+    shared_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
+    tenant_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def direction(self) -> Direction:
+        return self.policy.direction
+
+    @property
+    def target(self) -> str:
+        return self.policy.target
+
+    def resolved_target(self) -> str | None:
+        """The tenant chain's absolute target (None: base); only for absolute targets."""
+        assert self.tenant_scripts is not None and not self.policy.relative
+        return self.tenant_scripts.resolve_target(self.target)
+
+
+def default_jobs() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+def log_file(settings: Settings, requested: Path | None = None) -> Path:
+    """The run log: the requested file, else ``<home>/logs/tenantmig.log``."""
+    return requested if requested is not None else settings.home / "logs" / "tenantmig.log"
+
+
+def check_options(selection: Selection, options: RunOptions) -> None:
+    """Reject options that make no sense, whatever the database holds."""
+    if options.jobs is not None and options.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    if options.max_failures is not None and options.max_failures < 1:
+        raise ConfigError("--max-failures must be at least 1")
+    if options.wait_s < 0:
+        raise ConfigError("--wait must be 0 or more seconds")
+    if options.backup_dir is not None and not selection.include_tenants:
+        raise ConfigError(
+            "--backup dumps tenant schemas and this run migrates only the shared schema; "
+            "back it up with pg_dump -Fc -n SCHEMA instead"
+        )
+
+
+def build_plan(
+    settings: Settings,
+    selection: Selection,
+    direction: Direction,
+    revision: str,
+    options: RunOptions,
+) -> RunPlan:
+    """Validate the request (names, revision, options) and load the chains' scripts once.
+
+    Raises a ConfigError/InvalidTenantName/UnknownRevision before anything is connected to, so
+    bad input changes nothing.
+    """
+    if selection.shared and selection.include_tenants and revision not in ("head", "base"):
+        raise ConfigError(
+            f"revision {revision!r} names one chain; choose --shared or --tenant/--all-tenants"
+        )
+    check_options(selection, options)
+    for name in selection.tenants or ():
+        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    shared_scripts = ChainScripts(settings, "shared") if selection.shared else None
+    tenant_scripts = ChainScripts(settings, "tenant") if selection.include_tenants else None
+    for scripts in (shared_scripts, tenant_scripts):
+        if scripts is not None and not is_relative(revision):
+            scripts.resolve_target(revision)
+    return RunPlan(
+        settings=settings,
+        selection=selection,
+        policy=TenantPolicy(
+            direction=direction,
+            target=revision,
+            timeouts=settings.timeouts,
+            retries=settings.retries,
+            reconnect_timeout_s=settings.reconnect_timeout_s,
+        ),
+        stop=StopPolicy(options.fail_fast, options.max_failures),
+        jobs=options.jobs,
+        only_failed=options.only_failed,
+        wait_s=options.wait_s,
+        replay=options.replay,
+        log_file=log_file(settings, options.log_file),
+        backup_dir=options.backup_dir,
+        shared_scripts=shared_scripts,
+        tenant_scripts=tenant_scripts,
+    )
