@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from tenantmig import api
 from tenantmig.run.results import TenantStatus
 from tenantmig.server.config import Settings
-from tests.helpers import TENANT_HEAD, run_cli, start_cli, version
+from tests.helpers import TENANT_HEAD, project_with, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
 
 
@@ -256,3 +256,39 @@ def test_server_down_past_the_reconnect_bound_stops_the_run(
     assert {version(engine, t) for t in tenants} <= {"001_initial_schema", TENANT_HEAD}
     assert api.upgrade(settings, api.Selection.all_tenants()).succeeded
     assert all(version(engine, t) == TENANT_HEAD for t in tenants)
+
+
+# Drops the ledger's per-tenant table from inside a tenant migration: the coordinator's next
+# ledger write then fails with a database error after this tenant has committed.
+LEDGER_BREAKING_REVISION = '''"""Breaks the run ledger (a test of what the runner says then)."""
+
+from alembic import op
+
+revision = "004_break_the_ledger"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS public.tenantmig_run_tenants")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_database_error_after_tenants_committed_is_not_reported_as_nothing_changed(
+    settings: Settings, database_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    make_tenants(settings, ["first", "second"], "head")
+    config = project_with(tmp_path, {"004_break_the_ledger.py": LEDGER_BREAKING_REVISION})
+    run = run_cli(
+        "upgrade", "--all-tenants", "--config", str(config), "--jobs", "1", url=database_url
+    )
+    assert run.returncode == 5, run.stderr
+    assert "had started migrating" in run.stderr and "tenantmig status" in run.stderr
+    assert "nothing was changed" not in run.stderr
+    # The error is honest: the tenants did commit.
+    assert {version(engine, "first"), version(engine, "second")} == {"004_break_the_ledger"}

@@ -123,20 +123,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if args.tenants_command == "list":
         rows = api.tenants(settings)
         if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "name": t.name,
-                            "schema": t.schema,
-                            "status": t.status,
-                            "created_at": t.created_at.isoformat() if t.created_at else None,
-                        }
-                        for t in rows
-                    ],
-                    indent=2,
-                )
-            )
+            print(json.dumps([t.to_json() for t in rows], indent=2))
         else:
             print(render.tenants_text(rows))
         return ExitCode.OK
