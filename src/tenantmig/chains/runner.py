@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from tenantmig.chains.env import context_options
+from tenantmig.chains.output import migration_output
 from tenantmig.chains.scripts import ChainScripts, Direction
 
 
@@ -25,12 +26,14 @@ def run_alembic(
     destination: str | None,
     *,
     per_migration: bool = False,
+    echo_output: bool = False,
 ) -> None:
     """Run the chain's revisions in ``schema`` up or down to ``destination`` (None: base).
 
     Runs inside the caller's open transaction (Alembic sees an external transaction and does not
     commit), with search_path already pointing at ``schema``. With ``per_migration`` the caller
-    has no transaction open and Alembic commits each revision in its own.
+    has no transaction open and Alembic commits each revision in its own. What the revisions
+    print goes to the run log (and to stderr with ``echo_output``), never to stdout.
     """
     script = scripts.script
     target = destination or "base"
@@ -41,7 +44,7 @@ def run_alembic(
         return script._downgrade_revs(target, revision)
 
     environment = EnvironmentContext(scripts.config, script, fn=step, destination_rev=target)
-    with environment:
+    with environment, migration_output(schema, echo=echo_output):
         environment.configure(
             connection=conn, **context_options(schema, per_migration=per_migration)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 from tenantmig import api
@@ -48,6 +49,9 @@ def _run_options(args: argparse.Namespace) -> api.RunOptions:
         log_file=args.log_file,
         replay=not args.no_replay,
         backup_dir=args.backup,
+        # What migrations print is always in the run log; on a terminal it is shown as well,
+        # never in --json mode, whose stdout is one JSON document.
+        echo_output=not args.json and not args.quiet and sys.stderr.isatty(),
     )
 
 

@@ -150,13 +150,14 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
         head
         + "\n\n"
         + table(
-            ["tenant", "status", "from", "to", "attempts", "duration", "error"],
+            ["tenant", "status", "from", "to", "by", "attempts", "duration", "error"],
             [
                 (
                     o.name,
                     o.status.value,
                     o.from_revision or "base",
                     o.to_revision or "",
+                    _how(o),
                     o.attempts,
                     f"{o.duration_s:.2f}s",
                     o.error or "",
@@ -165,3 +166,10 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
             ],
         )
     )
+
+
+def _how(outcome: TenantOutcome) -> str:
+    """How a migrated tenant got there: a replayed compiled step, or Alembic."""
+    if outcome.status is not TenantStatus.OK:
+        return ""
+    return "replay" if outcome.replayed else "alembic"

@@ -35,7 +35,13 @@ from tenantmig.run.locks import (
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import check_can_migrate
-from tenantmig.run.replay import CompiledStep, StepKey, compile_step
+from tenantmig.run.replay import (
+    CompiledStep,
+    NotReplayable,
+    StepKey,
+    compile_or_explain,
+    step_revisions,
+)
 from tenantmig.run.results import (
     RunOutcome,
     RunResult,
@@ -292,26 +298,47 @@ class _Coordinator:
     ) -> tuple[CompiledStep, ...]:
         """Compile each distinct step the jobs need, once, on the coordinator's connection.
 
-        Only for absolute targets: a relative one (-1) is a different step per tenant.
+        Only for absolute targets: a relative one (-1) is a different step per tenant. A
+        revision found not replayable rules out every later step that runs it, without
+        compiling again; each step that runs through Alembic is reported once, with why.
         """
         target = self.plan.resolved_target()
-        keys = {
-            StepKey(job.seen_revision, target, bool(job.seen_version_table))
-            for job in jobs
-            if job.seen_version_table is not None and scripts.knows(job.seen_revision)
-        }
-        steps = [
-            compile_step(
-                conn,
-                scripts,
-                key,
-                self.plan.direction,
-                self.plan.policy.timeouts,
-                self.database.flavour,
+        waiting: dict[StepKey, int] = {}
+        for job in jobs:
+            if job.seen_version_table is not None and scripts.knows(job.seen_revision):
+                key = StepKey(job.seen_revision, target, bool(job.seen_version_table))
+                waiting[key] = waiting.get(key, 0) + 1
+        compiled: list[CompiledStep] = []
+        ruled_out: dict[str, NotReplayable] = {}  # revision -> the verdict that named it
+        log = configure_run_log(self.plan.log_file, self.result.run_id)
+        for key in sorted(waiting, key=lambda k: (k.from_revision or "", k.has_version_table)):
+            runs = step_revisions(scripts, key, self.plan.direction)
+            known = next((ruled_out[r] for r in runs if r in ruled_out), None)
+            found: CompiledStep | NotReplayable = (
+                NotReplayable(
+                    key,
+                    f"{known.reason}; known from step {known.key.describe()}, not compiled again",
+                    known.revision,
+                )
+                if known is not None
+                else compile_or_explain(
+                    conn,
+                    scripts,
+                    key,
+                    self.plan.direction,
+                    self.plan.policy.timeouts,
+                    self.database.flavour,
+                )
             )
-            for key in sorted(keys, key=lambda k: (k.from_revision or "", k.has_version_table))
-        ]
-        return tuple(step for step in steps if step is not None)
+            if isinstance(found, CompiledStep):
+                compiled.append(found)
+                continue
+            if found.revision is not None and known is None:
+                ruled_out[found.revision] = found
+            message = f"{found.describe()} ({waiting[key]} tenant(s))"
+            self.result.notices.append(message)
+            log.info("%s", message)
+        return tuple(compiled)
 
 
 class _OutcomeWriter:

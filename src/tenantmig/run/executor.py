@@ -92,6 +92,10 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # stdout belongs to the coordinator (its JSON result): whatever a migration writes to file
+    # descriptor 1 from below Python (a subprocess, a C library) goes to stderr instead.
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
     logger = configure_run_log(spec.log_file, spec.run_id)
     migrator = spec.migrator(logger, role=f"worker {os.getpid()}")
     parent = os.getppid()

@@ -35,6 +35,9 @@ from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# Columns of the per-tenant table added after its first release (name -> type).
+_ADDED_COLUMNS = {"backup_path": "text", "replayed": "boolean NOT NULL DEFAULT false"}
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -133,20 +136,24 @@ class Ledger:
                 " error text, recorded_at timestamptz NOT NULL DEFAULT now(),"
                 " PRIMARY KEY (run_id, tenant))"
             )
-            # Added after the first release: older ledgers get the column on first use. Checked
+            # Added after the first release: older ledgers get the columns on first use. Checked
             # first: ALTER TABLE takes ACCESS EXCLUSIVE even when IF NOT EXISTS finds the column,
             # which would block every reader of the ledger (`tenantmig runs`) on every run.
-            has_backup_path = self.conn.execute(
-                sa.text(
-                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t)"
-                    " AND attname = 'backup_path' AND NOT attisdropped"
-                ),
-                {"t": self.run_tenants},
-            ).scalar()
-            if not has_backup_path:
-                self.conn.exec_driver_sql(
-                    f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS backup_path text"
-                )
+            present = set(
+                self.conn.execute(
+                    sa.text(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t)"
+                        " AND attnum > 0 AND NOT attisdropped"
+                    ),
+                    {"t": self.run_tenants},
+                ).scalars()
+            )
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self.conn.exec_driver_sql(
+                        f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS "
+                        f"{quote_ident(column)} {definition}"
+                    )
             self.conn.exec_driver_sql(
                 f"CREATE INDEX IF NOT EXISTS {quote_ident(RUN_TENANTS_INDEX)} "
                 f"ON {self.run_tenants} (tenant, run_id DESC)"
@@ -187,13 +194,14 @@ class Ledger:
             sa.text(
                 f"INSERT INTO {self.run_tenants} "
                 "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
-                " duration_s, error, backup_path) VALUES (:run_id, :tenant, :schema, :from_rev,"
-                " :to_rev, :status, :attempts, :duration, :error, :backup)"
+                " duration_s, error, backup_path, replayed) VALUES (:run_id, :tenant, :schema,"
+                " :from_rev, :to_rev, :status, :attempts, :duration, :error, :backup, :replayed)"
                 " ON CONFLICT (run_id, tenant) DO UPDATE"
                 " SET from_revision = EXCLUDED.from_revision, to_revision = EXCLUDED.to_revision,"
                 " status = EXCLUDED.status, attempts = EXCLUDED.attempts,"
                 " duration_s = EXCLUDED.duration_s, error = EXCLUDED.error,"
-                " backup_path = EXCLUDED.backup_path, recorded_at = now()"
+                " backup_path = EXCLUDED.backup_path, replayed = EXCLUDED.replayed,"
+                " recorded_at = now()"
             ),
             [
                 {
@@ -207,6 +215,7 @@ class Ledger:
                     "duration": o.duration_s,
                     "error": o.error,
                     "backup": o.backup,
+                    "replayed": o.replayed,
                 }
                 for o in outcomes
             ],
@@ -335,7 +344,9 @@ class Ledger:
                 attempts=t.attempts,
                 duration_s=t.duration_s or 0.0,
                 error=t.error,
-                backup=getattr(t, "backup_path", None),  # ledger from before backups
+                # A ledger from before these columns (read before any run added them).
+                backup=getattr(t, "backup_path", None),
+                replayed=bool(getattr(t, "replayed", False)),
             )
             for t in tenants
         ]

@@ -245,6 +245,7 @@ class SchemaMigrator:
             duration_s=time.monotonic() - started,
             error=error,
             backup=progress.backup[1] if progress.backup else None,
+            replayed=status is TenantStatus.OK and progress.replayed,
         )
 
     def _attempt(self, job: TenantJob, progress: _Progress) -> Step:
@@ -285,7 +286,14 @@ class SchemaMigrator:
                     raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
             else:
                 try:
-                    run_alembic(conn, self.scripts, job.schema, self.policy.direction, destination)
+                    run_alembic(
+                        conn,
+                        self.scripts,
+                        job.schema,
+                        self.policy.direction,
+                        destination,
+                        echo_output=self.policy.echo_output,
+                    )
                 except Exception as exc:
                     if raised_by_autocommit_block(exc):
                         raise _NeedsAutocommit((before, destination)) from exc
@@ -323,6 +331,7 @@ class SchemaMigrator:
                     self.policy.direction,
                     destination,
                     per_migration=True,
+                    echo_output=self.policy.echo_output,
                 )
             except Exception as exc:
                 self._after_partial_failure(conn, job.schema, progress, exc)

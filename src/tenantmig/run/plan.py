@@ -79,6 +79,7 @@ class RunOptions:
     log_file: Path | None = None  # default: <home>/logs/tenantmig.log
     replay: bool = True  # replay compiled steps where provably equivalent (see replay.py)
     backup_dir: Path | None = None  # pg_dump each tenant here before migrating it
+    echo_output: bool = False  # also show what migrations print on stderr (always logged)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class TenantPolicy:
     timeouts: Timeouts
     retries: int  # after a lock timeout, deadlock or serialization failure
     reconnect_timeout_s: float  # how long a tenant keeps reconnecting to a lost server
+    echo_output: bool = False  # what migrations print: run log, and stderr too when True
 
     @property
     def relative(self) -> bool:
@@ -204,6 +206,7 @@ def build_plan(
             timeouts=settings.timeouts,
             retries=settings.retries,
             reconnect_timeout_s=settings.reconnect_timeout_s,
+            echo_output=options.echo_output,
         ),
         stop=StopPolicy(options.fail_fast, options.max_failures),
         jobs=options.jobs,

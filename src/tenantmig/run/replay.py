@@ -4,25 +4,36 @@ Running Alembic for a tenant costs tens of milliseconds of Python per tenant (bu
 compiling and rendering every operation), about as much as the server spends executing the DDL.
 For thousands of tenants that are all at the same revision, that work is the same every time.
 So for each step (from revision, to revision, version table present or not) tenantmig runs the
-migrations once in a scratch schema, records every statement Alembic sends, rolls the scratch
-schema back, and then replays the recorded statements in each tenant whose state matches.
+migrations in a scratch schema, records every statement Alembic sends, rolls the scratch schema
+back, and then replays the recorded statements in each tenant whose state matches.
 
-When is the replay provably the same work as running Alembic there?
-- The step's statements did not read anything: a migration that looks at the database
-  (``op.get_bind().execute(select ...)``, an inspector) could decide differently per tenant.
-  Every row-returning statement other than Alembic's own version-table bookkeeping marks the
-  step as not replayable, and those tenants run through Alembic as usual.
-- The tenant is verified, under its lock, to be in exactly the compiled state (same revision,
-  version table present or not); otherwise it runs through Alembic.
-- A revision can opt out explicitly with ``tenantmig_replay = False`` at module level (for
-  example if its SQL depends on the clock or the environment rather than the database).
+A step is replayed only when the recording provably reproduces what Alembic would send in the
+tenant; anything else runs through Alembic for each tenant, and the run says why:
+
+- Nothing the revisions executed returned rows. The recording is taken at the cursor, so every
+  statement counts however it was issued (``op.execute``, ``op.get_bind().execute``, an
+  inspector's catalog query, executemany). A statement is the revisions' own when a revision
+  file of the chain is on the Python stack while it runs; the rest is Alembic's bookkeeping,
+  whose reads (does the version table exist, which revision is recorded) are not replayed: the
+  tenant's state is verified under its lock instead, and its writes (the version table and row)
+  are.
+- The scratch schema's name occurs in the SQL only as an identifier (``server.sqltext``), so
+  putting the tenant's name there is what Alembic would have rendered.
+- Two compilations with two different scratch names give the same SQL once the names are marked:
+  SQL that depends on the name in any other way, or on the clock or chance (a Python-side
+  ``uuid4()`` in ``bulk_insert``), differs and is not replayed.
+- No revision in the step opts out with ``tenantmig_replay = False`` at module level.
+
+Statements are kept one by one (a server that needs them sent separately can do so); a plain
+server gets them in one multi-statement string, joined so that no comment, string or ``$$`` body
+of one statement can swallow the next.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +46,11 @@ from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
 from tenantmig.server.session import Timeouts
+from tenantmig.server.sqltext import find_mentions, replace_spans
 
-Statement = tuple[str, Any]
+# Where each tenant's schema name goes in a compiled statement; never in SQL text.
+_SQL_MARK = "\x00schema\x00"
+_SCRATCH_NAMES = ("tenantmig_compile_{pid}", "tenantmig_replay_check_{pid}")
 
 
 @dataclass(frozen=True)
@@ -45,74 +59,71 @@ class StepKey:
     to_revision: str | None
     has_version_table: bool
 
-
-# Markers in a compiled step's script where each tenant's schema name goes: in SQL text (as
-# Alembic renders it, quoted when it is a keyword) and inside rendered parameter values (bare).
-_SQL_MARK = "\x00schema\x00"  # never in SQL text; replaced before anything is sent
-_PARAM_MARK = "tenantmigschemaparammark"
+    def describe(self) -> str:
+        start = self.from_revision or ("base" if self.has_version_table else "no version table")
+        return f"{start} -> {self.to_revision or 'base'}"
 
 
 @dataclass(frozen=True)
 class CompiledStep:
     key: StepKey
-    statements: tuple[Statement, ...]
-    # The whole step as one script with parameters rendered and the schema marked: replaying
-    # it for a tenant is two str.replace calls, no per-statement work in Python.
-    template: str = ""
+    # Each statement as the server must see it (parameters rendered), the schema marked.
+    statements: tuple[str, ...]
 
-    def for_schema(self, schema: str) -> str:
-        """The step's script for ``schema``."""
+    def for_schema(self, schema: str) -> list[str]:
+        """The step's statements for ``schema``."""
         rendered = quote_as_alembic(schema)
-        return self.template.replace(_SQL_MARK, rendered).replace(_PARAM_MARK, schema)
+        return [statement.replace(_SQL_MARK, rendered) for statement in self.statements]
 
 
-def _template(cursor: Any, placeholder: str, statements: Sequence[Statement]) -> str:
-    """Render the recorded statements once into a script with the schema name marked.
+@dataclass(frozen=True)
+class NotReplayable:
+    """Why a step runs through Alembic for each tenant instead."""
 
-    In SQL text the name is matched as a whole word, with the quotes Alembic may have put
-    around it; in bound parameters it is matched as a word and left bare. Parameters are
-    rendered by the driver exactly as it would render them when executing.
-    """
-    name = re.escape(placeholder)
-    in_sql = re.compile(rf'"?\b{name}\b"?')
-    in_params = re.compile(rf"\b{name}\b")
-    parts = []
-    for sql, params in statements:
-        text = in_sql.sub(lambda _m: _SQL_MARK, sql)
-        # Always through mogrify, even with empty parameters: the driver then turns the "%%"
-        # that SQLAlchemy escaped into the "%" the server must see (None leaves text as is).
-        text = cursor.mogrify(text, _substitute(params, in_params, _PARAM_MARK)).decode()
-        parts.append(text.strip().rstrip(";"))
-    return ";\n".join(parts)
+    key: StepKey
+    reason: str
+    revision: str | None = None  # the revision that made it so, when one did
+
+    def describe(self) -> str:
+        return f"step {self.key.describe()} runs through Alembic per tenant: {self.reason}"
 
 
-def _substitute(params: Any, pattern: re.Pattern[str], schema: str) -> Any:
-    if isinstance(params, dict):
-        return {k: _substitute(v, pattern, schema) for k, v in params.items()}
-    if isinstance(params, (list, tuple)):
-        return type(params)(_substitute(v, pattern, schema) for v in params)
-    if isinstance(params, str):
-        return pattern.sub(schema, params)
-    return params
+@dataclass(frozen=True)
+class _Recorded:
+    sql: str
+    params: Any
+    many: bool
+    revision: str | None  # the revision whose code issued it; None for Alembic's bookkeeping
+    read: bool = False  # the revision's statement returned rows
 
 
-def _is_bookkeeping(sql: str) -> bool:
-    """Alembic's own reads: the version table lookup and its existence check."""
-    lowered = sql.lower()
-    return "alembic_version" in lowered or ("pg_catalog" in lowered and "relname" in lowered)
+class _NotReplayable(Exception):
+    def __init__(self, reason: str, revision: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.revision = revision
+
+
+def step_revisions(scripts: ChainScripts, key: StepKey, direction: Direction) -> list[str]:
+    """The revisions a step runs, in the order it runs them."""
+    lo, hi = scripts.position(key.from_revision), scripts.position(key.to_revision)
+    if direction == "downgrade":
+        return list(reversed(scripts.order[hi + 1 : lo + 1]))
+    return scripts.order[lo + 1 : hi + 1]
 
 
 def replay_allowed(scripts: ChainScripts, key: StepKey, direction: Direction) -> bool:
     """False when any revision in the step opts out with ``tenantmig_replay = False``."""
-    lo, hi = scripts.position(key.from_revision), scripts.position(key.to_revision)
-    if direction == "downgrade":
-        lo, hi = hi, lo
-    for revision in scripts.order[lo + 1 : hi + 1]:
+    return _opted_out(scripts, key, direction) is None
+
+
+def _opted_out(scripts: ChainScripts, key: StepKey, direction: Direction) -> str | None:
+    for revision in step_revisions(scripts, key, direction):
         found = scripts.script.get_revision(revision)
         module = found.module if found is not None else None
         if getattr(module, "tenantmig_replay", True) is False:
-            return False
-    return True
+            return revision
+    return None
 
 
 def compile_step(
@@ -123,77 +134,190 @@ def compile_step(
     timeouts: Timeouts,
     flavour: ServerFlavour | None = None,
 ) -> CompiledStep | None:
-    """Run the step in a scratch schema inside a rolled-back transaction and record its SQL.
+    """The compiled step, or None when it must run through Alembic (see ``compile_or_explain``)."""
+    found = compile_or_explain(conn, scripts, key, direction, timeouts, flavour)
+    return found if isinstance(found, CompiledStep) else None
 
-    Returns None when the step read from the database (not replayable) or failed.
-    """
+
+def compile_or_explain(
+    conn: Connection,
+    scripts: ChainScripts,
+    key: StepKey,
+    direction: Direction,
+    timeouts: Timeouts,
+    flavour: ServerFlavour | None = None,
+) -> CompiledStep | NotReplayable:
+    """Compile ``key`` twice in rolled-back scratch schemas; the step, or why it is not
+    replayable. Never raises for what a migration does: a step that fails to compile simply
+    runs the ordinary way, where its error is reported per tenant."""
     flavour = flavour or PostgreSQL()
-    if not replay_allowed(scripts, key, direction):
-        return None
-    placeholder = f"tenantmig_compile_{os.getpid()}"
-    recorded: list[Statement] = []
-    reads: list[str] = []
-    capturing = False
+    opted_out = _opted_out(scripts, key, direction)
+    if opted_out is not None:
+        return NotReplayable(key, f"{opted_out} sets tenantmig_replay = False", opted_out)
+    try:
+        compiled = [
+            _compile_once(
+                conn, scripts, key, direction, timeouts, flavour, name.format(pid=os.getpid())
+            )
+            for name in _SCRATCH_NAMES
+        ]
+    except _NotReplayable as exc:
+        return NotReplayable(key, exc.reason, exc.revision)
+    except Exception as exc:  # the migration's own error: every tenant will report it
+        return NotReplayable(key, f"it failed in a scratch schema ({type(exc).__name__}: {exc})")
+    first, second = compiled
+    if first != second:
+        changed = next(
+            (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+            min(len(first), len(second)),
+        )
+        return NotReplayable(
+            key,
+            "its SQL differs between two compilations (statement "
+            f"{changed + 1} depends on the schema name, the clock or chance)",
+        )
+    return CompiledStep(key, tuple(first))
 
-    def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        if not capturing:
+
+def _compile_once(
+    conn: Connection,
+    scripts: ChainScripts,
+    key: StepKey,
+    direction: Direction,
+    timeouts: Timeouts,
+    flavour: ServerFlavour,
+    scratch: str,
+) -> list[str]:
+    recorded = _record(conn, scripts, key, direction, timeouts, flavour, scratch)
+    reads = [r for r in recorded if r.read]
+    if reads:
+        raise _NotReplayable(
+            f"revision {reads[0].revision} reads from the database (its result could differ "
+            "per tenant)",
+            reads[0].revision,
+        )
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return [
+            _mark(rendered, scratch, statement.revision)
+            for statement in recorded
+            for rendered in _render(cursor, statement)
+        ]
+    finally:
+        cursor.close()
+
+
+def _record(
+    conn: Connection,
+    scripts: ChainScripts,
+    key: StepKey,
+    direction: Direction,
+    timeouts: Timeouts,
+    flavour: ServerFlavour,
+    scratch: str,
+) -> list[_Recorded]:
+    """Run the step in ``scratch`` inside a transaction that is always rolled back, and record
+    each statement sent to the server with the revision that issued it."""
+    origins = _RevisionFiles(scripts)
+    recorded: list[_Recorded] = []
+
+    def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        revision = origins.on_stack()
+        if cursor.description is not None:
+            if revision is not None:
+                recorded.append(_Recorded(sql, params, many, revision, read=True))
+            elif not sql.lstrip().upper().startswith("SELECT"):
+                # A write of Alembic's that returns rows (a version row INSERT ... RETURNING).
+                recorded.append(_Recorded(sql, params, many, None))
+            # Alembic's own reads are not replayed: the tenant's state is verified instead.
             return
-        statement = sql.lstrip().upper()
-        if cursor.description is None:
-            recorded.append((sql, params))
-        elif "ALEMBIC_VERSION" in statement and statement.startswith(
-            ("INSERT", "UPDATE", "DELETE")
-        ):
-            recorded.append((sql, params))  # the version row write (SQLAlchemy adds RETURNING)
-        elif not _is_bookkeeping(sql):
-            reads.append(sql)
-        # Alembic's own reads (is there a version table, which revision) are not replayed:
-        # the tenant's state is verified under its lock before a replay instead.
+        recorded.append(_Recorded(sql, params, many, revision))
 
     transaction = conn.begin()
     try:
-        conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(placeholder)}")
-        flavour.prepare_migration(conn, placeholder, timeouts)
+        conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+        flavour.prepare_migration(conn, scratch, timeouts)
         if key.has_version_table or key.from_revision is not None:
             # Bring the scratch schema to the starting state (not recorded).
             start = key.from_revision
             if start is None:
-                run_alembic(conn, scripts, placeholder, "upgrade", scripts.order[0])
-                run_alembic(conn, scripts, placeholder, "downgrade", None)
+                run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0])
+                run_alembic(conn, scripts, scratch, "downgrade", None)
             else:
-                run_alembic(conn, scripts, placeholder, "upgrade", start)
+                run_alembic(conn, scripts, scratch, "upgrade", start)
         event.listen(conn, "after_cursor_execute", after)
-        capturing = True
         try:
-            run_alembic(conn, scripts, placeholder, direction, key.to_revision)
+            run_alembic(conn, scripts, scratch, direction, key.to_revision)
         finally:
-            capturing = False
             event.remove(conn, "after_cursor_execute", after)
-    except Exception:
-        return None  # anything unusual: tenants take the ordinary path and report errors
     finally:
         transaction.rollback()
-    if reads:
+    return recorded
+
+
+def _render(cursor: Any, statement: _Recorded) -> Iterator[str]:
+    """The statement as the server received it; executemany becomes one statement per row.
+
+    Always through the driver's own rendering (``mogrify``), even without parameters: it turns
+    the "%%" SQLAlchemy escaped into the "%" the server saw (None leaves the text as it is).
+    """
+    # SQLAlchemy's "insertmanyvalues" reports executemany for one batched INSERT whose
+    # parameters are a single mapping; a real executemany passes a sequence of them.
+    expand = statement.many and isinstance(statement.params, (list, tuple))
+    param_sets: Sequence[Any] = statement.params if expand else [statement.params]
+    for params in param_sets:
+        try:
+            rendered = cursor.mogrify(statement.sql, params)
+        except Exception as exc:
+            raise _NotReplayable(
+                f"a statement's parameters cannot be rendered as SQL ({type(exc).__name__})",
+                statement.revision,
+            ) from exc
+        yield rendered.decode() if isinstance(rendered, bytes) else str(rendered)
+
+
+def _mark(sql: str, scratch: str, revision: str | None) -> str:
+    mentions = find_mentions(sql, scratch)
+    if mentions.elsewhere:
+        raise _NotReplayable(
+            f"the schema's name is used inside {mentions.elsewhere[0]}, not only as an identifier",
+            revision,
+        )
+    return replace_spans(sql, mentions.identifiers, _SQL_MARK).strip()
+
+
+class _RevisionFiles:
+    """Which revision of the chain (if any) is running, from the Python stack."""
+
+    def __init__(self, scripts: ChainScripts) -> None:
+        self.by_file: dict[str, str] = {}
+        for revision in scripts.order:
+            script = scripts.script.get_revision(revision)
+            if script is not None and script.path:
+                self.by_file[os.path.realpath(script.path)] = revision
+        self._seen: dict[str, str | None] = {}
+
+    def on_stack(self) -> str | None:
+        frame = sys._getframe(1)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename not in self._seen:
+                self._seen[filename] = self.by_file.get(os.path.realpath(filename))
+            revision = self._seen[filename]
+            if revision is not None:
+                return revision
+            frame = frame.f_back  # type: ignore[assignment]
         return None
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        template = _template(cursor, placeholder, recorded)
-    finally:
-        cursor.close()
-    return CompiledStep(key, tuple(recorded), template)
 
 
 def replay(conn: Connection, flavour: ServerFlavour, step: CompiledStep, schema: str) -> str | None:
-    """Run the step's script for ``schema`` in the caller's transaction; return the revision
-    the schema's version table holds afterwards.
-
-    On a plain server the script goes as one multi-statement string: one round trip per tenant
-    instead of one per statement (the flavour decides how it is sent).
-    """
-    script = (
-        f"{step.for_schema(schema)};\nSELECT version_num FROM {qualified(schema, VERSION_TABLE)}"
-    )
-    rows = flavour.send_script(conn, script)
+    """Run the step's statements for ``schema`` in the caller's transaction; return the
+    revision the schema's version table holds afterwards."""
+    statements = [
+        *step.for_schema(schema),
+        f"SELECT version_num FROM {qualified(schema, VERSION_TABLE)}",
+    ]
+    rows = flavour.send_statements(conn, statements)
     if len(rows) > 1:
         raise ValueError(f"several revisions after replay: {rows}")
     return str(rows[0][0]) if rows else None

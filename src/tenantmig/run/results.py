@@ -71,6 +71,7 @@ class TenantOutcome:
     # The database stayed unreachable past the reconnect budget: the run stops scheduling.
     lost_connection: bool = False
     backup: str | None = None  # the pg_dump file taken before migrating (--backup)
+    replayed: bool = False  # migrated by replaying a compiled step, not by running Alembic
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class TenantOutcome:
             "duration_s": round(self.duration_s, 4),
             "error": self.error,
             "backup": self.backup,
+            "replayed": self.replayed,
         }
 
 

@@ -56,7 +56,7 @@ class ServerFlavour(Protocol):
         local: bool = True,
     ) -> None: ...
 
-    def send_script(self, conn: Connection, script: str) -> Sequence[Any]: ...
+    def send_statements(self, conn: Connection, statements: Sequence[str]) -> Sequence[Any]: ...
 
     def lock_holders(self, conn: Connection, schema: str, limit: int = 3) -> list[LockHolder]: ...
 
@@ -78,13 +78,18 @@ class PostgreSQL:
         """Timeouts, the schema's advisory lock, search_path: first thing in the transaction."""
         prepare_migration_transaction(conn, schema, timeouts, verify=verify, local=local)
 
-    def send_script(self, conn: Connection, script: str) -> Sequence[Any]:
-        """Send a compiled step (several statements, the last one a SELECT) in one round trip
-        and return the last statement's rows.
+    def send_statements(self, conn: Connection, statements: Sequence[str]) -> Sequence[Any]:
+        """Send a compiled step's statements (the last one a SELECT) and return its rows.
+
+        In one round trip: one string, statements separated by a newline and a semicolon (the
+        newline ends a trailing ``--`` comment; a complete statement cannot leave a string,
+        quoted name or ``$$`` body open). Sent without parameters, so the driver leaves every
+        ``%`` alone.
 
         Through SQLAlchemy, not the raw cursor: its error wrapping and connection invalidation
         make a lock timeout or a lost server look the same as on the Alembic path.
         """
+        script = "\n;\n".join(statements)
         return conn.exec_driver_sql(script, execution_options={"no_parameters": True}).all()
 
     def lock_holders(self, conn: Connection, schema: str, limit: int = 3) -> list[LockHolder]:
