@@ -13,6 +13,10 @@ registered, then migrates all N tenants from nothing to head:
   tenantmig  `tenantmig upgrade --all-tenants` at --jobs 1, 2 and the default
   no-op      tenantmig again with every tenant at head
   drift      `tenantmig drift` over all N
+  nothing replayable (--unreplayable)
+             the demo chain plus one revision that reads data, so no step can be replayed:
+             tenantmig with replay on (the default) and with --no-replay, twice each in the
+             order on, off, off, on: what compiling costs when it cannot pay off
 
 Ratios are against the floor measured in the same run on the same server: measured first and
 again last, and the faster of the two is used (the conservative choice for tenantmig). Peak
@@ -171,9 +175,9 @@ class Sampler:
                 time.sleep(0.05)
 
 
-def timed_tenantmig(scenario: str, url: str, n: int, *args: str) -> Row:
+def timed_tenantmig(scenario: str, url: str, n: int, *args: str, config: Path = CONFIG) -> Row:
     env = {**os.environ, "TENANTMIG_DATABASE_URL": url}
-    cmd = [sys.executable, "-m", "tenantmig", "--config", str(CONFIG), *args]
+    cmd = [sys.executable, "-m", "tenantmig", "--config", str(config), *args]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Sampler(proc.pid, url) as sampler:
@@ -281,6 +285,53 @@ def cookbook(url: str, n: int, sample: int) -> Row:
     )
 
 
+READING_REVISION = '''"""Decides by reading data: never replayable."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "004_reads_data"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    if op.get_bind().execute(sa.text("SELECT count(*) FROM users")).scalar():
+        op.create_index("ix_users_full_name", "users", ["full_name"])
+
+
+def downgrade() -> None:
+    op.execute("DROP INDEX IF EXISTS ix_users_full_name")
+'''
+
+
+def unreplayable_project() -> Path:
+    """A copy of the project whose tenant chain ends in a revision that reads data."""
+    root = OUT / "unreplayable"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copy(CONFIG, root / "alembic.ini")
+    (root / "migrations" / "tenant" / "versions" / "004_reads_data.py").write_text(READING_REVISION)
+    return root / "alembic.ini"
+
+
+def unreplayable(server: Server, n: int) -> list[Row]:
+    config = unreplayable_project()
+    rows = []
+    for label, extra in (
+        ("nothing replayable: replay on", []),
+        ("nothing replayable: --no-replay", ["--no-replay"]),
+        ("nothing replayable: --no-replay, again", ["--no-replay"]),
+        ("nothing replayable: replay on, again", []),
+    ):
+        url = server.fresh_database()
+        prepare(url, n)
+        args = ["upgrade", "--all-tenants", "-q", *extra]
+        rows.append(timed_tenantmig(label, url, n, *args, config=config))
+    return rows
+
+
 def machine() -> dict[str, object]:
     cpu = platform.processor()
     try:
@@ -322,6 +373,11 @@ def main() -> None:
     parser.add_argument("--database-url", help="superuser URL (default: embedded server)")
     parser.add_argument("--cookbook-sample", type=int, default=20)
     parser.add_argument(
+        "--unreplayable",
+        action="store_true",
+        help="also time replay on and off on a chain where nothing can be replayed",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -361,6 +417,8 @@ def main() -> None:
                     timed_tenantmig("no-op (all at head)", url, n, "upgrade", "--all-tenants", "-q")
                 )
                 rows.append(timed_tenantmig("drift", url, n, "drift", "--json"))
+        if args.unreplayable:
+            rows.extend(unreplayable(server, n))
         if "floor" not in args.skip:
             # The floor again, last: the server's speed drifts during a run (checkpoints,
             # autovacuum, the page cache), so ratios use the faster of the two floors.
@@ -384,6 +442,10 @@ def main() -> None:
     print(f"PostgreSQL {version}; {report['machine']}")
     print(f"ratios against the faster floor run: {floor_row.seconds:.2f} s")
     print(render(rows, floor_row))
+    on = [r.seconds for r in rows if r.scenario.startswith("nothing replayable: replay on")]
+    off = [r.seconds for r in rows if r.scenario.startswith("nothing replayable: --no-replay")]
+    if on and off:
+        print(f"nothing replayable: replay on / --no-replay = {sum(on) / sum(off):.3f}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ tenant; anything else runs through Alembic for each tenant, and the run says why
   whose reads (does the version table exist, which revision is recorded) are not replayed: the
   tenant's state is verified under its lock instead, and its writes (the version table and row)
   are.
-- The scratch schema's name occurs in the SQL only as an identifier (``server.sqltext``), so
-  putting the tenant's name there is what Alembic would have rendered.
+- The scratch schema's name occurs in the SQL only as an identifier (``server.sqltext``),
+  rendered as SQLAlchemy renders a schema, so putting the tenant's name there, rendered the same
+  way, is what Alembic would have sent.
 - Two compilations with two different scratch names give the same SQL once the names are marked:
   SQL that depends on the name in any other way, or on the clock or chance (a Python-side
   ``uuid4()`` in ``bulk_insert``), differs and is not replayed.
@@ -50,7 +51,9 @@ from tenantmig.server.sqltext import find_mentions, replace_spans
 
 # Where each tenant's schema name goes in a compiled statement; never in SQL text.
 _SQL_MARK = "\x00schema\x00"
-_SCRATCH_NAMES = ("tenantmig_compile_{pid}", "tenantmig_replay_check_{pid}")
+# The second name needs quoting (capitals): SQLAlchemy quotes it where it renders a schema, so
+# a name written into SQL by hand (an f-string) shows as unquoted there, and is caught.
+_SCRATCH_NAMES = ("tenantmig_compile_{pid}", "Tenantmig_Replay_Check_{pid}")
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,11 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
             f"the schema's name is used inside {mentions.elsewhere[0]}, not only as an identifier",
             revision,
         )
+    rendered = quote_as_alembic(scratch)
+    if any(sql[start:end] != rendered for start, end in mentions.identifiers):
+        # Put there by hand, not as SQLAlchemy renders a schema: for a tenant whose name must
+        # be quoted (a keyword), Alembic would send it as written, and replay must not differ.
+        raise _NotReplayable("the schema's name is written into SQL unquoted by hand", revision)
     return replace_spans(sql, mentions.identifiers, _SQL_MARK).strip()
 
 

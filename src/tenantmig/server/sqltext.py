@@ -27,8 +27,9 @@ class Mentions:
 
 
 def find_mentions(sql: str, name: str) -> Mentions:
-    """Spans where ``name`` (a lower-case identifier) is an identifier in ``sql``, and the kinds
-    of text where it occurs otherwise (case-insensitively)."""
+    """Spans where ``name`` is an identifier in ``sql`` (quoted or not, compared without case:
+    the caller checks how it was written), and the kinds of text where it occurs otherwise
+    (case-insensitively)."""
     lowered_name = name.lower()
     found = Mentions()
 
@@ -55,7 +56,7 @@ def find_mentions(sql: str, name: str) -> Mentions:
         elif c == '"':
             end = _quoted_identifier_end(sql, i)
             content = sql[i + 1 : end - 1].replace('""', '"')
-            if content == name:
+            if content.lower() == lowered_name:
                 found.identifiers.append((i, end))
             else:
                 check(content, "a longer name")
