@@ -53,7 +53,10 @@ class _LineLogger(io.TextIOBase):
             return
         self.log.info("migration output: %s", line, extra={"tenant": self.schema})
         if self.echo_to is not None:
-            self.echo_to.write(f"{self.schema}: {line}\n")
+            # On a terminal the coordinator may have drawn a progress line: clear it first (it
+            # is drawn again with the next outcome).
+            clear = "\r\x1b[K" if self.echo_to.isatty() else ""
+            self.echo_to.write(f"{clear}{self.schema}: {line}\n")
             self.echo_to.flush()
 
 

@@ -36,14 +36,16 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from tenantmig.chains.env import VERSION_TABLE
-from tenantmig.chains.runner import run_alembic
+from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
 from tenantmig.server.session import Timeouts
@@ -157,17 +159,30 @@ def compile_or_explain(
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
         return NotReplayable(key, f"{opted_out} sets tenantmig_replay = False", opted_out)
+    origins = _RevisionFiles(scripts)
     try:
         compiled = [
             _compile_once(
-                conn, scripts, key, direction, timeouts, flavour, name.format(pid=os.getpid())
+                conn,
+                scripts,
+                key,
+                direction,
+                timeouts,
+                flavour,
+                origins,
+                name.format(pid=os.getpid()),
             )
             for name in _SCRATCH_NAMES
         ]
     except _NotReplayable as exc:
         return NotReplayable(key, exc.reason, exc.revision)
     except Exception as exc:  # the migration's own error: every tenant will report it
-        return NotReplayable(key, f"it failed in a scratch schema ({type(exc).__name__}: {exc})")
+        revision = origins.in_traceback(exc)
+        if raised_by_autocommit_block(exc):
+            reason = f"revision {revision} has an autocommit block (one transaction per revision)"
+        else:
+            reason = f"it failed in a scratch schema ({type(exc).__name__}: {first_line(exc)})"
+        return NotReplayable(key, reason, revision)
     first, second = compiled
     if first != second:
         changed = next(
@@ -189,9 +204,10 @@ def _compile_once(
     direction: Direction,
     timeouts: Timeouts,
     flavour: ServerFlavour,
+    origins: _RevisionFiles,
     scratch: str,
 ) -> list[str]:
-    recorded = _record(conn, scripts, key, direction, timeouts, flavour, scratch)
+    recorded = _record(conn, scripts, key, direction, timeouts, flavour, origins, scratch)
     reads = [r for r in recorded if r.read]
     if reads:
         raise _NotReplayable(
@@ -217,11 +233,11 @@ def _record(
     direction: Direction,
     timeouts: Timeouts,
     flavour: ServerFlavour,
+    origins: _RevisionFiles,
     scratch: str,
 ) -> list[_Recorded]:
     """Run the step in ``scratch`` inside a transaction that is always rolled back, and record
     each statement sent to the server with the revision that issued it."""
-    origins = _RevisionFiles(scripts)
     recorded: list[_Recorded] = []
 
     def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
@@ -305,17 +321,29 @@ class _RevisionFiles:
                 self.by_file[os.path.realpath(script.path)] = revision
         self._seen: dict[str, str | None] = {}
 
+    def _revision(self, filename: str) -> str | None:
+        if filename not in self._seen:
+            self._seen[filename] = self.by_file.get(os.path.realpath(filename))
+        return self._seen[filename]
+
     def on_stack(self) -> str | None:
-        frame = sys._getframe(1)
+        """The innermost revision on the current Python stack."""
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None:
-            filename = frame.f_code.co_filename
-            if filename not in self._seen:
-                self._seen[filename] = self.by_file.get(os.path.realpath(filename))
-            revision = self._seen[filename]
+            revision = self._revision(frame.f_code.co_filename)
             if revision is not None:
                 return revision
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         return None
+
+    def in_traceback(self, exc: BaseException) -> str | None:
+        """The innermost revision an exception passed through."""
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:
+            found = self._revision(tb.tb_frame.f_code.co_filename) or found
+            tb = tb.tb_next
+        return found
 
 
 def replay(conn: Connection, flavour: ServerFlavour, step: CompiledStep, schema: str) -> str | None:
