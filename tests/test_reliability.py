@@ -18,6 +18,7 @@ from tenantmig.run.results import TenantStatus
 from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, project_with, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
+from tests.test_signals import wait_for, waiting_lock_requests
 
 
 def _data_directory(engine: sa.Engine) -> Path:
@@ -207,12 +208,24 @@ def test_database_restart_mid_run_is_survived(
     tenants = names(40)
     make_tenants(settings, tenants, "001_initial_schema")
     data_dir = _data_directory(engine)
+    # Timed by events, not sleeps: a session of ours holds t000's table, so the run is
+    # certainly in flight (t000 waits in the lock queue) when the server goes down.
+    blocker = _hold_a_tenants_table(engine, "t000")
     run = start_cli(
-        "upgrade", "--all-tenants", "--jobs", "2", "--json", "-q", "--no-replay", url=database_url
+        "upgrade",
+        "--all-tenants",
+        "--jobs",
+        "2",
+        "--json",
+        "-q",
+        "--no-replay",
+        "--lock-timeout",
+        "60",
+        url=database_url,
     )
-    time.sleep(1.5)  # into the run
+    wait_for(lambda: waiting_lock_requests(engine) == 1)
     _stop_server(data_dir)
-    time.sleep(1.0)
+    blocker.invalidate()  # its connection died with the server
     _start_server(data_dir)
     out, err = run.communicate(timeout=180)
     assert run.returncode == 0, err
@@ -220,6 +233,13 @@ def test_database_restart_mid_run_is_survived(
     assert all(t["status"] == "ok" for t in result["tenants"]), result["tenants"]
     assert all(version(engine, t) == TENANT_HEAD for t in tenants)
     assert any(t["attempts"] > 1 for t in result["tenants"])  # the restart was felt
+
+
+def _hold_a_tenants_table(engine: sa.Engine, tenant: str) -> sa.Connection:
+    """A connection holding a lock on one of ``tenant``'s tables until it ends."""
+    blocker = engine.connect()
+    blocker.exec_driver_sql(f'LOCK TABLE "{tenant}".inventory_items IN ACCESS SHARE MODE')
+    return blocker
 
 
 @pytest.mark.skipif(
@@ -232,6 +252,7 @@ def test_server_down_past_the_reconnect_bound_stops_the_run(
     tenants = names(30)
     make_tenants(settings, tenants, "001_initial_schema")
     data_dir = _data_directory(engine)
+    blocker = _hold_a_tenants_table(engine, "t000")  # keeps the run in flight (see above)
     run = start_cli(
         "upgrade",
         "--all-tenants",
@@ -240,12 +261,15 @@ def test_server_down_past_the_reconnect_bound_stops_the_run(
         "--json",
         "-q",
         "--no-replay",
+        "--lock-timeout",
+        "60",
         "--reconnect-timeout",
         "2",
         url=database_url,
     )
-    time.sleep(1.5)
+    wait_for(lambda: waiting_lock_requests(engine) == 1)
     _stop_server(data_dir)
+    blocker.invalidate()
     try:
         _out, err = run.communicate(timeout=60)  # bounded: it gives up instead of hanging
     finally:

@@ -24,7 +24,7 @@ from tenantmig.errors import (
     UnknownRevision,
 )
 from tenantmig.run.plan import RunOptions, Selection, build_plan
-from tenantmig.run.results import RunResult, RunScope, TenantOutcome, TenantStatus
+from tenantmig.run.results import RunResult, RunScope, Target, TenantOutcome, TenantStatus
 from tenantmig.run.triage import triage
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.state import SchemaState, classify
@@ -66,7 +66,6 @@ def test_plan_is_built_from_settings_and_options(settings: Settings) -> None:
     assert (plan.jobs, plan.stop.max_failures, plan.wait_s) == (3, 2, 1.5)
     assert plan.log_file == settings.home / "logs" / "tenantmig.log"
     assert plan.tenant_scripts is not None and plan.shared_scripts is None
-    assert plan.resolved_target() == TENANT_HEAD
     assert plan.selection.scope is RunScope.ALL_TENANTS
 
 
@@ -139,7 +138,7 @@ def test_triage_settles_missing_and_finished_tenants_and_sends_the_rest(
         "alien": _version("alien", "999_from_the_future"),
         "split": _version("split", FIRST, TENANT_HEAD),
     }
-    result = triage(tenants, versions, scripts, "upgrade", TENANT_HEAD, relative=False)
+    result = triage(tenants, versions, scripts, "upgrade", TENANT_HEAD)
     settled = {o.name: o.status for o in result.settled}
     assert settled == {"gone": TenantStatus.MISSING, "done": TenantStatus.SKIPPED}
     jobs = {j.name: (j.seen_revision, j.seen_version_table) for j in result.jobs}
@@ -155,14 +154,41 @@ def test_triage_settles_missing_and_finished_tenants_and_sends_the_rest(
 def test_triage_uses_one_rule_for_both_directions(scripts: ChainScripts) -> None:
     tenants = [Tenant("low", "low", "active"), Tenant("high", "high", "active")]
     versions = {"low": _version("low", FIRST), "high": _version("high", TENANT_HEAD)}
-    down = triage(tenants, versions, scripts, "downgrade", FIRST, relative=False)
+    down = triage(tenants, versions, scripts, "downgrade", FIRST)
     assert [o.name for o in down.settled] == ["low"] and [j.name for j in down.jobs] == ["high"]
     # An upgrade never moves a tenant that is past its target down.
-    up = triage(tenants, versions, scripts, "upgrade", FIRST, relative=False)
+    up = triage(tenants, versions, scripts, "upgrade", FIRST)
     assert {o.name for o in up.settled} == {"low", "high"} and up.jobs == []
-    # A relative target differs per tenant: every existing schema is a job.
-    relative = triage(tenants, versions, scripts, "downgrade", None, relative=True)
-    assert relative.settled == [] and len(relative.jobs) == 2
+    # A relative target is resolved per tenant, from where each one is now.
+    relative = triage(tenants, versions, scripts, "downgrade", "-1")
+    assert relative.settled == []
+    assert {j.name: j.target for j in relative.jobs} == {
+        "low": Target(None),
+        "high": Target(FIRST),
+    }
+
+
+def test_a_relative_target_past_either_end_is_refused_naming_the_tenants(
+    scripts: ChainScripts,
+) -> None:
+    tenants = [Tenant(f"t{i}", f"t{i}", "active") for i in range(8)]
+    versions = {t.schema: _version(t.schema, TENANT_HEAD) for t in tenants}
+    with pytest.raises(UnknownRevision, match=r"for 8 tenant\(s\): t0 \(at 003.*and 3 more"):
+        triage(tenants, versions, scripts, "upgrade", "+1")
+    with pytest.raises(UnknownRevision, match="past the ends"):
+        triage(tenants, versions, scripts, "downgrade", "-3")
+
+
+def test_recorded_targets_win_over_the_runs_own(scripts: ChainScripts) -> None:
+    """Finishing a run: each tenant goes where that run meant, even for a relative target."""
+    tenants = [Tenant("late", "late", "active")]
+    versions = {"late": _version("late", TENANT_HEAD)}
+    recorded = {"late": Target(FIRST)}  # the earlier run meant one step down from head
+    done = triage(tenants, versions, scripts, "downgrade", "-1", recorded=recorded)
+    assert [(j.name, j.target) for j in done.jobs] == [("late", Target(FIRST))]
+    moved = {"late": _version("late", FIRST)}  # already there: settled, not moved again
+    again = triage(tenants, moved, scripts, "downgrade", "-1", recorded=recorded)
+    assert [o.status for o in again.settled] == [TenantStatus.SKIPPED] and again.jobs == []
 
 
 # -- one vocabulary of schema state -----------------------------------------------------------

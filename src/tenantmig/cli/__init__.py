@@ -32,8 +32,10 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
+    args.argv = arguments  # for the finishing command a failed run prints
     try:
         return int(COMMANDS[args.command](args))
     except TenantmigError as exc:

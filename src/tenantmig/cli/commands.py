@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode
 from tenantmig.run.results import RunResult
 from tenantmig.server.config import Chain, Settings, load_settings
+from tenantmig.server.database import mask_url
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -55,14 +57,56 @@ def _run_options(args: argparse.Namespace) -> api.RunOptions:
     )
 
 
-def _finish_run(result: RunResult, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+def _finish_run(result: RunResult, args: argparse.Namespace, rerun: list[str]) -> int:
+    """Print the result; ``rerun`` is the command line that ran it (tenantmig's arguments)."""
+    finish = finish_command(result, rerun)
+    if args.json:
+        print(json.dumps({**result.to_json(), "finish_command": finish}, indent=2))
     else:
-        print(render.run_summary(result))
+        print(render.run_summary(result, finish))
     if result.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
+
+
+def finish_command(result: RunResult, rerun: list[str]) -> str | None:
+    """The command that finishes a run some tenants did not finish, or None.
+
+    The run's own command line with --only-failed: it takes exactly the tenants that run did
+    not finish, each to the revision that run resolved for it (see ``run.coordinator``), so it
+    never moves a tenant further than that run meant to, even for a relative target. A failed
+    shared schema was rolled back: the same command again retries it.
+    """
+    if result.shared is not None and not result.shared.status.is_done:
+        return _command_line(rerun)
+    if result.run_id is None or all(o.status.is_done for o in result.outcomes):
+        return None
+    return _command_line([*(a for a in rerun if a != "--only-failed"), "--only-failed"])
+
+
+def _connection_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that chose the configuration and database, to repeat in a printed command."""
+    flags = []
+    for flag, value in (
+        ("--config", args.config),
+        ("--database-url", args.database_url),
+        ("--shared-schema", args.shared_schema),
+    ):
+        if value:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _command_line(arguments: list[str]) -> str:
+    """``tenantmig ARGS`` for a shell, with a database URL's password masked."""
+    shown = []
+    for i, argument in enumerate(arguments):
+        if i > 0 and arguments[i - 1] == "--database-url":
+            argument = mask_url(argument)
+        elif argument.startswith("--database-url="):
+            argument = "--database-url=" + mask_url(argument.split("=", 1)[1])
+        shown.append(argument)
+    return shlex.join(["tenantmig", *shown])
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -70,7 +114,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
     progress = Progress(quiet=args.quiet)
     result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
-    return _finish_run(result, args.json)
+    return _finish_run(result, args, args.argv)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -154,7 +198,10 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     else:
         print(f"registered {len(created)} tenant(s): {', '.join(t.name for t in created)}")
         if result is not None:
-            print(render.run_summary(result))
+            rerun = [*_connection_flags(args), "upgrade"]
+            for tenant in created:
+                rerun += ["--tenant", tenant.name]
+            print(render.run_summary(result, finish_command(result, rerun)))
     if result is not None and not result.succeeded:
         return ExitCode.TENANTS_FAILED
     return ExitCode.OK
@@ -188,7 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"registered demo tenants: {', '.join(result.created)}")
     print(render.run_summary(result.shared))
     print("$ tenantmig upgrade --all-tenants")
-    print(render.run_summary(result.tenants))
+    rerun = [*_connection_flags(args), "upgrade", "--all-tenants"]
+    print(render.run_summary(result.tenants, finish_command(result.tenants, rerun)))
     print()
     print(render.status_text(result.status))
     return ExitCode.OK if result.tenants.succeeded else ExitCode.TENANTS_FAILED

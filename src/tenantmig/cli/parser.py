@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tenantmig import __version__
+from tenantmig.errors import ExitCode
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1, as every other bad input does, not argparse's 2: exit code 2 means
+    "drift found", and a mistyped option must not look like drift to a CI gate."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
+
 
 EPILOG = """\
 exit codes:
@@ -96,8 +108,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--only-failed",
         action="store_true",
-        help="only the tenants that failed (or did not run) in the last run of this kind; "
-        "after a killed run, all it did not finish",
+        help="finish the last run of this kind: only the tenants it did not finish (after a "
+        "killed run, all it had not done), each to the revision that run resolved for it; "
+        "a failed run prints this command",
     )
     group.add_argument(
         "--wait",
@@ -139,7 +152,7 @@ def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tenantmig",
         description="Schema migrations for schema-per-tenant PostgreSQL: the shared schema "
         "once, every tenant schema in parallel, with a durable run ledger.",

@@ -24,7 +24,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def run_summary(result: RunResult) -> str:
+def run_summary(result: RunResult, finish: str | None = None) -> str:
+    """The run's totals, its failures and notes; ``finish``: the command that finishes it."""
     lines: list[str] = []
     if result.shared is not None:
         s = result.shared
@@ -50,12 +51,14 @@ def run_summary(result: RunResult) -> str:
                     ],
                 )
             )
-            lines.append(
-                "the failed tenants were rolled back to their previous revision; fix the cause "
-                "and run `tenantmig upgrade --all-tenants --only-failed` (or the same command "
-                "again) to finish"
-            )
+            lines.append("the failed tenants were rolled back to their previous revision")
     lines.extend(f"note: {n}" for n in result.notices)
+    if finish is not None:
+        lines.append(
+            "to finish this run once the cause is fixed (it moves only the tenants this run did "
+            "not finish, to the revisions this run meant for them):"
+        )
+        lines.append(f"  {finish}")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from tenantmig.backup.dump import BackupPlan, plan_backups
-from tenantmig.chains.scripts import ChainScripts
-from tenantmig.errors import RunAborted, RunLocked
+from tenantmig.chains.scripts import ChainScripts, is_relative
+from tenantmig.errors import ConfigError, RunAborted, RunLocked
 from tenantmig.logs import configure_run_log
 from tenantmig.run.executor import Execution, WorkerSpec, run_jobs
 from tenantmig.run.ledger import Ledger
@@ -46,6 +46,7 @@ from tenantmig.run.results import (
     RunOutcome,
     RunResult,
     RunScope,
+    Target,
     TenantJob,
     TenantOutcome,
     TenantStatus,
@@ -165,24 +166,58 @@ class _Coordinator:
                         release_run_lock(conn, self.shared_schema)
                         conn.commit()
 
-    def _select(self, conn: Connection, ledger: Ledger) -> list[Tenant]:
-        """The selected tenants; with --only-failed, those the last run of this kind left."""
-        selection = self.plan.selection
+    def _select(
+        self, conn: Connection, ledger: Ledger
+    ) -> tuple[list[Tenant], list[Tenant], dict[str, Target]]:
+        """(every selected tenant, the ones this run takes, targets recorded for them).
+
+        With --only-failed: the tenants the last run of this kind did not finish, each to the
+        target that run recorded for it, so finishing a run never moves a tenant further than
+        that run meant to. Without it, a relative target (-1) is refused while the last run of
+        this kind that had one is unfinished: running it again would move the tenants that did
+        finish a second step.
+        """
+        plan, selection = self.plan, self.plan.selection
         with conn.begin():
-            tenants = select_tenants(conn, self.shared_schema, selection.tenants)
-        if not self.plan.only_failed:
-            return tenants
-        unfinished = ledger.unfinished_in_last_run(selection.same_kind_scopes, self.plan.direction)
+            selected = select_tenants(conn, self.shared_schema, selection.tenants)
+        unfinished = ledger.unfinished_in_last_run(selection.same_kind_scopes, plan.direction)
+        if not plan.only_failed:
+            if (
+                plan.policy.relative
+                and unfinished is not None
+                and is_relative(unfinished.target)
+                and any(unfinished.wants(t.name) for t in selected)
+            ):
+                left = sum(1 for t in selected if unfinished.wants(t.name))
+                raise ConfigError(
+                    f"run {unfinished.run_id} ({plan.direction} {unfinished.target}) did not "
+                    f"finish for {left} tenant(s); running {plan.target} again would move the "
+                    "tenants it did finish once more. Finish it first with --only-failed (the "
+                    "same command with --only-failed), or give an absolute revision"
+                )
+            return selected, selected, {}
         if unfinished is None:
             self.result.notices.append("no earlier run to take failed tenants from; nothing to do")
-            return []
-        tenants = [t for t in tenants if unfinished.wants(t.name)]
+            return selected, [], {}
+        taken = [t for t in selected if unfinished.wants(t.name)]
+        if not taken:
+            self.result.notices.append(
+                f"run {unfinished.run_id} ({plan.direction} {unfinished.target}) left no "
+                "tenant unfinished; nothing to do"
+            )
+            return selected, [], {}
+        if unfinished.target != plan.target:
+            raise ConfigError(
+                f"--only-failed finishes run {unfinished.run_id}, which was `{plan.direction} "
+                f"{unfinished.target}` and left {len(taken)} tenant(s) unfinished; give the "
+                f"same target ({unfinished.target}) to finish it"
+            )
         if unfinished.abandoned:
             self.result.notices.append(
                 f"run {unfinished.run_id} was abandoned (its runner was killed): taking "
-                f"the {len(tenants)} tenant(s) it did not finish"
+                f"the {len(taken)} tenant(s) it did not finish"
             )
-        return tenants
+        return selected, taken, dict(unfinished.targets)
 
     def _run_tenants(
         self, conn: Connection, scripts: ChainScripts, backup: BackupPlan | None
@@ -190,11 +225,12 @@ class _Coordinator:
         plan, result = self.plan, self.result
         ledger = Ledger(conn, self.shared_schema)
         ledger.ensure()
-        tenants = self._select(conn, ledger)
+        selected, tenants, recorded = self._select(conn, ledger)
         versions = read_versions(conn, [t.schema for t in tenants])
-        relative = plan.policy.relative
-        target = None if relative else plan.resolved_target()
-        sorted_out = triage(tenants, versions, scripts, plan.direction, target, relative=relative)
+        # Raises (usage, nothing changed yet) when a relative target leads past either end.
+        sorted_out = triage(
+            tenants, versions, scripts, plan.direction, plan.target, recorded=recorded
+        )
         jobs = sorted_out.jobs
 
         run_id = ledger.start_run(
@@ -213,16 +249,18 @@ class _Coordinator:
         result.run_id = run_id
         hold_live_run_lock(conn, run_id)
         conn.commit()
-        ledger.record(run_id, sorted_out.settled)
+        # Every tenant is in the ledger from the start, with its target: the jobs as not run
+        # (yet), so even a run killed now can be finished exactly.
+        pending = [
+            TenantOutcome(job.name, job.schema, TenantStatus.NOT_RUN, job.seen_revision)
+            for job in jobs
+        ]
+        ledger.record(run_id, [*sorted_out.settled, *pending], sorted_out.targets)
         result.outcomes.extend(sorted_out.settled)
 
         workers = self._choose_workers(conn, len(jobs)) if jobs else 0
         conn.commit()
-        compiled = (
-            self._compile_steps(conn, scripts, jobs)
-            if plan.replay and len(jobs) > 1 and not relative
-            else ()
-        )
+        compiled = self._compile_steps(conn, scripts, jobs) if plan.replay and len(jobs) > 1 else ()
         if self.observer is not None:
             self.observer.started(len(jobs), workers)
         writer = _OutcomeWriter(ledger, run_id, self.observer)
@@ -254,7 +292,7 @@ class _Coordinator:
             with contextlib.suppress(DBAPIError):  # gone anyway if the connection was lost
                 release_live_run_lock(conn, run_id)
                 conn.commit()
-        self._add_notices(conn, tenants, interrupted)
+        self._add_notices(conn, selected, interrupted)
 
     def _add_notices(self, conn: Connection, seen: Sequence[Tenant], interrupted: bool) -> None:
         result = self.result
@@ -271,12 +309,13 @@ class _Coordinator:
         if any(o.lost_connection for o in result.outcomes):
             result.notices.append(
                 "stopped starting tenants: the database stayed unreachable; every tenant is at "
-                "its old or its new revision. Run the same command again when the server is back"
+                "its old or its new revision. When the server is back, finish the run with the "
+                "same command and --only-failed"
             )
         if interrupted:
             result.notices.append(
                 f"run {result.run_id} was interrupted; in-flight tenants committed or rolled "
-                "back. Run the same command again to finish the rest"
+                "back. Finish the rest with the same command and --only-failed"
             )
 
     def _choose_workers(self, conn: Connection, pending: int) -> int:
@@ -296,17 +335,20 @@ class _Coordinator:
     def _compile_steps(
         self, conn: Connection, scripts: ChainScripts, jobs: Sequence[TenantJob]
     ) -> tuple[CompiledStep, ...]:
-        """Compile each distinct step the jobs need, once, on the coordinator's connection.
-
-        Only for absolute targets: a relative one (-1) is a different step per tenant. A
-        revision found not replayable rules out every later step that runs it, without
-        compiling again; each step that runs through Alembic is reported once, with why.
+        """Compile each distinct step the jobs need, once, on the coordinator's connection:
+        tenants at the same revision with the same resolved target share one (also for a
+        relative target such as -1). A revision found not replayable rules out every later step
+        that runs it, without compiling again; each step that runs through Alembic is reported
+        once, with why.
         """
-        target = self.plan.resolved_target()
         waiting: dict[StepKey, int] = {}
         for job in jobs:
-            if job.seen_version_table is not None and scripts.knows(job.seen_revision):
-                key = StepKey(job.seen_revision, target, bool(job.seen_version_table))
+            if (
+                job.target is not None
+                and job.seen_version_table is not None
+                and scripts.knows(job.seen_revision)
+            ):
+                key = StepKey(job.seen_revision, job.target.revision, job.seen_version_table)
                 waiting[key] = waiting.get(key, 0) + 1
         compiled: list[CompiledStep] = []
         ruled_out: dict[str, NotReplayable] = {}  # revision -> the verdict that named it

@@ -16,8 +16,8 @@ import functools
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -26,7 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tenantmig.run.locks import live_runs
-from tenantmig.run.results import RunOutcome, RunScope, TenantOutcome, TenantStatus
+from tenantmig.run.results import (
+    RunOutcome,
+    RunScope,
+    Target,
+    TenantOutcome,
+    TenantStatus,
+)
 from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
 from tenantmig.schema.status import LastOutcome
 from tenantmig.server.identifiers import qualified, quote_ident
@@ -36,7 +42,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # Columns of the per-tenant table added after its first release (name -> type).
-_ADDED_COLUMNS = {"backup_path": "text", "replayed": "boolean NOT NULL DEFAULT false"}
+_ADDED_COLUMNS = {
+    "backup_path": "text",
+    "replayed": "boolean NOT NULL DEFAULT false",
+    "target_revision": "text",  # Target.to_ledger(): a revision id, or "base"
+}
 
 
 @dataclass(frozen=True)
@@ -71,15 +81,25 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Unfinished:
-    """The tenants a run did not finish: its failures, or (abandoned) all but what it did."""
+    """The tenants a run did not finish, and where it meant to take them.
+
+    A run records every selected tenant when it starts (as not run), so its unfinished tenants
+    are those not recorded as done. A run from before that (abandoned: killed) recorded only the
+    tenants it got to: there, every tenant not recorded as done is unfinished.
+    """
 
     run_id: int
+    command: str
+    target: str  # the run's target as given: head, a revision, -1...
     abandoned: bool
-    failed: tuple[str, ...] = ()  # finished run: these failed or did not run
-    done: frozenset[str] = frozenset()  # abandoned run: only these are known to be done
+    done: frozenset[str] = frozenset()
+    unfinished: frozenset[str] = frozenset()
+    targets: Mapping[str, Target] = field(default_factory=dict)  # as resolved at its start
 
     def wants(self, tenant: str) -> bool:
-        return tenant not in self.done if self.abandoned else tenant in self.failed
+        if self.abandoned:
+            return tenant not in self.done
+        return tenant in self.unfinished
 
 
 def _committed(method: Callable[P, R]) -> Callable[P, R]:
@@ -186,22 +206,34 @@ class Ledger:
         return int(run_id)
 
     @_committed
-    def record(self, run_id: int, outcomes: Sequence[TenantOutcome]) -> None:
-        """Upsert outcomes (a tenant may be recorded as started, then finished)."""
+    def record(
+        self,
+        run_id: int,
+        outcomes: Sequence[TenantOutcome],
+        targets: Mapping[str, Target] | None = None,
+    ) -> None:
+        """Upsert outcomes (a tenant is recorded as not run at the start, then finished).
+
+        ``targets``: where the run means to take each tenant; kept when a later upsert of the
+        same tenant does not give one.
+        """
         if not outcomes:
             return
+        targets = targets or {}
         self.conn.execute(
             sa.text(
                 f"INSERT INTO {self.run_tenants} "
                 "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
-                " duration_s, error, backup_path, replayed) VALUES (:run_id, :tenant, :schema,"
-                " :from_rev, :to_rev, :status, :attempts, :duration, :error, :backup, :replayed)"
+                " duration_s, error, backup_path, replayed, target_revision) VALUES (:run_id,"
+                " :tenant, :schema, :from_rev, :to_rev, :status, :attempts, :duration, :error,"
+                " :backup, :replayed, :target)"
                 " ON CONFLICT (run_id, tenant) DO UPDATE"
                 " SET from_revision = EXCLUDED.from_revision, to_revision = EXCLUDED.to_revision,"
                 " status = EXCLUDED.status, attempts = EXCLUDED.attempts,"
                 " duration_s = EXCLUDED.duration_s, error = EXCLUDED.error,"
                 " backup_path = EXCLUDED.backup_path, replayed = EXCLUDED.replayed,"
-                " recorded_at = now()"
+                f" target_revision = coalesce(EXCLUDED.target_revision, {RUN_TENANTS}"
+                ".target_revision), recorded_at = now()"
             ),
             [
                 {
@@ -216,6 +248,7 @@ class Ledger:
                     "error": o.error,
                     "backup": o.backup,
                     "replayed": o.replayed,
+                    "target": targets[o.name].to_ledger() if o.name in targets else None,
                 }
                 for o in outcomes
             ],
@@ -280,7 +313,7 @@ class Ledger:
             return None
         rows = self.conn.execute(
             sa.text(
-                f"SELECT id, outcome FROM {self.runs} WHERE command = :command"
+                f"SELECT id, outcome, target FROM {self.runs} WHERE command = :command"
                 " AND scope = ANY(:scopes) ORDER BY id DESC LIMIT 50"
             ),
             {"command": command, "scopes": [scope.value for scope in scopes]},
@@ -290,24 +323,27 @@ class Ledger:
         last = next((r for r in rows if not (r.outcome == running and r.id in alive)), None)
         if last is None:
             return None
-        if last.outcome == running:
-            done = self.conn.execute(
-                sa.text(
-                    f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id"
-                    " AND status = ANY(:good)"
-                ),
-                {"id": last.id, "good": [s.value for s in TenantStatus if s.is_done]},
-            ).scalars()
-            return Unfinished(run_id=last.id, abandoned=True, done=frozenset(done))
-        bad = [s.value for s in TenantStatus if not s.is_done]
-        failed = self.conn.execute(
+        recorded = self.conn.execute(
             sa.text(
-                f"SELECT tenant FROM {self.run_tenants} WHERE run_id = :id "
-                "AND status = ANY(:bad) ORDER BY tenant"
+                f"SELECT tenant, status, target_revision FROM {self.run_tenants}"
+                " WHERE run_id = :id ORDER BY tenant"
             ),
-            {"id": last.id, "bad": bad},
-        ).scalars()
-        return Unfinished(run_id=last.id, abandoned=False, failed=tuple(failed))
+            {"id": last.id},
+        ).all()
+        done = frozenset(r.tenant for r in recorded if TenantStatus(r.status).is_done)
+        return Unfinished(
+            run_id=last.id,
+            command=command,
+            target=last.target,
+            abandoned=last.outcome == running,
+            done=done,
+            unfinished=frozenset(r.tenant for r in recorded) - done,
+            targets={
+                r.tenant: Target.from_ledger(r.target_revision)
+                for r in recorded
+                if r.target_revision is not None
+            },
+        )
 
     @_committed
     def runs_list(self, limit: int = 20) -> list[RunRecord]:

@@ -271,7 +271,7 @@ class SchemaMigrator:
             self.flavour.prepare_migration(conn, job.schema, self.policy.timeouts, verify=False)
             before, has_table = self._state(conn, job.schema)
             progress.read(before)
-            destination = self._destination(before)
+            destination = self._destination(job, before)
             if isinstance(destination, _Nothing):
                 return before, before
             if (before, destination) in self._autocommit_steps:
@@ -319,7 +319,7 @@ class SchemaMigrator:
                 )
                 before, _ = self._state(conn, job.schema)
             progress.read(before)
-            destination = self._destination(before)
+            destination = self._destination(job, before)
             if isinstance(destination, _Nothing):
                 return before, before
             self._backup_before(job, progress, before)
@@ -396,15 +396,19 @@ class SchemaMigrator:
             raise _Refused(f"schema has diverged revisions {', '.join(sorted(heads))}")
         return heads[0] if heads else None
 
-    def _destination(self, current: str | None) -> str | _Nothing | None:
-        """Where this tenant goes from ``current`` (read under its lock), or _NOTHING."""
+    def _destination(self, job: TenantJob, current: str | None) -> str | _Nothing | None:
+        """Where this tenant goes from ``current`` (read under its lock), or _NOTHING: the
+        target the run resolved for it at its start, else the run's target from here."""
         scripts = self.scripts
         if not scripts.knows(current):
             raise _Refused(
                 f"schema is at revision {current!r}, which these migrations do not know "
                 "(deployed from newer code?); refusing to touch it"
             )
-        destination = scripts.resolve_target(self.policy.target, current)
+        if job.target is not None:
+            destination = job.target.revision
+        else:
+            destination = scripts.resolve_target(self.policy.target, current)
         if scripts.already_there(self.policy.direction, current, destination):
             return _NOTHING
         return destination

@@ -143,11 +143,6 @@ class RunPlan:
     def target(self) -> str:
         return self.policy.target
 
-    def resolved_target(self) -> str | None:
-        """The tenant chain's absolute target (None: base); only for absolute targets."""
-        assert self.tenant_scripts is not None and not self.policy.relative
-        return self.tenant_scripts.resolve_target(self.target)
-
 
 def default_jobs() -> int:
     return max(2, os.cpu_count() or 2)

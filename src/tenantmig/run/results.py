@@ -49,6 +49,23 @@ class RunOutcome(str, Enum):
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a run means to take one tenant: a revision id, or None for base. Resolved once,
+    at the start of the run (relative targets from the tenant's revision then), and recorded,
+    so that finishing the run later moves the tenant exactly there and no further."""
+
+    revision: str | None
+
+    # In the ledger: Alembic reserves "base", so it can never be a revision id.
+    def to_ledger(self) -> str:
+        return self.revision if self.revision is not None else "base"
+
+    @classmethod
+    def from_ledger(cls, text: str) -> Target:
+        return cls(None if text == "base" else text)
+
+
+@dataclass(frozen=True)
 class TenantJob:
     name: str
     schema: str
@@ -56,6 +73,8 @@ class TenantJob:
     # compiled step is replayed (None: unknown, always take the ordinary Alembic path).
     seen_revision: str | None = None
     seen_version_table: bool | None = None
+    # None: resolve from the run's target under the tenant's lock (its revision was unknown).
+    target: Target | None = None
 
 
 @dataclass(frozen=True)

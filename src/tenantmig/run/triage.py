@@ -1,4 +1,5 @@
-"""Triage: settle from one bulk version read what needs no worker; the rest become jobs.
+"""Triage: settle from one bulk version read what needs no worker; the rest become jobs, each
+with the revision this run means to take it to.
 
 Pure logic on what the coordinator read, no database: tested without a server.
 """
@@ -9,15 +10,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tenantmig.chains.scripts import ChainScripts, Direction
-from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
+from tenantmig.errors import UnknownRevision
+from tenantmig.run.results import Target, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.versions import SchemaVersion
+
+_SHOWN = 5  # tenants named in an error before "and N more"
 
 
 @dataclass(frozen=True)
 class Triage:
-    settled: list[TenantOutcome]  # missing schemas and tenants already at the target
+    settled: list[TenantOutcome]  # missing schemas and tenants already at their target
     jobs: list[TenantJob]  # everything a worker must look at under the tenant's lock
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        return {job.name: job.target for job in self.jobs if job.target is not None}
 
 
 def triage(
@@ -25,17 +33,22 @@ def triage(
     versions: Mapping[str, SchemaVersion],
     scripts: ChainScripts,
     direction: Direction,
-    target: str | None,
+    target: str,
     *,
-    relative: bool,
+    recorded: Mapping[str, Target] | None = None,
 ) -> Triage:
-    """Missing schemas and tenants already at an absolute ``target`` never reach a worker, so a
-    run with nothing to do costs a few queries however many tenants there are. Anything unusual
-    (unknown or diverged revisions, relative targets) goes to a worker, which decides under the
-    tenant's lock with the same rule (``ChainScripts.already_there``).
+    """Resolve each tenant's target once (``recorded`` ones, from the run being finished, win)
+    and settle missing schemas and tenants already there, so a run with nothing to do costs a
+    few queries however many tenants there are.
+
+    A relative ``target`` (-1, +2) is resolved from each tenant's revision in the bulk read;
+    one that leads past head or below base for any tenant is refused (UnknownRevision) before
+    anything changes. Tenants whose revision these scripts do not know, or that have several,
+    go to a worker unresolved: it refuses them under the tenant's lock.
     """
     settled: list[TenantOutcome] = []
     jobs: list[TenantJob] = []
+    out_of_range: list[str] = []
     for tenant in tenants:
         version = versions.get(tenant.schema)
         if version is None or not version.schema_exists:
@@ -49,15 +62,32 @@ def triage(
             )
             continue
         current = version.revision
+        resolved: Target | None = (recorded or {}).get(tenant.name)
+        if resolved is None and not version.diverged and scripts.knows(current):
+            try:
+                resolved = Target(scripts.resolve_target(target, current))
+            except UnknownRevision:
+                out_of_range.append(f"{tenant.name} (at {current or 'base'})")
+                continue
         if (
-            not relative
+            resolved is not None
             and not version.diverged
             and scripts.knows(current)
-            and scripts.already_there(direction, current, target)
+            and scripts.already_there(direction, current, resolved.revision)
         ):
             settled.append(
                 TenantOutcome(tenant.name, tenant.schema, TenantStatus.SKIPPED, current, current)
             )
             continue
-        jobs.append(TenantJob(tenant.name, tenant.schema, current, version.has_version_table))
+        jobs.append(
+            TenantJob(tenant.name, tenant.schema, current, version.has_version_table, resolved)
+        )
+    if out_of_range:
+        shown = ", ".join(out_of_range[:_SHOWN])
+        more = f" and {len(out_of_range) - _SHOWN} more" if len(out_of_range) > _SHOWN else ""
+        raise UnknownRevision(
+            f"{target} leads past the ends of the {scripts.chain} chain "
+            f"({len(scripts.order)} revisions) for {len(out_of_range)} tenant(s): {shown}{more}; "
+            "nothing was changed"
+        )
     return Triage(settled, jobs)
