@@ -64,7 +64,9 @@ def test_backup_dumps_each_tenant_before_migrating_and_restore_brings_it_back(
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM acme.users WHERE email LIKE 'u1%'"))
     globex_before = _users(engine, "globex")
-    restored = run_cli("restore", "--tenant", "acme", str(acme_dump), "--json", url=database_url)
+    restored = run_cli(
+        "restore", "--tenant", "acme", str(acme_dump), "--json", "--yes", url=database_url
+    )
     assert restored.returncode == 0, restored.stderr
     result = json.loads(restored.stdout)
     assert (result["from"], result["to"]) == (TENANT_HEAD, "001_initial_schema")
@@ -137,7 +139,7 @@ def test_restore_refuses_bad_input_and_changes_nothing(
         "hostile name": (["--tenant", 'x"; DROP SCHEMA acme; --', str(globex_dump)], "not allowed"),
     }
     for label, (args, message) in cases.items():
-        done = run_cli("restore", *args, url=database_url)
+        done = run_cli("restore", *args, "--yes", url=database_url)
         assert done.returncode == 1, (label, done.stderr)
         assert message in done.stderr, (label, done.stderr)
     assert snapshot(engine, "acme") == acme and len(_users(engine, "acme")) == 3
@@ -158,7 +160,14 @@ def test_failed_restore_is_rolled_back_entirely(
     with engine.connect() as holder:
         holder.execute(sa.text("SELECT count(*) FROM acme.users"))  # ACCESS SHARE until rollback
         blocked = run_cli(
-            "restore", "--tenant", "acme", str(dump), "--lock-timeout", "0.5", url=database_url
+            "restore",
+            "--tenant",
+            "acme",
+            str(dump),
+            "--lock-timeout",
+            "0.5",
+            "--yes",
+            url=database_url,
         )
         holder.rollback()
     assert blocked.returncode == 3, blocked.stderr

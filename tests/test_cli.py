@@ -69,7 +69,7 @@ def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: 
     assert version(engine, "acme") == "001_initial_schema"
     assert "locations" not in tables(engine, "acme")
     assert version(engine, "globex") == TENANT_HEAD  # untouched
-    done = run_cli("downgrade", "--all-tenants", "base", url=database_url)
+    done = run_cli("downgrade", "--all-tenants", "base", "--yes", url=database_url)
     assert done.returncode == 0, done.stderr
     assert version(engine, "acme") is None and version(engine, "globex") is None
     assert tables(engine, "acme") == {"alembic_version"}
@@ -79,7 +79,7 @@ def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: 
     assert done.returncode == 0, done.stderr
     assert version(engine, "acme") == "001_initial_schema"
     assert version(engine, "globex") == "001_initial_schema"
-    done = run_cli("downgrade", "--shared", "001_initial_schema", url=database_url)
+    done = run_cli("downgrade", "--shared", "001_initial_schema", "--yes", url=database_url)
     assert done.returncode == 0, done.stderr
     assert version(engine, "public") == "001_initial_schema"
     assert "api_keys" not in tables(engine, "public")
@@ -146,7 +146,9 @@ def test_unknown_revision_and_unknown_tenant_change_nothing(
     database_url: str, engine: sa.Engine
 ) -> None:
     _setup(database_url, "acme")
-    assert run_cli("downgrade", "--tenant", "acme", "base", url=database_url).returncode == 0
+    assert (
+        run_cli("downgrade", "--tenant", "acme", "base", "--yes", url=database_url).returncode == 0
+    )
     for args in (
         ["upgrade", "--all-tenants", "nope"],
         ["upgrade", "--tenant", "ghost"],
@@ -189,7 +191,7 @@ def test_tenants_command_before_shared_upgrade_says_what_to_do(database_url: str
 
 def test_missing_schema_is_reported_not_a_crash(database_url: str, engine: sa.Engine) -> None:
     _setup(database_url, "acme", "globex")
-    assert run_cli("downgrade", "--all-tenants", "base", url=database_url).returncode == 0
+    assert run_cli("downgrade", "--all-tenants", "base", "--yes", url=database_url).returncode == 0
     with engine.begin() as conn:
         conn.exec_driver_sql('DROP SCHEMA "globex" CASCADE')
     done = run_cli("upgrade", "--all-tenants", "--json", url=database_url)

@@ -126,7 +126,7 @@ def test_roles_that_cannot_write_are_refused_before_anything_changes(
     for command in (
         ["upgrade", "--all-tenants"],
         ["upgrade"],
-        ["downgrade", "--tenant", "acme", "base"],
+        ["downgrade", "--tenant", "acme", "base", "--yes"],
     ):
         done = run_cli(*command, url=url)
         assert done.returncode == 1, (command, done.stdout, done.stderr)

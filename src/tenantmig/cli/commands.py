@@ -84,6 +84,23 @@ def finish_command(result: RunResult, rerun: list[str]) -> str | None:
     return _command_line([*(a for a in rerun if a != "--only-failed"), "--only-failed"])
 
 
+def _confirm(args: argparse.Namespace, consequence: str) -> None:
+    """Go on only with --yes or a "yes" typed on a terminal; else ConfigError (exit 1), before
+    anything is changed."""
+    if args.yes:
+        return
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        print(f"{consequence}. Type yes to go on: ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() == "yes":
+            return
+        raise ConfigError("not confirmed; nothing was changed")
+    raise ConfigError(f"{consequence}: add --yes to confirm; nothing was changed")
+
+
 def _connection_flags(args: argparse.Namespace) -> list[str]:
     """The flags that chose the configuration and database, to repeat in a printed command."""
     flags = []
@@ -111,6 +128,13 @@ def _command_line(arguments: list[str]) -> str:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.command == "downgrade" and (args.shared or args.revision == "base"):
+        what = "the shared schema" if args.shared else "the selected tenant schemas"
+        _confirm(
+            args,
+            f"downgrading {what} to {args.revision} drops tables and their rows"
+            + (" (the tenant registry too, when its revision goes)" if args.shared else ""),
+        )
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
     progress = Progress(quiet=args.quiet)
     result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
@@ -176,8 +200,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             print(render.tenants_text(rows))
         return ExitCode.OK
     if args.tenants_command == "drop":
-        if not args.yes:
-            raise ConfigError("dropping tenants deletes their data: add --yes to confirm")
+        _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
         api.drop_tenants(settings, args.names)
         print(f"dropped {len(args.names)} tenant(s): {', '.join(args.names)}")
         return ExitCode.OK
@@ -243,7 +266,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    result = api.restore(_settings(args), args.tenant, args.file)
+    settings = _settings(args)
+    _confirm(
+        args,
+        f"restoring tenant {args.tenant} from {args.file} replaces its schema: rows written "
+        "since the dump are lost",
+    )
+    result = api.restore(settings, args.tenant, args.file)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -142,6 +142,15 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
+def _yes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="confirm that data will be lost (without it: a question on a terminal, else exit 1)",
+    )
+
+
 def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--shared", action="store_true", help="only the shared schema")
@@ -189,9 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _engine_options(p)
 
-    p = add("downgrade", "Downgrade the shared schema or tenant schemas.")
+    p = add(
+        "downgrade",
+        "Downgrade the shared schema or tenant schemas. A downgrade to base, or of the shared "
+        "schema (whose tables every tenant depends on, the tenant registry among them), asks "
+        "for confirmation: --yes, or an answer on a terminal.",
+    )
     _selector(p, required=True)
     p.add_argument("revision", help="target revision: a revision id, base, or -N (e.g. -1)")
+    _yes(p)
     _engine_options(p)
 
     p = add("current", "Show the current revision of the shared schema and tenants.")
@@ -236,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     drop = tsub.add_parser("drop", help="drop tenant schemas (CASCADE) and unregister them")
     _common(drop, argparse.SUPPRESS)
     drop.add_argument("names", nargs="+", metavar="NAME")
-    drop.add_argument("--yes", action="store_true", help="required: confirms the data loss")
+    _yes(drop)
 
     p = add(
         "drift",
@@ -267,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tenant", required=True, metavar="NAME", help="the tenant to restore")
     p.add_argument("file", type=Path, metavar="FILE", help="a .dump file written by --backup")
+    _yes(p)
     p.add_argument(
         "--lock-timeout",
         type=float,
