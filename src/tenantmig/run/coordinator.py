@@ -25,13 +25,7 @@ from tenantmig.errors import ConfigError, RunAborted, RunLocked
 from tenantmig.logs import configure_run_log
 from tenantmig.run.executor import Execution, WorkerSpec, run_jobs
 from tenantmig.run.ledger import Ledger
-from tenantmig.run.locks import (
-    hold_live_run_lock,
-    release_live_run_lock,
-    release_run_lock,
-    run_lock_holder,
-    try_run_lock,
-)
+from tenantmig.run.locks import RunLocks, run_lock_holder
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import check_can_migrate
@@ -154,17 +148,14 @@ class _Coordinator:
 
     # -- the tenants --------------------------------------------------------------------------
     def _migrate_tenants(self, scripts: ChainScripts, backup: BackupPlan | None) -> None:
-        with self.database.engine.connect() as conn:
-            lock_held = False
-            if self.plan.selection.every_tenant:
-                lock_held = _acquire_run_lock(conn, self.shared_schema, self.plan.wait_s)
-            try:
-                self._run_tenants(conn, scripts, backup)
-            finally:
-                if lock_held:
-                    with contextlib.suppress(DBAPIError):  # released with the connection if lost
-                        release_run_lock(conn, self.shared_schema)
-                        conn.commit()
+        locks = RunLocks(self.database.engine)
+        try:
+            with self.database.engine.connect() as conn:
+                if self.plan.selection.every_tenant:
+                    _acquire_run_lock(locks, conn, self.shared_schema, self.plan.wait_s)
+                self._run_tenants(conn, locks, scripts, backup)
+        finally:
+            locks.release()
 
     def _select(
         self, conn: Connection, ledger: Ledger
@@ -220,7 +211,7 @@ class _Coordinator:
         return selected, taken, dict(unfinished.targets)
 
     def _run_tenants(
-        self, conn: Connection, scripts: ChainScripts, backup: BackupPlan | None
+        self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup: BackupPlan | None
     ) -> None:
         plan, result = self.plan, self.result
         ledger = Ledger(conn, self.shared_schema)
@@ -247,8 +238,7 @@ class _Coordinator:
             },
         )
         result.run_id = run_id
-        hold_live_run_lock(conn, run_id)
-        conn.commit()
+        locks.mark_alive(run_id)
         # Every tenant is in the ledger from the start, with its target: the jobs as not run
         # (yet), so even a run killed now can be finished exactly.
         pending = [
@@ -289,9 +279,6 @@ class _Coordinator:
             _durably(
                 conn, reconnect, lambda: ledger.finish_run(run_id, result.outcome, result.totals())
             )
-            with contextlib.suppress(DBAPIError):  # gone anyway if the connection was lost
-                release_live_run_lock(conn, run_id)
-                conn.commit()
         self._add_notices(conn, selected, interrupted)
 
     def _add_notices(self, conn: Connection, seen: Sequence[Tenant], interrupted: bool) -> None:
@@ -415,16 +402,13 @@ class _OutcomeWriter:
         self.buffer.clear()
 
 
-def _acquire_run_lock(conn: Connection, shared_schema: str, wait_s: float) -> bool:
+def _acquire_run_lock(locks: RunLocks, conn: Connection, shared_schema: str, wait_s: float) -> None:
+    """Take the run lock, waiting up to ``wait_s``; RunLocked (exit 4) names who holds it."""
     deadline = time.monotonic() + wait_s
-    while True:
-        got = try_run_lock(conn, shared_schema)
-        conn.commit()
-        if got:
-            return True
+    while not locks.try_run_lock(shared_schema):
         if time.monotonic() >= deadline:
-            holder = run_lock_holder(conn, shared_schema)
-            conn.commit()
+            with conn.begin():
+                holder = run_lock_holder(conn, shared_schema)
             raise RunLocked(
                 f"another all-tenants run holds the run lock: {holder}; wait for it, or pass "
                 "--wait SECONDS to queue behind it"
