@@ -6,6 +6,10 @@ Server, first found wins:
 3. otherwise the embedded server from the ``pgserver`` package, in a temporary directory.
 
 Every test that asks for ``database_url`` gets a brand-new database, dropped afterwards.
+
+With $TENANTMIG_TEST_POOLER_URL (a connection pooler in front of that server, e.g.
+``postgresql://postgres@127.0.0.1:6432``, forwarding every database name), ``database_url`` and
+everything the tests run go through the pooler; databases are still created and dropped directly.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def database_url(admin_url: str) -> Iterator[str]:
     engine = _admin_engine(admin_url)
     with engine.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(admin_url).set(drivername="postgresql+psycopg2", database=name)
+    pooler = os.environ.get("TENANTMIG_TEST_POOLER_URL")
+    url = make_url(pooler or admin_url).set(drivername="postgresql+psycopg2", database=name)
     try:
         yield url.render_as_string(hide_password=False)
     finally:
@@ -89,6 +94,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 def engine(database_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(database_url, poolclass=sa.NullPool)
+    # Named, so a pooler relabels the server connection it lends the tests (a pooled connection
+    # keeps the last client's application_name otherwise, and tests count tenantmig's sessions).
+    eng = sa.create_engine(
+        database_url, poolclass=sa.NullPool, connect_args={"application_name": "tests"}
+    )
     yield eng
     eng.dispose()

@@ -121,11 +121,12 @@ def test_run_lock_refuses_a_second_all_tenants_run(
 ) -> None:
     make_tenants(settings, names(2))
     key = lock_key(f"{RUN_LOCK_NAME}:public")
+    # Held as tenantmig holds it: in an open transaction (a session lock would outlive its
+    # client on a pooled server connection).
     with engine.connect() as holder:
         holder.execute(
-            sa.text("SELECT pg_advisory_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": key}
+            sa.text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": key}
         )
-        holder.commit()
         done = run_cli("upgrade", "--all-tenants", url=database_url)
         assert done.returncode == 4, done.stderr
         assert "run lock" in done.stderr and "server pid" in done.stderr
@@ -133,10 +134,7 @@ def test_run_lock_refuses_a_second_all_tenants_run(
 
         def release() -> None:
             time.sleep(1.5)
-            holder.execute(
-                sa.text("SELECT pg_advisory_unlock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": key}
-            )
-            holder.commit()
+            holder.rollback()
 
         releaser = threading.Thread(target=release)
         releaser.start()
@@ -147,9 +145,8 @@ def test_run_lock_refuses_a_second_all_tenants_run(
     # Named tenants do not need the run lock (per-tenant locks protect them).
     with engine.connect() as holder:
         holder.execute(
-            sa.text("SELECT pg_advisory_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": key}
+            sa.text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": key}
         )
-        holder.commit()
         with pytest.raises(RunLocked):
             api.upgrade(settings, api.Selection.all_tenants())
         assert api.downgrade(settings, api.Selection.named(["t001"]), "-1").succeeded
