@@ -22,6 +22,7 @@ from tenantmig.backup.restore import RestoreResult, restore_tenant
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import BackupFailed, ConfigError, SharedSchemaNotReady
 from tenantmig.run import coordinator
+from tenantmig.run.bulk import BatchCallback, drop_in_batches
 from tenantmig.run.coordinator import RunObserver
 from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
@@ -29,7 +30,7 @@ from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.schema.catalog import invalid_indexes
 from tenantmig.schema.drift import DriftReport
 from tenantmig.schema.drift import check as check_drift
-from tenantmig.schema.registry import Tenant, drop_tenant, list_tenants, register_tenants
+from tenantmig.schema.registry import Tenant, list_tenants, register_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
@@ -121,14 +122,17 @@ def tenants(settings: Settings) -> list[Tenant]:
         return list_tenants(conn, settings.shared_schema)
 
 
-def drop_tenants(settings: Settings, names: Sequence[str]) -> None:
-    """Drop tenant schemas and their registry rows, all in one transaction."""
+def drop_tenants(
+    settings: Settings, names: Sequence[str], on_batch: BatchCallback | None = None
+) -> None:
+    """Drop tenant schemas and their registry rows, in bounded batches (each atomic). Every
+    name is checked first: one unknown name drops nothing."""
     for name in names:
         validate_tenant_name(name, shared_schema=settings.shared_schema)
-    with open_database(settings) as database, database.engine.begin() as conn:
-        _select_tenants(conn, settings.shared_schema, names)  # every name known, or none dropped
-        for name in names:
-            drop_tenant(conn, settings.shared_schema, name)
+    with open_database(settings) as database:
+        with database.engine.begin() as conn:
+            selected = _select_tenants(conn, settings.shared_schema, names)
+        drop_in_batches(database, settings.shared_schema, selected, settings.timeouts, on_batch)
 
 
 # -- status / history / revision ----------------------------------------------------------------

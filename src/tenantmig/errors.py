@@ -7,6 +7,7 @@ control flow inside a run are private to their module and do not inherit from th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -82,3 +83,21 @@ class BackupFailed(TenantmigError):
     """pg_dump or a restore failed for one tenant; that tenant was left unchanged."""
 
     exit_code = ExitCode.TENANTS_FAILED
+
+
+class BulkStopped(TenantmigError):
+    """A bulk operation stopped part way: the batches before committed, the rest is untouched.
+
+    The message says how far it got; the exit code is that of the cause (a failed batch: 3,
+    an interrupt: 130).
+    """
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def some_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first few names and how many more: error messages stay one readable line."""
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -13,7 +13,7 @@ from tenantmig import api
 from tenantmig.cli import render
 from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
-from tenantmig.errors import ConfigError, ExitCode
+from tenantmig.errors import ConfigError, ExitCode, some_names
 from tenantmig.run.results import RunResult
 from tenantmig.server.config import Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
@@ -39,6 +39,10 @@ def _selection(args: argparse.Namespace) -> api.Selection:
     if args.all_tenants:
         return api.Selection.all_tenants()
     return api.Selection.everything()
+
+
+# Up to this many tenant names are printed; past it, a count and progress lines.
+BATCH_SHOWN = 25
 
 
 def _run_options(args: argparse.Namespace) -> api.RunOptions:
@@ -201,8 +205,13 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if args.tenants_command == "drop":
         _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
-        api.drop_tenants(settings, args.names)
-        print(f"dropped {len(args.names)} tenant(s): {', '.join(args.names)}")
+
+        def progress(done: int, total: int) -> None:
+            if total > BATCH_SHOWN:
+                print(f"dropped {done}/{total} tenant(s)", file=sys.stderr, flush=True)
+
+        api.drop_tenants(settings, args.names, progress)
+        print(f"dropped {len(args.names)} tenant(s): {some_names(args.names, BATCH_SHOWN)}")
         return ExitCode.OK
     created, result = api.create_tenants(
         settings,

@@ -10,12 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tenantmig.chains.scripts import ChainScripts, Direction
-from tenantmig.errors import UnknownRevision
+from tenantmig.errors import UnknownRevision, some_names
 from tenantmig.run.results import Target, TenantJob, TenantOutcome, TenantStatus
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.versions import SchemaVersion
-
-_SHOWN = 5  # tenants named in an error before "and N more"
 
 
 @dataclass(frozen=True)
@@ -83,11 +81,9 @@ def triage(
             TenantJob(tenant.name, tenant.schema, current, version.has_version_table, resolved)
         )
     if out_of_range:
-        shown = ", ".join(out_of_range[:_SHOWN])
-        more = f" and {len(out_of_range) - _SHOWN} more" if len(out_of_range) > _SHOWN else ""
         raise UnknownRevision(
             f"{target} leads past the ends of the {scripts.chain} chain "
-            f"({len(scripts.order)} revisions) for {len(out_of_range)} tenant(s): {shown}{more}; "
-            "nothing was changed"
+            f"({len(scripts.order)} revisions) for {len(out_of_range)} tenant(s): "
+            f"{some_names(out_of_range)}; nothing was changed"
         )
     return Triage(settled, jobs)

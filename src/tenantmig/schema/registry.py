@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.errors import SharedSchemaNotReady, TenantExists, UnknownTenant
+from tenantmig.errors import SharedSchemaNotReady, TenantExists, UnknownTenant, some_names
 from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
 
 TENANTS_TABLE = "tenants"
@@ -70,7 +70,8 @@ def select_tenants(
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise UnknownTenant(
-            f"unknown tenant(s): {', '.join(unknown)}; see `tenantmig tenants list`, or register "
+            f"{len(unknown)} unknown tenant(s): {some_names(unknown)}; see `tenantmig tenants "
+            "list`, or register "
             "with `tenantmig tenants create NAME`"
         )
     return [by_name[n] for n in dict.fromkeys(names)]
@@ -108,12 +109,14 @@ def register_tenants(conn: Connection, shared_schema: str, names: Sequence[str])
         .all()
     )
     if taken:
-        raise TenantExists(f"tenant(s) already registered: {', '.join(sorted(taken))}")
+        raise TenantExists(
+            f"{len(taken)} tenant(s) already registered: {some_names(sorted(taken))}"
+        )
     clashing = existing_schemas(conn, names)
     if clashing:
         raise TenantExists(
-            f"schema(s) already exist but are not registered tenants: "
-            f"{', '.join(sorted(clashing))}; pick another name or drop the schema"
+            f"{len(clashing)} schema(s) already exist but are not registered tenants: "
+            f"{some_names(sorted(clashing))}; pick another name or drop the schema"
         )
     created: list[Tenant] = []
     for name in names:
@@ -129,11 +132,10 @@ def register_tenants(conn: Connection, shared_schema: str, names: Sequence[str])
     return created
 
 
-def drop_tenant(conn: Connection, shared_schema: str, name: str) -> None:
+def drop_tenant(conn: Connection, shared_schema: str, tenant: Tenant) -> None:
     """Drop a tenant's schema (CASCADE) and remove its row, in the caller's transaction."""
-    tenant = select_tenants(conn, shared_schema, [name])[0]
     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
     conn.execute(
         sa.text(f"DELETE FROM {qualified(shared_schema, TENANTS_TABLE)} WHERE name = :name"),
-        {"name": name},
+        {"name": tenant.name},
     )
