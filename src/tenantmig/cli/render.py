@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from tenantmig.chains.scripts import RevisionInfo
@@ -52,6 +53,10 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
                 )
             )
             lines.append("the failed tenants were rolled back to their previous revision")
+    backups = [o.backup for o in result.outcomes if o.backup]
+    if backups:
+        folder = os.path.dirname(backups[0])
+        lines.append(f"backups: {len(backups)} pg_dump file(s) in {folder} (tenantmig restore)")
     lines.extend(f"note: {n}" for n in result.notices)
     if finish is not None:
         lines.append(
@@ -149,26 +154,26 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     head = runs_text([record])
     if not outcomes:
         return head
-    return (
-        head
-        + "\n\n"
-        + table(
-            ["tenant", "status", "from", "to", "by", "attempts", "duration", "error"],
-            [
-                (
-                    o.name,
-                    o.status.value,
-                    o.from_revision or "base",
-                    o.to_revision or "",
-                    _how(o),
-                    o.attempts,
-                    f"{o.duration_s:.2f}s",
-                    o.error or "",
-                )
-                for o in outcomes
-            ],
-        )
-    )
+    headers = ["tenant", "status", "from", "to", "by", "attempts", "duration", "error"]
+    with_backups = any(o.backup for o in outcomes)
+    if with_backups:
+        headers.insert(-1, "backup")
+    rows = []
+    for o in outcomes:
+        row: list[object] = [
+            o.name,
+            o.status.value,
+            o.from_revision or "base",
+            o.to_revision or "",
+            _how(o),
+            o.attempts,
+            f"{o.duration_s:.2f}s",
+        ]
+        if with_backups:
+            row.append(o.backup or "")
+        row.append(o.error or "")
+        rows.append(row)
+    return head + "\n\n" + table(headers, rows)
 
 
 def _how(outcome: TenantOutcome) -> str:

@@ -34,10 +34,14 @@ class LockHolder:
     transaction_age_s: int | None
 
     def describe(self) -> str:
+        open_for = (
+            "no open transaction"
+            if self.transaction_age_s is None
+            else f"transaction open {self.transaction_age_s}s"
+        )
         return (
             f"pid {self.pid} ({self.user}, {self.application or 'no application_name'}, "
-            f"{self.state}, transaction open {self.transaction_age_s}s) holds {self.mode} on "
-            f"{self.relation}"
+            f"{self.state}, {open_for}) holds {self.mode} on {self.relation}"
         )
 
 
@@ -104,6 +108,8 @@ class PostgreSQL:
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE n.nspname = :schema AND l.granted"
+                # Predicate locks of serializable transactions never block anyone.
+                " AND l.mode <> 'SIReadLock'"
                 " AND a.pid <> pg_backend_pid() ORDER BY a.pid LIMIT :limit"
             ),
             {"schema": schema, "limit": limit},
