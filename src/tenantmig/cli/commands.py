@@ -207,7 +207,8 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
 
         def progress(done: int, total: int) -> None:
-            if total > BATCH_SHOWN:
+            # A line per 250 tenants (ten batches) and at the end, for big drops only.
+            if total > BATCH_SHOWN and (done == total or done % 250 == 0):
                 print(f"dropped {done}/{total} tenant(s)", file=sys.stderr, flush=True)
 
         api.drop_tenants(settings, args.names, progress)
@@ -228,7 +229,10 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"registered {len(created)} tenant(s): {', '.join(t.name for t in created)}")
+        print(
+            f"registered {len(created)} tenant(s): "
+            f"{some_names([t.name for t in created], BATCH_SHOWN)}"
+        )
         if result is not None:
             rerun = [*_connection_flags(args), "upgrade"]
             for tenant in created:
