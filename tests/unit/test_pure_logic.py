@@ -13,7 +13,7 @@ from psycopg2 import errorcodes
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tenantmig.chains.scripts import ChainScripts
-from tenantmig.cli import exit_code_for
+from tenantmig.cli import exit_code_for, main
 from tenantmig.errors import (
     BackupFailed,
     ConfigError,
@@ -290,3 +290,12 @@ def test_sqlstates_decide_retry_and_reconnect() -> None:
 def test_exit_codes(error: BaseException, code: int) -> None:
     assert exit_code_for(error) == code
     assert code in {c.value for c in ExitCode}
+
+
+def test_usage_errors_exit_1_not_argparses_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit code 2 means "drift found": a mistyped option must not look like drift to CI."""
+    for argv in (["drift", "--tenent", "acme"], ["tenants", "frob"], ["upgrade", "--jobs", "x"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 1, argv
+    assert "error:" in capsys.readouterr().err
