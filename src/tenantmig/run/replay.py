@@ -159,25 +159,13 @@ def compile_or_explain(
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
         return NotReplayable(key, f"{opted_out} sets tenantmig_replay = False", opted_out)
-    origins = _RevisionFiles(scripts)
+    compiler = _Compiler(conn, scripts, key, direction, timeouts, flavour)
     try:
-        compiled = [
-            _compile_once(
-                conn,
-                scripts,
-                key,
-                direction,
-                timeouts,
-                flavour,
-                origins,
-                name.format(pid=os.getpid()),
-            )
-            for name in _SCRATCH_NAMES
-        ]
+        compiled = [compiler.compile(name.format(pid=os.getpid())) for name in _SCRATCH_NAMES]
     except _NotReplayable as exc:
         return NotReplayable(key, exc.reason, exc.revision)
     except Exception as exc:  # the migration's own error: every tenant will report it
-        revision = origins.in_traceback(exc)
+        revision = compiler.origins.in_traceback(exc)
         if raised_by_autocommit_block(exc):
             reason = f"revision {revision} has an autocommit block (one transaction per revision)"
         else:
@@ -197,81 +185,78 @@ def compile_or_explain(
     return CompiledStep(key, tuple(first))
 
 
-def _compile_once(
-    conn: Connection,
-    scripts: ChainScripts,
-    key: StepKey,
-    direction: Direction,
-    timeouts: Timeouts,
-    flavour: ServerFlavour,
-    origins: _RevisionFiles,
-    scratch: str,
-) -> list[str]:
-    recorded = _record(conn, scripts, key, direction, timeouts, flavour, origins, scratch)
-    reads = [r for r in recorded if r.read]
-    if reads:
-        raise _NotReplayable(
-            f"revision {reads[0].revision} reads from the database (its result could differ "
-            "per tenant)",
-            reads[0].revision,
-        )
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        return [
-            _mark(rendered, scratch, statement.revision)
-            for statement in recorded
-            for rendered in _render(cursor, statement)
-        ]
-    finally:
-        cursor.close()
+@dataclass
+class _Compiler:
+    """One step, compiled in a scratch schema (as many times as asked, under different names)."""
 
+    conn: Connection
+    scripts: ChainScripts
+    key: StepKey
+    direction: Direction
+    timeouts: Timeouts
+    flavour: ServerFlavour
 
-def _record(
-    conn: Connection,
-    scripts: ChainScripts,
-    key: StepKey,
-    direction: Direction,
-    timeouts: Timeouts,
-    flavour: ServerFlavour,
-    origins: _RevisionFiles,
-    scratch: str,
-) -> list[_Recorded]:
-    """Run the step in ``scratch`` inside a transaction that is always rolled back, and record
-    each statement sent to the server with the revision that issued it."""
-    recorded: list[_Recorded] = []
+    def __post_init__(self) -> None:
+        self.origins = _RevisionFiles(self.scripts)
 
-    def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
-        revision = origins.on_stack()
-        if cursor.description is not None:
-            if revision is not None:
-                recorded.append(_Recorded(sql, params, many, revision, read=True))
-            elif not sql.lstrip().upper().startswith("SELECT"):
-                # A write of Alembic's that returns rows (a version row INSERT ... RETURNING).
-                recorded.append(_Recorded(sql, params, many, None))
-            # Alembic's own reads are not replayed: the tenant's state is verified instead.
-            return
-        recorded.append(_Recorded(sql, params, many, revision))
-
-    transaction = conn.begin()
-    try:
-        conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
-        flavour.prepare_migration(conn, scratch, timeouts)
-        if key.has_version_table or key.from_revision is not None:
-            # Bring the scratch schema to the starting state (not recorded).
-            start = key.from_revision
-            if start is None:
-                run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0])
-                run_alembic(conn, scripts, scratch, "downgrade", None)
-            else:
-                run_alembic(conn, scripts, scratch, "upgrade", start)
-        event.listen(conn, "after_cursor_execute", after)
+    def compile(self, scratch: str) -> list[str]:
+        """The step's statements as the server saw them, the scratch name marked."""
+        recorded = self._record(scratch)
+        reads = [r for r in recorded if r.read]
+        if reads:
+            raise _NotReplayable(
+                f"revision {reads[0].revision} reads from the database (its result could "
+                "differ per tenant)",
+                reads[0].revision,
+            )
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            run_alembic(conn, scripts, scratch, direction, key.to_revision)
+            return [
+                _mark(rendered, scratch, statement.revision)
+                for statement in recorded
+                for rendered in _render(cursor, statement)
+            ]
         finally:
-            event.remove(conn, "after_cursor_execute", after)
-    finally:
-        transaction.rollback()
-    return recorded
+            cursor.close()
+
+    def _record(self, scratch: str) -> list[_Recorded]:
+        """Run the step in ``scratch`` inside a transaction that is always rolled back, and
+        record each statement sent to the server with the revision that issued it."""
+        conn, scripts, key = self.conn, self.scripts, self.key
+        recorded: list[_Recorded] = []
+
+        def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+            revision = self.origins.on_stack()
+            if cursor.description is not None:
+                if revision is not None:
+                    recorded.append(_Recorded(sql, params, many, revision, read=True))
+                elif not sql.lstrip().upper().startswith("SELECT"):
+                    # A write of Alembic's that returns rows (a version row INSERT ... RETURNING).
+                    recorded.append(_Recorded(sql, params, many, None))
+                # Alembic's own reads are not replayed: the tenant's state is verified instead.
+                return
+            recorded.append(_Recorded(sql, params, many, revision))
+
+        transaction = conn.begin()
+        try:
+            conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+            self.flavour.prepare_migration(conn, scratch, self.timeouts)
+            if key.has_version_table or key.from_revision is not None:
+                # Bring the scratch schema to the starting state (not recorded).
+                start = key.from_revision
+                if start is None:
+                    run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0])
+                    run_alembic(conn, scripts, scratch, "downgrade", None)
+                else:
+                    run_alembic(conn, scripts, scratch, "upgrade", start)
+            event.listen(conn, "after_cursor_execute", after)
+            try:
+                run_alembic(conn, scripts, scratch, self.direction, key.to_revision)
+            finally:
+                event.remove(conn, "after_cursor_execute", after)
+        finally:
+            transaction.rollback()
+        return recorded
 
 
 def _render(cursor: Any, statement: _Recorded) -> Iterator[str]:
