@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -101,3 +104,40 @@ def project_with(tmp_path: Path, tenant_revisions: dict[str, str]) -> Path:
     for filename, text in tenant_revisions.items():
         (root / "migrations" / "tenant" / "versions" / filename).write_text(text)
     return root / "alembic.ini"
+
+
+def run_in_terminal(
+    *args: str, url: str, config: Path = CONFIG, answer: str | None = None
+) -> tuple[int, str]:
+    """Run ``tenantmig`` in a pseudo-terminal (stdin, stdout and stderr), type ``answer`` at its
+    "Type yes" question if given; return (exit code, everything the terminal showed)."""
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tenantmig", "--config", str(config), *args],
+        env={**os.environ, "TENANTMIG_DATABASE_URL": url},
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=REPO,
+    )
+    os.close(secondary)
+    seen, answered = b"", answer is None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not answered and b"Type yes to go on:" in seen:
+            os.write(primary, (answer or "").encode() + b"\n")
+            answered = True
+        if process.poll() is not None and not ready:
+            break
+    code = process.wait(timeout=60)
+    os.close(primary)
+    return code, seen.decode(errors="replace")

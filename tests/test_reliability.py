@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import warnings
@@ -208,24 +209,7 @@ def test_database_restart_mid_run_is_survived(
     tenants = names(40)
     make_tenants(settings, tenants, "001_initial_schema")
     data_dir = _data_directory(engine)
-    # Timed by events, not sleeps: a session of ours holds t000's table, so the run is
-    # certainly in flight (t000 waits in the lock queue) when the server goes down.
-    blocker = _hold_a_tenants_table(engine, "t000")
-    run = start_cli(
-        "upgrade",
-        "--all-tenants",
-        "--jobs",
-        "2",
-        "--json",
-        "-q",
-        "--no-replay",
-        "--lock-timeout",
-        "60",
-        url=database_url,
-    )
-    wait_for(lambda: waiting_lock_requests(engine) == 1)
-    _stop_server(data_dir)
-    blocker.invalidate()  # its connection died with the server
+    run = _stop_the_server_mid_run(engine, database_url, data_dir)
     _start_server(data_dir)
     out, err = run.communicate(timeout=180)
     assert run.returncode == 0, err
@@ -235,11 +219,25 @@ def test_database_restart_mid_run_is_survived(
     assert any(t["attempts"] > 1 for t in result["tenants"])  # the restart was felt
 
 
-def _hold_a_tenants_table(engine: sa.Engine, tenant: str) -> sa.Connection:
-    """A connection holding a lock on one of ``tenant``'s tables until it ends."""
+def _stop_the_server_mid_run(
+    engine: sa.Engine, database_url: str, data_dir: Path, *options: str
+) -> subprocess.Popen[str]:
+    """Start `upgrade --all-tenants` and stop the server while it is certainly in flight.
+
+    Timed by events, not sleeps: a session of ours holds t000's table, so t000 waits in the
+    lock queue (mid-transaction) when the server goes down, taking that session with it.
+    """
     blocker = engine.connect()
-    blocker.exec_driver_sql(f'LOCK TABLE "{tenant}".inventory_items IN ACCESS SHARE MODE')
-    return blocker
+    blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
+    run = start_cli(
+        *("upgrade", "--all-tenants", "--jobs", "2", "--json", "-q", "--no-replay"),
+        *("--lock-timeout", "60", *options),
+        url=database_url,
+    )
+    wait_for(lambda: waiting_lock_requests(engine) == 1)
+    _stop_server(data_dir)
+    blocker.invalidate()  # its connection died with the server
+    return run
 
 
 @pytest.mark.skipif(
@@ -252,24 +250,7 @@ def test_server_down_past_the_reconnect_bound_stops_the_run(
     tenants = names(30)
     make_tenants(settings, tenants, "001_initial_schema")
     data_dir = _data_directory(engine)
-    blocker = _hold_a_tenants_table(engine, "t000")  # keeps the run in flight (see above)
-    run = start_cli(
-        "upgrade",
-        "--all-tenants",
-        "--jobs",
-        "2",
-        "--json",
-        "-q",
-        "--no-replay",
-        "--lock-timeout",
-        "60",
-        "--reconnect-timeout",
-        "2",
-        url=database_url,
-    )
-    wait_for(lambda: waiting_lock_requests(engine) == 1)
-    _stop_server(data_dir)
-    blocker.invalidate()
+    run = _stop_the_server_mid_run(engine, database_url, data_dir, "--reconnect-timeout", "2")
     try:
         _out, err = run.communicate(timeout=60)  # bounded: it gives up instead of hanging
     finally:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
-import subprocess
-import sys
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from tenantmig import api
 from tenantmig.server.config import Settings
-from tests.helpers import REPO, TENANT_HEAD, project_with, run_cli, version
+from tests.helpers import REPO, TENANT_HEAD, project_with, run_cli, run_in_terminal, version
 from tests.test_engine import make_tenants
 
 PRINTING = (REPO / "tests" / "corpus" / "c27_prints.py").read_text()
@@ -97,31 +92,9 @@ def test_migration_output_is_shown_on_a_terminal(
 ) -> None:
     make_tenants(settings, ["t1"], TENANT_HEAD)
     config = project_with(tmp_path, {"c27_prints.py": PRINTING})
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tenantmig", "--config", str(config), "upgrade", "--all-tenants"],
-        env={**os.environ, "TENANTMIG_DATABASE_URL": database_url},
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        cwd=REPO,
-    )
-    os.close(secondary)
-    seen = b""
-    while True:
-        ready, _, _ = select.select([primary], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        seen += chunk
-    assert process.wait(timeout=60) == 0
-    os.close(primary)
-    assert b"t1: c27: creating the archive table" in seen, seen.decode(errors="replace")
+    code, seen = run_in_terminal("upgrade", "--all-tenants", url=database_url, config=config)
+    assert code == 0, seen
+    assert "t1: c27: creating the archive table" in seen, seen
 
 
 def test_a_step_that_cannot_be_replayed_is_reported_once_and_not_compiled_again(

@@ -171,15 +171,17 @@ class _Coordinator:
         plan, selection = self.plan, self.plan.selection
         with conn.begin():
             selected = select_tenants(conn, self.shared_schema, selection.tenants)
+        if not plan.only_failed and not plan.policy.relative:
+            return selected, selected, {}  # an absolute target: repeating it is always safe
+        # Only now read the last run's rows: one row per tenant it selected.
         unfinished = ledger.unfinished_in_last_run(selection.same_kind_scopes, plan.direction)
         if not plan.only_failed:
-            if (
-                plan.policy.relative
-                and unfinished is not None
-                and is_relative(unfinished.target)
-                and any(unfinished.wants(t.name) for t in selected)
-            ):
-                left = sum(1 for t in selected if unfinished.wants(t.name))
+            left = (
+                sum(1 for t in selected if unfinished.wants(t.name))
+                if unfinished is not None and is_relative(unfinished.target)
+                else 0
+            )
+            if unfinished is not None and left:
                 raise ConfigError(
                     f"run {unfinished.run_id} ({plan.direction} {unfinished.target}) did not "
                     f"finish for {left} tenant(s); running {plan.target} again would move the "

@@ -60,8 +60,9 @@ def triage(
             )
             continue
         current = version.revision
+        known = not version.diverged and scripts.knows(current)
         resolved: Target | None = (recorded or {}).get(tenant.name)
-        if resolved is None and not version.diverged and scripts.knows(current):
+        if resolved is None and known:
             try:
                 resolved = Target(scripts.resolve_target(target, current))
             except UnknownRevision:
@@ -69,8 +70,7 @@ def triage(
                 continue
         if (
             resolved is not None
-            and not version.diverged
-            and scripts.knows(current)
+            and known
             and scripts.already_there(direction, current, resolved.revision)
         ):
             settled.append(
