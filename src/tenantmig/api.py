@@ -19,6 +19,7 @@ from alembic import command as alembic_command
 from alembic.script import Script
 
 from tenantmig.backup.restore import RestoreResult, restore_tenant
+from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import BackupFailed, ConfigError, SharedSchemaNotReady
 from tenantmig.run import coordinator
@@ -27,17 +28,19 @@ from tenantmig.run.coordinator import RunObserver
 from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.run.stamp import stamp as stamp_schemas
+from tenantmig.schema import registry
 from tenantmig.schema.catalog import invalid_indexes
 from tenantmig.schema.drift import DriftReport
 from tenantmig.schema.drift import check as check_drift
-from tenantmig.schema.registry import Tenant, list_tenants, register_tenants
+from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import open_database
-from tenantmig.server.identifiers import validate_tenant_name
+from tenantmig.server.identifiers import validate_schema_name
 
 __all__ = [
     "DEMO_TENANTS",
@@ -51,16 +54,21 @@ __all__ = [
     "drift",
     "drop_tenants",
     "history",
+    "init_project",
+    "register_tenants",
     "restore",
     "revision",
     "run_details",
     "runs",
+    "stamp",
     "status",
     "tenants",
     "upgrade",
 ]
 
 DEMO_TENANTS = ("acme", "globex", "initech")
+# The demo project shipped in the package: `tenantmig demo` outside a project runs it.
+DEMO_CONFIG = packaged_config()
 
 
 # -- upgrade / downgrade -------------------------------------------------------------------------
@@ -97,6 +105,29 @@ def _migrate(
         return coordinator.migrate(plan, database, observer)
 
 
+def stamp(
+    settings: Settings, selection: Selection, revision: str, *, wait_s: float = 0.0
+) -> RunResult:
+    """Record ``revision`` in the selected schemas without running migrations (``alembic
+    stamp``), each under its lock, as one run in the ledger. Check with ``drift`` afterwards."""
+    if selection.shared == selection.include_tenants:
+        raise ConfigError("stamp one chain: --shared, or --tenant NAME / --all-tenants")
+    registry.check_tenant_names(selection.tenants or (), settings.tenant_source)
+    with open_database(settings) as database:
+        return stamp_schemas(settings, database, selection, revision, wait_s=wait_s)
+
+
+# -- projects ------------------------------------------------------------------------------------
+def init_project(
+    directory: Path, *, demo: bool = False, registry: bool = True, shared_schema: str | None = None
+) -> InitResult:
+    """Write a new project (alembic.ini, both chains' env.py and templates, the tenant registry
+    revision; the demo chains with ``demo``) into ``directory``. No database is needed."""
+    if shared_schema is not None:
+        validate_schema_name(shared_schema)
+    return write_project(directory, demo=demo, registry=registry, shared_schema=shared_schema)
+
+
 # -- tenants -----------------------------------------------------------------------------------
 def create_tenants(
     settings: Settings,
@@ -107,10 +138,11 @@ def create_tenants(
     observer: RunObserver | None = None,
 ) -> tuple[list[Tenant], RunResult | None]:
     """Register tenants and create their schemas (all or nothing), then migrate them to head."""
-    for name in names:
-        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    source = settings.tenant_source
+    registry.require_registry(source, "create tenants")
+    registry.check_tenant_names(names, source)
     with open_database(settings) as database, database.engine.begin() as conn:
-        created = register_tenants(conn, settings.shared_schema, names)
+        created = registry.create_tenants(conn, source, names)
     if not migrate:
         return created, None
     selection = Selection.named([t.name for t in created])
@@ -119,7 +151,21 @@ def create_tenants(
 
 def tenants(settings: Settings) -> list[Tenant]:
     with open_database(settings, notice=False) as database, database.engine.begin() as conn:
-        return list_tenants(conn, settings.shared_schema)
+        return list_tenants(conn, settings.tenant_source)
+
+
+def register_tenants(
+    settings: Settings, names: Sequence[str], schema: str | None = None
+) -> list[Tenant]:
+    """Register existing schemas as tenants without changing them (all or nothing). Each
+    tenant's schema is named after it, or ``schema`` for a single tenant."""
+    source = settings.tenant_source
+    registry.require_registry(source, "register tenants")
+    if schema is not None and len(names) != 1:
+        raise ConfigError("--schema names the schema of one tenant: give exactly one NAME")
+    pairs = [(name, schema or name) for name in names]
+    with open_database(settings) as database, database.engine.begin() as conn:
+        return registry.register_existing(conn, source, pairs)
 
 
 def drop_tenants(
@@ -127,12 +173,13 @@ def drop_tenants(
 ) -> None:
     """Drop tenant schemas and their registry rows, in bounded batches (each atomic). Every
     name is checked first: one unknown name drops nothing."""
-    for name in names:
-        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    source = settings.tenant_source
+    registry.require_registry(source, "drop tenants")
+    registry.check_tenant_names(names, source)
     with open_database(settings) as database:
         with database.engine.begin() as conn:
-            selected = _select_tenants(conn, settings.shared_schema, names)
-        drop_in_batches(database, settings.shared_schema, selected, settings.timeouts, on_batch)
+            selected = _select_tenants(conn, source, names)
+        drop_in_batches(database, source, selected, settings.timeouts, on_batch)
 
 
 # -- status / history / revision ----------------------------------------------------------------
@@ -145,7 +192,7 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
         shared_version = read_versions(conn, [shared_schema])[shared_schema]
         try:
             with conn.begin():
-                selected = _select_tenants(conn, shared_schema, names)
+                selected = _select_tenants(conn, settings.tenant_source, names)
         except SharedSchemaNotReady:
             if names:
                 raise
@@ -190,18 +237,17 @@ def revision(
 # -- drift ---------------------------------------------------------------------------------------
 def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport:
     """Version and structural drift of the shared schema and the (named) tenants."""
-    for name in names or ():
-        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    registry.check_tenant_names(names or (), settings.tenant_source)
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         with conn.begin():
-            selected = _select_tenants(conn, settings.shared_schema, names)
+            selected = _select_tenants(conn, settings.tenant_source, names)
         return check_drift(settings, conn, database.flavour, selected, include_shared=not names)
 
 
 # -- restore and the ledger ----------------------------------------------------------------------
 def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
     """Replace one tenant's schema with a ``--backup`` dump, atomically; recorded in the ledger."""
-    validate_tenant_name(tenant, shared_schema=settings.shared_schema)
+    registry.check_tenant_names([tenant], settings.tenant_source)
     with open_database(settings) as database:
         try:
             result = restore_tenant(settings, database, tenant, archive)

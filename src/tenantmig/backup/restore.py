@@ -132,7 +132,7 @@ def restore_tenant(
     started = time.monotonic()
     with database.engine.connect() as conn:
         with conn.begin():
-            (target,) = select_tenants(conn, settings.shared_schema, [tenant])
+            (target,) = select_tenants(conn, settings.tenant_source, [tenant])
         conn.rollback()
         tools = find_pg_tools(database.server_major)
         found = archive_schemas(tools, archive)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tenantmig import api
 from tenantmig.cli import render
@@ -15,19 +17,21 @@ from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
 from tenantmig.run.results import RunResult
-from tenantmig.server.config import Chain, Settings, load_settings
+from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Settings:
     return load_settings(
-        config_file=args.config,
+        config_file=config_file or args.config,
         database_url=args.database_url,
         shared_schema=args.shared_schema,
         lock_timeout_s=getattr(args, "lock_timeout", None),
         statement_timeout_s=getattr(args, "statement_timeout", None),
         retries=getattr(args, "retries", None),
         reconnect_timeout_s=getattr(args, "reconnect_timeout", None),
+        tenants_from=args.tenants_from,
+        scratch_schema=args.scratch_schema,
     )
 
 
@@ -112,6 +116,8 @@ def _connection_flags(args: argparse.Namespace) -> list[str]:
         ("--config", args.config),
         ("--database-url", args.database_url),
         ("--shared-schema", args.shared_schema),
+        ("--tenants-from", args.tenants_from),
+        ("--scratch-schema", args.scratch_schema),
     ):
         if value:
             flags += [flag, str(value)]
@@ -214,6 +220,19 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         api.drop_tenants(settings, args.names, progress)
         print(f"dropped {len(args.names)} tenant(s): {some_names(args.names, BATCH_SHOWN)}")
         return ExitCode.OK
+    if args.tenants_command == "register":
+        registered = api.register_tenants(settings, args.names, args.schema)
+        if args.json:
+            print(json.dumps({"registered": [t.to_json() for t in registered]}, indent=2))
+        else:
+            shown = [t.name if t.name == t.schema else f"{t.name} (schema {t.schema})"
+                     for t in registered]  # fmt: skip
+            print(f"registered {len(registered)} tenant(s): {some_names(shown, BATCH_SHOWN)}")
+            print(
+                "next: record their revision with `tenantmig stamp --tenant NAME REVISION` "
+                "(or --all-tenants), then check them with `tenantmig drift`"
+            )
+        return ExitCode.OK
     created, result = api.create_tenants(
         settings,
         args.names,
@@ -265,7 +284,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    if args.config or os.environ.get(ENV_CONFIG) or Path("alembic.ini").is_file():
+        settings = _settings(args)
+    else:
+        # Outside a project: the demo project shipped in the package, its database here.
+        settings = _settings(args, api.DEMO_CONFIG).with_options(home=Path(".tenantmig"))
+        print(
+            "tenantmig: no alembic.ini here; running the demo project shipped with tenantmig "
+            "(`tenantmig init --demo` writes it out)",
+            file=sys.stderr,
+        )
     result = api.demo(settings, Progress())
     if result.created:
         print(f"registered demo tenants: {', '.join(result.created)}")
@@ -276,6 +304,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(render.status_text(result.status))
     return ExitCode.OK if result.tenants.succeeded else ExitCode.TENANTS_FAILED
+
+
+def cmd_stamp(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    result = api.stamp(settings, _selection(args), args.revision, wait_s=args.wait)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render.run_summary(result))
+        print("check the stamped schemas against their migrations: tenantmig drift")
+    return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    result = api.init_project(
+        args.directory,
+        demo=args.demo,
+        registry=not args.no_registry,
+        shared_schema=args.shared_schema,
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return ExitCode.OK
+    print(f"wrote a tenantmig project in {result.directory}:")
+    for path in result.files:
+        print(f"  {path}")
+    where = "" if result.directory == Path.cwd().resolve() else f"cd {args.directory} && "
+    if result.registry:
+        print(
+            "next: set TENANTMIG_DATABASE_URL (or sqlalchemy.url in alembic.ini; without one an "
+            "embedded PostgreSQL is used), then\n"
+            f"  {where}tenantmig upgrade --shared && tenantmig tenants create acme"
+        )
+    else:
+        print(
+            "next: set tenants_from in alembic.ini to your application's tenant list, then\n"
+            f"  {where}tenantmig revision --tenant-chain -m 'first tenant tables'"
+        )
+    return ExitCode.OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -325,4 +392,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "drift": cmd_drift,
     "demo": cmd_demo,
     "restore": cmd_restore,
+    "stamp": cmd_stamp,
+    "init": cmd_init,
 }

@@ -61,6 +61,22 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
         help="schema of the shared tables and ledger (default: public)",
     )
     group.add_argument(
+        "--tenants-from",
+        default=default,
+        metavar="SOURCE",
+        help="where the tenant list comes from: registry (default), 'query: SELECT name, "
+        "schema_name FROM ...' or 'schemas: GLOB' (default: $TENANTMIG_TENANTS_FROM, "
+        "tenants_from in alembic.ini)",
+    )
+    group.add_argument(
+        "--scratch-schema",
+        default=default,
+        metavar="SCHEMA",
+        help="a schema the role owns for compiling steps and building drift references, for "
+        "roles that may not create schemas (default: $TENANTMIG_SCRATCH_SCHEMA, scratch_schema "
+        "in alembic.ini, else short-lived schemas of tenantmig's own)",
+    )
+    group.add_argument(
         "--debug", action="store_true", default=default, help="show tracebacks for errors"
     )
 
@@ -209,6 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     _yes(p)
     _engine_options(p)
 
+    p = add(
+        "stamp",
+        "Record a revision in schemas without running migrations (like `alembic stamp`), for "
+        "schemas built by hand or by another tool. Each schema is stamped under its lock and "
+        "the run is recorded in the ledger; check with `tenantmig drift` afterwards.",
+    )
+    _selector(p, required=True)
+    p.add_argument("revision", help="the revision the schemas are at: head, a revision id, or base")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another all-tenants run to finish (default: exit 4 at once)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON result object")
+
     p = add("current", "Show the current revision of the shared schema and tenants.")
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     p.add_argument("--json", action="store_true")
@@ -245,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--json", action="store_true")
     create.add_argument("-j", "--jobs", type=int, metavar="N")
+    register = tsub.add_parser(
+        "register",
+        help="register existing schemas as tenants without changing them (then `tenantmig "
+        "stamp` records their revision)",
+    )
+    _common(register, argparse.SUPPRESS)
+    register.add_argument("names", nargs="+", metavar="NAME")
+    register.add_argument(
+        "--schema", metavar="SCHEMA", help="the schema of a single NAME (default: NAME)"
+    )
+    register.add_argument("--json", action="store_true")
     listing = tsub.add_parser("list", help="list registered tenants")
     _common(listing, argparse.SUPPRESS)
     listing.add_argument("--json", action="store_true")
@@ -291,5 +335,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    add("demo", "Create demo tenants (acme, globex, initech) and run the full upgrade.")
+    add(
+        "demo",
+        "Create demo tenants (acme, globex, initech) and run the full upgrade. Outside a "
+        "project (no alembic.ini), uses the demo project shipped with tenantmig, with its "
+        "database under ./.tenantmig/.",
+    )
+
+    p = add(
+        "init",
+        "Start a project: write alembic.ini, migrations/shared and migrations/tenant (env.py, "
+        "script.py.mako) and the tenant registry as the first shared revision. Needs no "
+        "database; never overwrites an existing project.",
+    )
+    p.add_argument(
+        "directory", nargs="?", default=".", type=Path, help="where (default: this directory)"
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="also write the demo chains (users, orders, ...)"
+    )
+    p.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="no tenant registry revision: the tenant list comes from the application "
+        "(tenants_from in alembic.ini)",
+    )
+    p.add_argument("--json", action="store_true")
     return parser

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantmig.errors import BulkStopped, ExitCode, some_names
 from tenantmig.schema.registry import Tenant, drop_tenant
+from tenantmig.server.config import TenantSource
 from tenantmig.server.database import Database
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.session import Timeouts
@@ -27,7 +28,7 @@ BatchCallback = Callable[[int, int], None]  # (tenants done, tenants in all)
 
 def drop_in_batches(
     database: Database,
-    shared_schema: str,
+    source: TenantSource,
     tenants: Sequence[Tenant],
     timeouts: Timeouts,
     on_batch: BatchCallback | None = None,
@@ -44,7 +45,7 @@ def drop_in_batches(
             with database.engine.begin() as conn:
                 for tenant in batch:
                     database.flavour.prepare_migration(conn, tenant.schema, timeouts, verify=False)
-                    drop_tenant(conn, shared_schema, tenant)
+                    drop_tenant(conn, source, tenant)
             done += len(batch)
             if on_batch is not None:
                 on_batch(done, len(tenants))

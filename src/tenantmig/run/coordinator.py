@@ -21,11 +21,11 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantmig.backup.dump import BackupPlan, plan_backups
 from tenantmig.chains.scripts import ChainScripts, is_relative
-from tenantmig.errors import ConfigError, RunAborted, RunLocked
+from tenantmig.errors import ConfigError, RunAborted
 from tenantmig.logs import configure_run_log
 from tenantmig.run.executor import Execution, WorkerSpec, run_jobs
 from tenantmig.run.ledger import Ledger
-from tenantmig.run.locks import RunLocks, run_lock_holder
+from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import check_can_migrate
@@ -152,7 +152,7 @@ class _Coordinator:
         try:
             with self.database.engine.connect() as conn:
                 if self.plan.selection.every_tenant:
-                    _acquire_run_lock(locks, conn, self.shared_schema, self.plan.wait_s)
+                    acquire_run_lock(locks, conn, self.shared_schema, self.plan.wait_s)
                 self._run_tenants(conn, locks, scripts, backup)
         finally:
             locks.release()
@@ -170,7 +170,7 @@ class _Coordinator:
         """
         plan, selection = self.plan, self.plan.selection
         with conn.begin():
-            selected = select_tenants(conn, self.shared_schema, selection.tenants)
+            selected = select_tenants(conn, plan.settings.tenant_source, selection.tenants)
         if not plan.only_failed and not plan.policy.relative:
             return selected, selected, {}  # an absolute target: repeating it is always safe
         # Only now read the last run's rows: one row per tenant it selected.
@@ -287,7 +287,7 @@ class _Coordinator:
         result = self.result
         if self.plan.selection.every_tenant and seen:
             with conn.begin():
-                now = list_tenants(conn, self.shared_schema)
+                now = list_tenants(conn, self.plan.settings.tenant_source)
             known = {t.name for t in seen}
             newly_registered = sum(1 for t in now if t.name not in known)
             if newly_registered:
@@ -402,20 +402,6 @@ class _OutcomeWriter:
     def flush(self) -> None:
         self.ledger.record(self.run_id, self.buffer)
         self.buffer.clear()
-
-
-def _acquire_run_lock(locks: RunLocks, conn: Connection, shared_schema: str, wait_s: float) -> None:
-    """Take the run lock, waiting up to ``wait_s``; RunLocked (exit 4) names who holds it."""
-    deadline = time.monotonic() + wait_s
-    while not locks.try_run_lock(shared_schema):
-        if time.monotonic() >= deadline:
-            with conn.begin():
-                holder = run_lock_holder(conn, shared_schema)
-            raise RunLocked(
-                f"another all-tenants run holds the run lock: {holder}; wait for it, or pass "
-                "--wait SECONDS to queue behind it"
-            )
-        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
 
 def _durably(conn: Connection, timeout_s: float, write: Callable[[], None]) -> None:

@@ -21,11 +21,13 @@ Per-tenant locks are transaction-scoped too, taken in ``server.session``.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from tenantmig.errors import RunLocked
 from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 
 RUN_LOCK_NAME = "tenantmig all-tenants run"
@@ -101,3 +103,17 @@ def live_runs(conn: Connection) -> set[int]:
             {"ns": LIVE_RUN_NAMESPACE},
         ).scalars()
     )
+
+
+def acquire_run_lock(locks: RunLocks, conn: Connection, shared_schema: str, wait_s: float) -> None:
+    """Take the run lock, waiting up to ``wait_s``; RunLocked (exit 4) names who holds it."""
+    deadline = time.monotonic() + wait_s
+    while not locks.try_run_lock(shared_schema):
+        if time.monotonic() >= deadline:
+            with conn.begin():
+                holder = run_lock_holder(conn, shared_schema)
+            raise RunLocked(
+                f"another all-tenants run holds the run lock: {holder}; wait for it, or pass "
+                "--wait SECONDS to queue behind it"
+            )
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))

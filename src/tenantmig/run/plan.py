@@ -16,8 +16,8 @@ from pathlib import Path
 from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
 from tenantmig.errors import ConfigError
 from tenantmig.run.results import RunScope
+from tenantmig.schema.registry import check_tenant_names
 from tenantmig.server.config import Settings
-from tenantmig.server.identifiers import validate_tenant_name
 from tenantmig.server.session import Timeouts
 
 
@@ -185,8 +185,7 @@ def build_plan(
             f"revision {revision!r} names one chain; choose --shared or --tenant/--all-tenants"
         )
     check_options(selection, options)
-    for name in selection.tenants or ():
-        validate_tenant_name(name, shared_schema=settings.shared_schema)
+    check_tenant_names(selection.tenants or (), settings.tenant_source)
     shared_scripts = ChainScripts(settings, "shared") if selection.shared else None
     tenant_scripts = ChainScripts(settings, "tenant") if selection.include_tenants else None
     for scripts in (shared_scripts, tenant_scripts):

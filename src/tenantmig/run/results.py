@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from tenantmig.chains.scripts import Direction
-
 
 class TenantStatus(str, Enum):
     OK = "ok"  # migrated and committed
@@ -112,7 +110,7 @@ class RunResult:
     """The outcome of one run over the shared schema and/or tenants."""
 
     run_id: int | None
-    command: Direction
+    command: str  # upgrade, downgrade or stamp
     target: str
     outcomes: list[TenantOutcome] = field(default_factory=list)
     shared: TenantOutcome | None = None

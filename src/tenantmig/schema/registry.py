@@ -1,7 +1,14 @@
-"""The tenant directory: rows of the shared ``tenants`` table and the schemas they name."""
+"""The tenant directory: where the list of tenants comes from, and the registry tenantmig keeps.
+
+The list comes from a ``TenantSource`` (server.config): tenantmig's registry, the ``tenants``
+table of the shared schema (the only source ``tenants create/register/drop`` write to), a query
+over the application's own table, or every schema matching a glob. Whatever the source, each
+schema name it yields is validated as a tenant name is before anything runs in it.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,8 +16,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from tenantmig.errors import SharedSchemaNotReady, TenantExists, UnknownTenant, some_names
+from tenantmig.errors import (
+    ConfigError,
+    InvalidTenantName,
+    SchemaMissing,
+    SharedSchemaNotReady,
+    TenantExists,
+    UnknownTenant,
+    some_names,
+)
+from tenantmig.server.config import TenantSource
+from tenantmig.server.errorcodes import first_line
 from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
 
 TENANTS_TABLE = "tenants"
@@ -44,37 +62,129 @@ def require_tenants_table(conn: Connection, shared_schema: str) -> None:
         )
 
 
-def list_tenants(conn: Connection, shared_schema: str) -> list[Tenant]:
-    """Registered tenants, ordered by name; tenants whose status is 'deleted' are left out."""
-    require_tenants_table(conn, shared_schema)
-    rows = conn.execute(
-        sa.text(
-            f"SELECT name, schema_name, status, created_at "
-            f"FROM {qualified(shared_schema, TENANTS_TABLE)} WHERE status <> 'deleted' "
-            "ORDER BY name"
+def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
+    """Live tenants from ``source``, ordered by name (registry rows with status 'deleted' are
+    left out). A schema name tenantmig could not migrate safely stops the listing with an error
+    naming it, before anything runs."""
+    if source.kind == "query":
+        tenants = _from_query(conn, source)
+    elif source.kind == "schemas":
+        matching = conn.execute(
+            sa.text(
+                "SELECT nspname FROM pg_namespace WHERE nspname ~ :pattern"
+                " AND nspname <> :shared AND nspname !~ '^pg_'"
+                " AND nspname NOT IN ('public', 'information_schema') ORDER BY nspname"
+            ),
+            {"pattern": source.schema_regex, "shared": source.shared_schema},
+        ).scalars()
+        tenants = [Tenant(name, name, "active") for name in matching]
+    else:
+        require_tenants_table(conn, source.shared_schema)
+        rows = conn.execute(
+            sa.text(
+                f"SELECT name, schema_name, status, created_at "
+                f"FROM {qualified(source.shared_schema, TENANTS_TABLE)} "
+                "WHERE status <> 'deleted' ORDER BY name"
+            )
+        ).all()
+        tenants = [Tenant(r.name, r.schema_name, r.status, r.created_at) for r in rows]
+    _check_schema_names(tenants, source)
+    return tenants
+
+
+def _from_query(conn: Connection, source: TenantSource) -> list[Tenant]:
+    """The application's query, read as a subquery: a subquery cannot write (INSERT, UPDATE
+    or DELETE there are syntax errors) and cannot hold a second statement."""
+    try:
+        with conn.begin_nested():
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT CAST(name AS text) AS name, CAST(schema_name AS text) AS schema_name"
+                    f" FROM ({source.query}) AS tenant_source ORDER BY 1"
+                ).columns(name=sa.Text, schema_name=sa.Text)
+            ).all()
+    except DBAPIError as exc:
+        raise ConfigError(
+            f"tenants_from query failed: {first_line(exc)}. It must return the columns name and "
+            f"schema_name, e.g. `query: SELECT slug AS name, schema AS schema_name FROM "
+            f"accounts WHERE active`; it was: {source.query}"
+        ) from exc
+    nameless = [r.schema_name for r in rows if not r.name or not r.schema_name]
+    if nameless:
+        raise ConfigError(
+            f"tenants_from query returned {len(nameless)} row(s) with an empty name or "
+            f"schema_name; both must be set: {source.query}"
         )
-    ).all()
-    return [Tenant(r.name, r.schema_name, r.status, r.created_at) for r in rows]
+    names = [r.name for r in rows]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"tenants_from query returned tenant name(s) more than once: {some_names(repeated)}"
+        )
+    return [Tenant(r.name, r.schema_name, "active") for r in rows]
+
+
+def _check_schema_names(tenants: Sequence[Tenant], source: TenantSource) -> None:
+    bad: list[str] = []
+    for tenant in tenants:
+        try:
+            validate_tenant_name(tenant.schema, shared_schema=source.shared_schema)
+        except InvalidTenantName as exc:
+            bad.append(f"{tenant.name} ({exc})")
+    if bad:
+        raise ConfigError(
+            f"the tenant source ({source.describe()}) names {len(bad)} schema(s) tenantmig will "
+            f"not migrate: {some_names(bad, 3)}"
+        )
 
 
 def select_tenants(
-    conn: Connection, shared_schema: str, names: Sequence[str] | None
+    conn: Connection, source: TenantSource, names: Sequence[str] | None
 ) -> list[Tenant]:
-    """All live tenants (names is None) or exactly the named ones, validated, in given order."""
-    tenants = list_tenants(conn, shared_schema)
+    """All live tenants (names is None) or exactly the named ones, in the order given."""
+    tenants = list_tenants(conn, source)
     if names is None:
         return tenants
-    for name in names:
-        validate_tenant_name(name, shared_schema=shared_schema)
+    check_tenant_names(names, source)
     by_name = {t.name: t for t in tenants}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UnknownTenant(
-            f"{len(unknown)} unknown tenant(s): {some_names(unknown)}; see `tenantmig tenants "
-            "list`, or register "
-            "with `tenantmig tenants create NAME`"
+        hint = (
+            "see `tenantmig tenants list`, or register with `tenantmig tenants create NAME` "
+            "(new schema) or `tenantmig tenants register NAME` (existing schema)"
+            if source.is_registry
+            else f"see `tenantmig tenants list` (tenants from {source.describe()})"
         )
+        raise UnknownTenant(f"{len(unknown)} unknown tenant(s): {some_names(unknown)}; {hint}")
     return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def check_tenant_names(names: Iterable[str], source: TenantSource) -> None:
+    """Validate tenant names given by a user before the database is touched: identifier rules
+    for tenantmig's registry and for schema globs (the name is the schema's); a query's names
+    are the application's, only required to be non-empty."""
+    for name in names:
+        if source.kind == "query":
+            if not name or "\x00" in name:
+                raise InvalidTenantName(f"tenant name {name!r} is empty or holds a NUL byte")
+        else:
+            validate_tenant_name(name, shared_schema=source.shared_schema)
+
+
+def require_registry(source: TenantSource, action: str) -> None:
+    """``tenants create/register/drop`` write tenantmig's registry; other sources are the
+    application's to change."""
+    if source.kind == "query":
+        raise ConfigError(
+            f"cannot {action}: tenants come from the application's query "
+            f"({source.describe()}); add or remove them there, then run "
+            "`tenantmig upgrade --tenant NAME`"
+        )
+    if source.kind == "schemas" and action == "register tenants":
+        raise ConfigError(
+            f"nothing to register: every schema matching {source.glob!r} is a tenant already "
+            "(tenants_from = schemas)"
+        )
 
 
 def existing_schemas(conn: Connection, schemas: Iterable[str]) -> set[str]:
@@ -85,57 +195,103 @@ def existing_schemas(conn: Connection, schemas: Iterable[str]) -> set[str]:
     return set(rows)
 
 
-def register_tenants(conn: Connection, shared_schema: str, names: Sequence[str]) -> list[Tenant]:
-    """Insert tenant rows and create their schemas, all or nothing, in the caller's transaction.
+def _check_new(source: TenantSource, pairs: Sequence[tuple[str, str]]) -> None:
+    """Validate (name, schema) pairs about to enter the registry: nothing is written until
+    every pair is fine."""
+    for name, schema in pairs:
+        validate_tenant_name(name, shared_schema=source.shared_schema)
+        validate_tenant_name(schema, shared_schema=source.shared_schema)
+    for label, values in (("tenant", [n for n, _ in pairs]), ("schema", [s for _, s in pairs])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise TenantExists(f"{label}(s) named more than once: {some_names(repeated)}")
+    if source.kind == "schemas":
+        pattern = re.compile(source.schema_regex)
+        outside = [s for _, s in pairs if not pattern.match(s)]
+        if outside:
+            raise ConfigError(
+                f"{some_names(outside)} would not be tenants: tenants are the schemas matching "
+                f"{source.glob!r} (tenants_from = schemas)"
+            )
 
-    Names are validated and checked against both the registry and existing schemas before the
-    first write, so a bad name in a list registers none of them.
-    """
-    for name in names:
-        validate_tenant_name(name, shared_schema=shared_schema)
-    duplicates = sorted({n for n in names if list(names).count(n) > 1})
-    if duplicates:
-        raise TenantExists(f"tenant(s) named more than once: {', '.join(duplicates)}")
-    require_tenants_table(conn, shared_schema)
-    table = qualified(shared_schema, TENANTS_TABLE)
-    taken = (
+
+def _registered(conn: Connection, source: TenantSource, values: Sequence[str]) -> list[str]:
+    """Names among ``values`` already used as a tenant's name or schema in the registry."""
+    require_tenants_table(conn, source.shared_schema)
+    return sorted(
         conn.execute(
             sa.text(
-                f"SELECT name FROM {table} WHERE name = ANY(:names) OR schema_name = ANY(:names)"
+                f"SELECT name FROM {qualified(source.shared_schema, TENANTS_TABLE)}"
+                " WHERE name = ANY(:values) OR schema_name = ANY(:values)"
             ),
-            {"names": list(names)},
-        )
-        .scalars()
-        .all()
+            {"values": list(values)},
+        ).scalars()
     )
-    if taken:
-        raise TenantExists(
-            f"{len(taken)} tenant(s) already registered: {some_names(sorted(taken))}"
-        )
-    clashing = existing_schemas(conn, names)
+
+
+def _insert(conn: Connection, source: TenantSource, name: str, schema: str) -> Tenant:
+    row = conn.execute(
+        sa.text(
+            f"INSERT INTO {qualified(source.shared_schema, TENANTS_TABLE)} (name, schema_name) "
+            "VALUES (:name, :schema) RETURNING status, created_at"
+        ),
+        {"name": name, "schema": schema},
+    ).one()
+    return Tenant(name, schema, row.status, row.created_at)
+
+
+def create_tenants(conn: Connection, source: TenantSource, names: Sequence[str]) -> list[Tenant]:
+    """Create each tenant's schema (and its registry row), all or nothing, in the caller's
+    transaction. Every name is checked before the first write: one bad name creates none."""
+    require_registry(source, "create tenants")
+    _check_new(source, [(n, n) for n in names])
+    if source.is_registry:
+        taken = _registered(conn, source, names)
+        if taken:
+            raise TenantExists(f"{len(taken)} tenant(s) already registered: {some_names(taken)}")
+    clashing = sorted(existing_schemas(conn, names))
     if clashing:
         raise TenantExists(
-            f"{len(clashing)} schema(s) already exist but are not registered tenants: "
-            f"{some_names(sorted(clashing))}; pick another name or drop the schema"
+            f"{len(clashing)} schema(s) already exist: {some_names(clashing)}; to adopt an "
+            "existing schema as a tenant use `tenantmig tenants register NAME`"
         )
     created: list[Tenant] = []
     for name in names:
-        row = conn.execute(
-            sa.text(
-                f"INSERT INTO {table} (name, schema_name) "
-                "VALUES (:name, :name) RETURNING status, created_at"
-            ),
-            {"name": name},
-        ).one()
+        if source.is_registry:
+            created.append(_insert(conn, source, name, name))
+        else:
+            created.append(Tenant(name, name, "active"))
         conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(name)}")
-        created.append(Tenant(name, name, row.status, row.created_at))
     return created
 
 
-def drop_tenant(conn: Connection, shared_schema: str, tenant: Tenant) -> None:
-    """Drop a tenant's schema (CASCADE) and remove its row, in the caller's transaction."""
+def register_existing(
+    conn: Connection, source: TenantSource, pairs: Sequence[tuple[str, str]]
+) -> list[Tenant]:
+    """Register existing schemas as tenants, changing nothing in them, all or nothing."""
+    require_registry(source, "register tenants")
+    _check_new(source, pairs)
+    taken = _registered(conn, source, [v for pair in pairs for v in pair])
+    if taken:
+        raise TenantExists(f"{len(taken)} tenant(s) already registered: {some_names(taken)}")
+    schemas = [s for _, s in pairs]
+    present = existing_schemas(conn, schemas)
+    missing = [s for s in schemas if s not in present]
+    if missing:
+        raise SchemaMissing(
+            f"{len(missing)} schema(s) do not exist: {some_names(missing)}; `tenants register` "
+            "adopts existing schemas (`tenants create` makes new ones); nothing was registered"
+        )
+    return [_insert(conn, source, name, schema) for name, schema in pairs]
+
+
+def drop_tenant(conn: Connection, source: TenantSource, tenant: Tenant) -> None:
+    """Drop a tenant's schema (CASCADE) and its registry row, in the caller's transaction."""
     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
-    conn.execute(
-        sa.text(f"DELETE FROM {qualified(shared_schema, TENANTS_TABLE)} WHERE name = :name"),
-        {"name": tenant.name},
-    )
+    if source.is_registry:
+        conn.execute(
+            sa.text(
+                f"DELETE FROM {qualified(source.shared_schema, TENANTS_TABLE)} WHERE name = :name"
+            ),
+            {"name": tenant.name},
+        )

@@ -8,6 +8,7 @@ the environment later.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -25,10 +26,77 @@ ENV_CONFIG = "TENANTMIG_CONFIG"
 ENV_DATABASE_URL = "TENANTMIG_DATABASE_URL"
 ENV_SHARED_SCHEMA = "TENANTMIG_SHARED_SCHEMA"
 ENV_HOME = "TENANTMIG_HOME"
+ENV_TENANTS_FROM = "TENANTMIG_TENANTS_FROM"
+ENV_SCRATCH_SCHEMA = "TENANTMIG_SCRATCH_SCHEMA"
 
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 3
 DEFAULT_RECONNECT_TIMEOUT_S = 60.0
+
+
+TenantSourceKind = Literal["registry", "query", "schemas"]
+_GLOB = re.compile(r"[a-z0-9_*?]+")
+_SOURCE_HELP = (
+    "use `registry` (tenantmig's tenants table), `query: SELECT name, schema_name FROM ...` "
+    "(the application's own table; write % as %% in alembic.ini), or `schemas: GLOB` "
+    "(every schema matching, e.g. `schemas: tenant_*`)"
+)
+
+
+@dataclass(frozen=True)
+class TenantSource:
+    """Where the list of tenants comes from (``tenants_from`` in alembic.ini, ``--tenants-from``).
+
+    - ``registry``: tenantmig's ``<shared>.tenants`` table (``tenants create/register/drop``);
+    - ``query``: a SELECT over the application's own table returning ``name`` and
+      ``schema_name`` columns; tenantmig only reads it;
+    - ``schemas``: every schema whose name matches a glob (``*`` and ``?``), the tenant named
+      after its schema.
+    """
+
+    kind: TenantSourceKind
+    shared_schema: str
+    query: str | None = None
+    glob: str | None = None
+
+    @property
+    def is_registry(self) -> bool:
+        return self.kind == "registry"
+
+    @property
+    def schema_regex(self) -> str:
+        """The glob as an anchored POSIX regular expression for ``nspname ~ ...``."""
+        assert self.glob is not None
+        return "^" + self.glob.replace("?", ".").replace("*", ".*") + "$"
+
+    def describe(self) -> str:
+        if self.kind == "query":
+            return f"query: {self.query}"
+        if self.kind == "schemas":
+            return f"schemas: {self.glob}"
+        return "registry"
+
+
+def parse_tenant_source(spec: str, shared_schema: str) -> TenantSource:
+    """Parse a ``tenants_from`` value; ConfigError naming the accepted forms when it is bad."""
+    kind, _, value = spec.strip().partition(":")
+    kind, value = kind.strip().lower(), value.strip()
+    if kind == "registry" and not value:
+        return TenantSource("registry", shared_schema)
+    if kind == "query":
+        if not re.match(r"(?is)\s*(select|with|values|table)\b", value):
+            raise ConfigError(f"tenants_from query must be a SELECT, got {value!r}; {_SOURCE_HELP}")
+        if ";" in value.rstrip().rstrip(";"):
+            raise ConfigError(f"tenants_from query must be one statement; {_SOURCE_HELP}")
+        return TenantSource("query", shared_schema, query=value.rstrip().rstrip(";"))
+    if kind == "schemas":
+        if not _GLOB.fullmatch(value) or value.strip("*?") == "":
+            raise ConfigError(
+                f"tenants_from schemas glob {value!r} is not allowed: lower-case letters, "
+                "digits, _ and the wildcards * and ?, with at least one fixed character"
+            )
+        return TenantSource("schemas", shared_schema, glob=value)
+    raise ConfigError(f"tenants_from {spec!r} is not understood; {_SOURCE_HELP}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +114,14 @@ class Settings:
     retries: int = DEFAULT_RETRIES
     # How long a tenant keeps reconnecting after losing its connection (server restart).
     reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S
+    tenants_from: str = "registry"
+    # A schema this role owns where steps are compiled and drift references built, for roles
+    # that may not create schemas (None: tenantmig creates short-lived schemas of its own).
+    scratch_schema: str | None = None
+
+    @property
+    def tenant_source(self) -> TenantSource:
+        return parse_tenant_source(self.tenants_from, self.shared_schema)
 
     @property
     def timeouts(self) -> Timeouts:
@@ -75,12 +151,22 @@ class Settings:
             raise ConfigError("--reconnect-timeout must be 0 or more seconds")
         if self.retries < 0:
             raise ConfigError("--retries must be 0 or more")
+        self.tenant_source  # noqa: B018 (parsing is the validation)
+        if self.scratch_schema is not None:
+            validate_schema_name(self.scratch_schema)
+            if self.scratch_schema in (self.shared_schema, "public"):
+                raise ConfigError(
+                    "scratch_schema must be a schema of its own, not the shared schema: "
+                    "tenantmig builds and rolls back migrations in it"
+                )
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The alembic.ini to use: explicit path, $TENANTMIG_CONFIG, or ./alembic.ini."""
     chosen = explicit or os.environ.get(ENV_CONFIG) or "alembic.ini"
-    path = Path(chosen).expanduser().resolve()
+    # abspath, not resolve(): a symlinked alembic.ini keeps its own directory as %(here)s and as
+    # the home of .tenantmig/, as Alembic itself does.
+    path = Path(os.path.abspath(Path(chosen).expanduser()))
     if not path.is_file():
         raise ConfigError(
             f"configuration file {path} not found; run from the project directory or pass "
@@ -108,6 +194,8 @@ def load_settings(
     statement_timeout_s: float | None = None,
     retries: int | None = None,
     reconnect_timeout_s: float | None = None,
+    tenants_from: str | None = None,
+    scratch_schema: str | None = None,
 ) -> Settings:
     """Build and validate Settings from arguments, environment and alembic.ini."""
     path = find_config_file(config_file)
@@ -118,6 +206,18 @@ def load_settings(
         or os.environ.get(ENV_SHARED_SCHEMA)
         or ini.get_main_option("shared_schema")
         or "public"
+    )
+    source = (
+        tenants_from
+        or os.environ.get(ENV_TENANTS_FROM)
+        or ini.get_main_option("tenants_from")
+        or "registry"
+    )
+    scratch = (
+        scratch_schema
+        or os.environ.get(ENV_SCRATCH_SCHEMA)
+        or ini.get_main_option("scratch_schema")
+        or None
     )
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
@@ -131,6 +231,8 @@ def load_settings(
         reconnect_timeout_s=(
             DEFAULT_RECONNECT_TIMEOUT_S if reconnect_timeout_s is None else reconnect_timeout_s
         ),
+        tenants_from=source,
+        scratch_schema=scratch,
     )
     settings.validate()
     return settings
