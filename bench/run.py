@@ -38,13 +38,14 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from tenantmig.server import embedded
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "alembic.ini"
@@ -70,19 +71,12 @@ class Row:
 def admin_url(args: argparse.Namespace) -> str:
     if args.database_url:
         return str(args.database_url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-
-        server = get_server(str(OUT / "pg"), cleanup_mode=None)
+    _provider, server = embedded.start(OUT / "pg", cleanup_mode=None)
     return str(server.get_uri())
 
 
 def pg_bin(name: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver._commands import POSTGRES_BIN_PATH
-    return str(Path(POSTGRES_BIN_PATH) / name)
+    return str(embedded.bin_dir(OUT / "pg") / name)
 
 
 class Server:

@@ -3,7 +3,8 @@
 Server, first found wins:
 1. $TENANTMIG_TEST_DATABASE_URL: an existing server (a superuser URL; tests create databases);
 2. Docker available: a throwaway postgres container through testcontainers;
-3. otherwise the embedded server from the ``pgserver`` package, in a temporary directory.
+3. otherwise the embedded server tenantmig would start (``tenantmig.server.embedded``), in a
+   temporary directory.
 
 Every test that asks for ``database_url`` gets a brand-new database, dropped afterwards.
 
@@ -18,7 +19,6 @@ import os
 import shutil
 import subprocess
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings, load_settings
 from tests.helpers import CONFIG
 
@@ -52,13 +53,10 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:16", driver="psycopg2") as container:
             yield container.get_connection_url()
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        server = pgserver.get_server(
-            str(tmp_path_factory.mktemp("pg") / "data"), cleanup_mode="delete"
-        )
+    # The embedded server tenantmig itself would start (the newest installed package).
+    _provider, server = embedded.start(
+        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
+    )
     try:
         yield server.get_uri()
     finally:

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tenantmig import api
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, schemas
 from tests.test_engine import make_tenants, names
@@ -165,12 +166,7 @@ def test_cli_json_text_html_and_exit_codes(
 
 
 def _pg_dump() -> str:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver._commands import POSTGRES_BIN_PATH
-    return str(Path(POSTGRES_BIN_PATH) / "pg_dump")
+    return str(embedded.bin_dirs()[0] / "pg_dump")  # the newest installed: dumps any server
 
 
 def _dump_schema(database_url: str, schema: str) -> list[str]:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 
 from tenantmig import api
 from tenantmig.run.results import TenantStatus
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, project_with, run_cli, start_cli, version
 from tests.test_engine import make_tenants, names
@@ -38,12 +38,8 @@ def _stop_server(data_dir: Path) -> None:
 
 
 def _start_server(data_dir: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-
-        # The session's server handle (cached per data directory) starts it again.
-        get_server(str(data_dir), cleanup_mode=None).ensure_postgres_running()
+    # The session's server handle (cached per data directory) starts it again.
+    embedded.start(data_dir, cleanup_mode=None)[1].ensure_postgres_running()
 
 
 def test_ddl_never_blocks_readers_longer_than_lock_timeout(

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD, run_cli, version
 from tests.test_engine import make_tenants
@@ -33,14 +33,7 @@ def _server_programs(major: int) -> Path | None:
     """The directory of this major version's server programs (Debian's, or the embedded
     server's): pg_basebackup, pg_ctl and postgres together."""
     candidates = [Path(f"/usr/lib/postgresql/{major}/bin")]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs, about XDG_RUNTIME_DIR
-            from pgserver._commands import POSTGRES_BIN_PATH
-
-        candidates.append(Path(POSTGRES_BIN_PATH))
-    except ImportError:
-        pass
+    candidates += embedded.bin_dirs()
     for bin_dir in candidates:
         if all((bin_dir / p).is_file() for p in ("pg_basebackup", "pg_ctl", "postgres")):
             version = subprocess.run(

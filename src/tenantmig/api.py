@@ -25,8 +25,11 @@ from tenantmig.errors import BackupFailed, ConfigError, SharedSchemaNotReady
 from tenantmig.run import coordinator
 from tenantmig.run.bulk import BatchCallback, drop_in_batches
 from tenantmig.run.coordinator import RunObserver
+from tenantmig.run.grants import GrantResult
+from tenantmig.run.grants import grant as grant_role
 from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
+from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
@@ -53,6 +56,7 @@ __all__ = [
     "downgrade",
     "drift",
     "drop_tenants",
+    "grant",
     "history",
     "init_project",
     "register_tenants",
@@ -117,6 +121,15 @@ def stamp(
         return stamp_schemas(settings, database, selection, revision, wait_s=wait_s)
 
 
+def grant(settings: Settings, role: str, *, apply: bool = True) -> GrantResult:
+    """An administrator's one-time set-up for a least-privileged ``role``: the ledger tables,
+    its grants and its scratch schemas (``apply=False``: only the statements)."""
+    if not role or "\x00" in role:
+        raise ConfigError("give the name of the role that will run tenantmig")
+    with open_database(settings) as database, database.engine.connect() as conn:
+        return grant_role(conn, settings, role, apply=apply)
+
+
 # -- projects ------------------------------------------------------------------------------------
 def init_project(
     directory: Path, *, demo: bool = False, registry: bool = True, shared_schema: str | None = None
@@ -142,6 +155,8 @@ def create_tenants(
     registry.require_registry(source, "create tenants")
     registry.check_tenant_names(names, source)
     with open_database(settings) as database, database.engine.begin() as conn:
+        needs = Needs(ledger=migrate, write_registry=True, create_schemas=True)
+        check_privileges(conn, settings, needs)
         created = registry.create_tenants(conn, source, names)
     if not migrate:
         return created, None
@@ -165,6 +180,7 @@ def register_tenants(
         raise ConfigError("--schema names the schema of one tenant: give exactly one NAME")
     pairs = [(name, schema or name) for name in names]
     with open_database(settings) as database, database.engine.begin() as conn:
+        check_privileges(conn, settings, Needs(write_registry=True))
         return registry.register_existing(conn, source, pairs)
 
 
@@ -179,6 +195,8 @@ def drop_tenants(
     with open_database(settings) as database:
         with database.engine.begin() as conn:
             selected = _select_tenants(conn, source, names)
+            needs = Needs(write_registry=True, schemas=[t.schema for t in selected])
+            check_privileges(conn, settings, needs)
         drop_in_batches(database, source, selected, settings.timeouts, on_batch)
 
 
@@ -240,7 +258,13 @@ def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport
     registry.check_tenant_names(names or (), settings.tenant_source)
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         with conn.begin():
+            check_privileges(conn, settings, Needs(read_registry=True, scratch=True))
             selected = _select_tenants(conn, settings.tenant_source, names)
+            check_privileges(
+                conn,
+                settings,
+                Needs(schemas=[t.schema for t in selected], change_schemas=False),
+            )
         return check_drift(settings, conn, database.flavour, selected, include_shared=not names)
 
 

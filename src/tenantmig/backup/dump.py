@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from psycopg2.extensions import make_dsn
 from sqlalchemy.engine import URL
 
 from tenantmig.errors import BackupFailed, ConfigError
+from tenantmig.server import embedded
 from tenantmig.server.database import Database
 from tenantmig.server.identifiers import quote_ident
 from tenantmig.server.session import Timeouts
@@ -58,24 +58,12 @@ def _tool_major(pg_dump: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _embedded_bin_dir() -> Path | None:
-    """The embedded server's own client programs, when the optional package is installed."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
-            import pgserver._commands as pgserver_commands
-    except ImportError:
-        return None
-    return Path(pgserver_commands.POSTGRES_BIN_PATH)
-
-
 def _candidate_bin_dirs() -> Iterator[Path]:
     on_path = shutil.which("pg_dump")
     if on_path:
         yield Path(on_path).parent
-    embedded = _embedded_bin_dir()
-    if embedded is not None:
-        yield embedded
+    # The embedded servers' own programs (whichever package is installed).
+    yield from embedded.bin_dirs()
     # Debian/Ubuntu keep each major version's programs side by side.
     yield from sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

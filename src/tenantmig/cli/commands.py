@@ -317,6 +317,21 @@ def cmd_stamp(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
 
 
+def cmd_grant(args: argparse.Namespace) -> int:
+    result = api.grant(_settings(args), args.role, apply=not args.sql)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif args.sql:
+        print("\n".join(f"{s};" for s in result.statements))
+    else:
+        print(f"prepared the database for role {result.role} ({len(result.statements)} statements)")
+        print(
+            f"the role runs tenantmig with scratch_schema = {result.scratch_schema} "
+            "(alembic.ini, --scratch-schema or TENANTMIG_SCRATCH_SCHEMA)"
+        )
+    return ExitCode.OK
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     result = api.init_project(
         args.directory,
@@ -394,4 +409,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "restore": cmd_restore,
     "stamp": cmd_stamp,
     "init": cmd_init,
+    "grant": cmd_grant,
 }

@@ -343,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add(
+        "grant",
+        "One-time set-up, run by an administrator, for a role that may not create schemas or "
+        "tables: create the run ledger, grant ROLE what tenantmig needs on the shared schema, "
+        "and create the scratch schemas ROLE owns (scratch_schema, default tenantmig_scratch). "
+        "Idempotent.",
+    )
+    p.add_argument("role", metavar="ROLE", help="the role that will run tenantmig")
+    p.add_argument(
+        "--sql", action="store_true", help="print the statements instead of running them"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = add(
         "init",
         "Start a project: write alembic.ini, migrations/shared and migrations/tenant (env.py, "
         "script.py.mako) and the tenant registry as the first shared revision. Needs no "

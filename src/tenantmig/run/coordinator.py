@@ -28,7 +28,7 @@ from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
-from tenantmig.run.preflight import check_can_migrate
+from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges, missing_privileges
 from tenantmig.run.replay import (
     CompiledStep,
     NotReplayable,
@@ -157,6 +157,18 @@ class _Coordinator:
         finally:
             locks.release()
 
+    def _can_compile(self, conn: Connection) -> bool:
+        """Steps are compiled in scratch schemas: the configured ones, or short-lived ones this
+        role creates. A role that may do neither migrates every tenant through Alembic."""
+        with conn.begin():
+            lacking = missing_privileges(conn, self.plan.settings, Needs(scratch=True))
+        if lacking:
+            self.result.notices.append(
+                f"replay is off for this run, every tenant ran through Alembic: missing "
+                f"{lacking[0].what}; to compile each step once instead: {lacking[0].remedy}"
+            )
+        return not lacking
+
     def _select(
         self, conn: Connection, ledger: Ledger
     ) -> tuple[list[Tenant], list[Tenant], dict[str, Target]]:
@@ -216,9 +228,13 @@ class _Coordinator:
         self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup: BackupPlan | None
     ) -> None:
         plan, result = self.plan, self.result
+        with conn.begin():
+            check_privileges(conn, plan.settings, Needs(ledger=True, read_registry=True))
         ledger = Ledger(conn, self.shared_schema)
         ledger.ensure()
         selected, tenants, recorded = self._select(conn, ledger)
+        with conn.begin():
+            check_privileges(conn, plan.settings, Needs(schemas=[t.schema for t in tenants]))
         versions = read_versions(conn, [t.schema for t in tenants])
         # Raises (usage, nothing changed yet) when a relative target leads past either end.
         sorted_out = triage(
@@ -252,7 +268,8 @@ class _Coordinator:
 
         workers = self._choose_workers(conn, len(jobs)) if jobs else 0
         conn.commit()
-        compiled = self._compile_steps(conn, scripts, jobs) if plan.replay and len(jobs) > 1 else ()
+        replay = plan.replay and len(jobs) > 1 and self._can_compile(conn)
+        compiled = self._compile_steps(conn, scripts, jobs) if replay else ()
         if self.observer is not None:
             self.observer.started(len(jobs), workers)
         writer = _OutcomeWriter(ledger, run_id, self.observer)
@@ -359,6 +376,7 @@ class _Coordinator:
                     self.plan.direction,
                     self.plan.policy.timeouts,
                     self.database.flavour,
+                    self.plan.settings.scratch_schemas,
                 )
             )
             if isinstance(found, CompiledStep):

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
@@ -151,17 +152,23 @@ def compile_or_explain(
     direction: Direction,
     timeouts: Timeouts,
     flavour: ServerFlavour | None = None,
+    scratch: tuple[str, str] | None = None,
 ) -> CompiledStep | NotReplayable:
     """Compile ``key`` twice in rolled-back scratch schemas; the step, or why it is not
     replayable. Never raises for what a migration does: a step that fails to compile simply
-    runs the ordinary way, where its error is reported per tenant."""
+    runs the ordinary way, where its error is reported per tenant.
+
+    ``scratch``: two existing, empty schemas this role owns (``scratch_schema``), for roles
+    that may not create schemas; by default two short-lived schemas are created in the
+    rolled-back transactions."""
     flavour = flavour or PostgreSQL()
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
         return NotReplayable(key, f"{opted_out} sets tenantmig_replay = False", opted_out)
-    compiler = _Compiler(conn, scripts, key, direction, timeouts, flavour)
+    compiler = _Compiler(conn, scripts, key, direction, timeouts, flavour, scratch is not None)
+    names = scratch or tuple(name.format(pid=os.getpid()) for name in _SCRATCH_NAMES)
     try:
-        compiled = [compiler.compile(name.format(pid=os.getpid())) for name in _SCRATCH_NAMES]
+        compiled = [compiler.compile(name) for name in names]
     except _NotReplayable as exc:
         return NotReplayable(key, exc.reason, exc.revision)
     except Exception as exc:  # the migration's own error: every tenant will report it
@@ -195,6 +202,7 @@ class _Compiler:
     direction: Direction
     timeouts: Timeouts
     flavour: ServerFlavour
+    existing_scratch: bool = False  # the scratch schemas exist (configured): do not create
 
     def __post_init__(self) -> None:
         self.origins = _RevisionFiles(self.scripts)
@@ -239,8 +247,13 @@ class _Compiler:
 
         transaction = conn.begin()
         try:
-            conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+            if not self.existing_scratch:
+                conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+            # Also the scratch schema's advisory lock: two runs compiling in one configured
+            # scratch schema take turns instead of seeing each other's uncommitted tables.
             self.flavour.prepare_migration(conn, scratch, self.timeouts)
+            if self.existing_scratch:
+                require_empty(conn, scratch)
             if key.has_version_table or key.from_revision is not None:
                 # Bring the scratch schema to the starting state (not recorded).
                 start = key.from_revision
@@ -257,6 +270,20 @@ class _Compiler:
         finally:
             transaction.rollback()
         return recorded
+
+
+def require_empty(conn: Connection, schema: str) -> None:
+    """A configured scratch schema must hold nothing: steps are compiled from an empty schema,
+    and an object left there would change what Alembic sends."""
+    objects = conn.execute(
+        sa.text("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(:s)::oid"),
+        {"s": quote_ident(schema)},
+    ).scalar()
+    if objects:
+        raise _NotReplayable(
+            f"the scratch schema {schema!r} is not empty ({objects} relation(s)); drop what "
+            "is in it"
+        )
 
 
 def _render(cursor: Any, statement: _Recorded) -> Iterator[str]:

@@ -28,7 +28,7 @@ from tenantmig.errors import SchemaMissing
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.plan import Selection
-from tenantmig.run.preflight import check_can_migrate
+from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.schema.registry import Tenant, select_tenants
 from tenantmig.schema.versions import read_versions
@@ -73,11 +73,13 @@ def stamp(
     with database.engine.connect() as conn:
         with conn.begin():
             check_can_migrate(conn, settings.shared_schema, shared_chain=selection.shared)
-        if selection.shared:
-            schemas = [Tenant(settings.shared_schema, settings.shared_schema, "active")]
-        else:
-            with conn.begin():
+        with conn.begin():
+            check_privileges(conn, settings, Needs(ledger=True, read_registry=True))
+            if selection.shared:
+                schemas = [Tenant(settings.shared_schema, settings.shared_schema, "active")]
+            else:
                 schemas = select_tenants(conn, settings.tenant_source, selection.tenants)
+            check_privileges(conn, settings, Needs(schemas=[t.schema for t in schemas]))
         try:
             if selection.every_tenant:
                 locks = RunLocks(database.engine)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from tenantmig.chains.env import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts
+from tenantmig.errors import ConfigError
 from tenantmig.schema.catalog import (
     COLUMN,
     DEFAULT,
@@ -204,16 +205,27 @@ class ReferenceBuilder:
         return self._cache[revision]
 
     def _build(self, revision: str | None) -> SchemaStructure:
+        # A configured scratch schema (roles that may not create schemas) is used as it is:
+        # the transaction is rolled back, so it is left empty again.
+        scratch = self.settings.scratch_schema
+        schema = scratch or REFERENCE_SCHEMA
         transaction = self.conn.begin()
         try:
-            self.conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(REFERENCE_SCHEMA)}")
-            self.flavour.prepare_migration(self.conn, REFERENCE_SCHEMA, self.settings.timeouts)
+            if scratch is None:
+                self.conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
+            self.flavour.prepare_migration(self.conn, schema, self.settings.timeouts)
             if revision is not None:
-                run_alembic(self.conn, self.scripts, REFERENCE_SCHEMA, "upgrade", revision)
-            structure = read_structures(self.conn, [REFERENCE_SCHEMA])[REFERENCE_SCHEMA]
+                run_alembic(self.conn, self.scripts, schema, "upgrade", revision)
+            structure = read_structures(self.conn, [schema])[schema]
         except Exception as exc:
             if not raised_by_autocommit_block(exc):
                 raise
+            if scratch is not None:
+                raise ConfigError(
+                    "the chain has autocommit blocks (CREATE INDEX CONCURRENTLY), which cannot "
+                    "be built in the rolled-back scratch schema; drift needs a role that may "
+                    "create schemas for this chain"
+                ) from exc
             transaction.rollback()
             return self._build_outside_transaction(revision)
         finally:

@@ -120,6 +120,15 @@ class Settings:
     scratch_schema: str | None = None
 
     @property
+    def scratch_schemas(self) -> tuple[str, str] | None:
+        """The configured scratch schema and its second, for the replay check's compilation
+        under a name that needs quoting (both created by ``tenantmig grant``); None when not
+        configured."""
+        if self.scratch_schema is None:
+            return None
+        return self.scratch_schema, f"{self.scratch_schema}_Check"
+
+    @property
     def tenant_source(self) -> TenantSource:
         return parse_tenant_source(self.tenants_from, self.shared_schema)
 
@@ -154,6 +163,8 @@ class Settings:
         self.tenant_source  # noqa: B018 (parsing is the validation)
         if self.scratch_schema is not None:
             validate_schema_name(self.scratch_schema)
+            if len(self.scratch_schema.encode()) > 57:
+                raise ConfigError("scratch_schema may be at most 57 bytes long (it gets _Check)")
             if self.scratch_schema in (self.shared_schema, "public"):
                 raise ConfigError(
                     "scratch_schema must be a schema of its own, not the shared schema: "

@@ -1,6 +1,6 @@
 """Engines, URLs and the embedded PostgreSQL default.
 
-With no URL configured, tenantmig starts an embedded PostgreSQL (the ``pgserver`` package) whose
+With no URL configured, tenantmig starts an embedded PostgreSQL (``server.embedded``) whose
 data lives under ``<home>/pgdata`` and keeps using it across commands. The server is stopped again
 when the last tenantmig process using it exits.
 """
@@ -8,7 +8,6 @@ when the last tenantmig process using it exits.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantmig.errors import ConfigError, DatabaseUnavailable
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
@@ -105,21 +105,8 @@ class Database:
 
 
 def _start_embedded(home: Path) -> tuple[Any, URL]:
-    try:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
-            warnings.simplefilter("ignore")
-            from pgserver.postgres_server import get_server
-    except ImportError as exc:
-        raise ConfigError(
-            "no database URL configured and the embedded PostgreSQL is not installed: "
-            "pass --database-url, set TENANTMIG_DATABASE_URL, or pip install 'tenantmig[embedded]'"
-        ) from exc
     pgdata = (home / "pgdata").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = get_server(str(pgdata), cleanup_mode="stop")
+    _provider, server = embedded.start(pgdata)
     admin = make_url(server.get_uri())
     engine = create_engine(
         admin.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT"
