@@ -11,13 +11,16 @@ restore), in the manner of Alembic's ``command`` module. The CLI is a thin front
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alembic import command as alembic_command
 from alembic.script import Script
 
+from tenantmig.backup.dump import LibpqConnection, find_pg_tools
 from tenantmig.backup.restore import RestoreResult, restore_tenant
 from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
@@ -42,7 +45,7 @@ from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import open_database
+from tenantmig.server.database import client_url, open_database
 from tenantmig.server.identifiers import validate_schema_name
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "RunOptions",
     "Selection",
     "create_tenants",
+    "database_url",
     "demo",
     "downgrade",
     "drift",
@@ -63,7 +67,9 @@ __all__ = [
     "restore",
     "revision",
     "run_details",
+    "run_psql",
     "runs",
+    "serve",
     "stamp",
     "status",
     "tenants",
@@ -308,6 +314,42 @@ def run_details(settings: Settings, run_id: int) -> tuple[RunRecord, list[Tenant
     if found is None:
         raise ConfigError(f"no run {run_id} in the ledger; see `tenantmig runs`")
     return found
+
+
+# -- the database for other tools ---------------------------------------------------------------
+def database_url(settings: Settings, *, show_password: bool = False) -> str:
+    """The configured database's URL as libpq clients take it (the embedded one is started to
+    learn its socket directory, then stopped again unless another process uses it)."""
+    with open_database(settings, notice=False) as database:
+        return client_url(database.url, show_password=show_password)
+
+
+def run_psql(settings: Settings, arguments: Sequence[str]) -> int:
+    """psql on the configured database, the embedded server kept running while it runs; the
+    password travels in the environment, never on the command line. Returns psql's exit code."""
+    with open_database(settings, notice=False) as database:
+        psql = find_pg_tools(database.server_major).tool("psql")
+        connection = LibpqConnection.from_url(database.url, application_name="tenantmig psql")
+        return subprocess.call(
+            [psql, "--dbname", connection.dsn, *arguments], env=connection.environment()
+        )
+
+
+def serve(settings: Settings, ready: Callable[[str], None]) -> None:
+    """Keep the configured (embedded) database running until interrupted; ``ready`` gets its
+    URL (password masked) once it accepts connections."""
+    if settings.database_url:
+        raise ConfigError(
+            "db serve keeps the embedded server running; a database URL is configured, and that "
+            "server runs on its own"
+        )
+    with open_database(settings, notice=False) as database:
+        ready(client_url(database.url, show_password=False))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return
 
 
 # -- demo ----------------------------------------------------------------------------------------

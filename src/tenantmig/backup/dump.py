@@ -90,7 +90,8 @@ def find_pg_tools(server_major: int) -> PgTools:
     where = f"{PG_BIN_ENV}={explicit}" if explicit else "PATH and the usual install directories"
     found = f"; found only {', '.join(seen)}" if seen else ""
     raise ConfigError(
-        f"--backup needs pg_dump, pg_restore and psql of PostgreSQL {server_major} or newer, "
+        f"--backup, restore and db psql need pg_dump, pg_restore and psql of PostgreSQL "
+        f"{server_major} or newer, "
         f"none in {where}{found}; install the PostgreSQL client programs or set {PG_BIN_ENV} "
         "to their directory"
     )
@@ -117,7 +118,7 @@ class LibpqConnection:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_url(cls, url: URL) -> LibpqConnection:
+    def from_url(cls, url: URL, application_name: str = "tenantmig backup") -> LibpqConnection:
         params: dict[str, str] = {}
         for key, value in url.query.items():
             params[key] = value if isinstance(value, str) else value[-1]
@@ -129,7 +130,7 @@ class LibpqConnection:
             params["user"] = url.username
         if url.database:
             params["dbname"] = url.database
-        params["application_name"] = "tenantmig backup"
+        params["application_name"] = application_name
         return cls(make_dsn(**params), url.password if url.password else None)
 
     def environment(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -317,6 +318,25 @@ def cmd_stamp(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.db_command == "url":
+        print(api.database_url(settings, show_password=args.show_password))
+        return ExitCode.OK
+    if args.db_command == "psql":
+        extra = list(args.psql_args)
+        return api.run_psql(settings, extra[1:] if extra[:1] == ["--"] else extra)
+
+    def ready(url: str) -> None:
+        print(url, flush=True)
+        print("tenantmig: serving the embedded database; Ctrl-C stops it", file=sys.stderr)
+
+    # SIGTERM (a service manager, `kill`) ends the wait like Ctrl-C: the server is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    api.serve(settings, ready)
+    return ExitCode.OK
+
+
 def cmd_grant(args: argparse.Namespace) -> int:
     result = api.grant(_settings(args), args.role, apply=not args.sql)
     if args.json:
@@ -410,4 +430,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stamp": cmd_stamp,
     "init": cmd_init,
     "grant": cmd_grant,
+    "db": cmd_db,
 }

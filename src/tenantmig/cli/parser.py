@@ -343,6 +343,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add(
+        "db",
+        "The configured database (the embedded one included) for other tools: its URL, psql "
+        "on it, or the embedded server kept running.",
+    )
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    url = dsub.add_parser(
+        "url",
+        help="print the database URL as libpq clients take it (password masked)",
+        description="Print the database URL as libpq clients take it. The embedded server "
+        "stops when tenantmig exits: keep it running with `tenantmig db serve`.",
+    )
+    _common(url, argparse.SUPPRESS)
+    url.add_argument("--show-password", action="store_true", help="print the real password")
+    psql = dsub.add_parser(
+        "psql",
+        help="run psql on the database (arguments after -- go to psql)",
+        description="Run psql on the configured database, keeping the embedded server running "
+        "meanwhile; the password goes through the environment. Exits with psql's exit code.",
+    )
+    _common(psql, argparse.SUPPRESS)
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL_ARGS")
+    serve = dsub.add_parser(
+        "serve",
+        help="keep the embedded server running until Ctrl-C, and print its URL",
+        description="Start the embedded server (if needed), print its URL and keep it running "
+        "until interrupted (Ctrl-C or SIGTERM), for other programs to connect to.",
+    )
+    _common(serve, argparse.SUPPRESS)
+
+    p = add(
         "grant",
         "One-time set-up, run by an administrator, for a role that may not create schemas or "
         "tables: create the run ledger, grant ROLE what tenantmig needs on the shared schema, "

@@ -40,6 +40,12 @@ def mask_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def client_url(url: URL, *, show_password: bool) -> str:
+    """``url`` as libpq clients (psql, pg_dump, other drivers) take it: no SQLAlchemy driver
+    name; the password shown only when asked."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=not show_password)
+
+
 def normalise_url(url: str) -> URL:
     """Parse a URL and pin the psycopg2 driver; reject what is not PostgreSQL."""
     try:
