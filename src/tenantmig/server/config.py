@@ -180,8 +180,8 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
     path = Path(os.path.abspath(Path(chosen).expanduser()))
     if not path.is_file():
         raise ConfigError(
-            f"configuration file {path} not found; run from the project directory or pass "
-            f"--config (or set {ENV_CONFIG})"
+            f"configuration file {path} not found; run from the project directory, pass "
+            f"--config (or set {ENV_CONFIG}), or start a project with `tenantmig init`"
         )
     return path
 
