@@ -95,7 +95,7 @@ def test_backup_refuses_to_start_without_pg_dump_or_a_writable_directory(
         env={"TENANTMIG_PG_BIN": str(tmp_path / "no-such-bin")},
     )
     assert missing_tools.returncode == 1
-    assert "needs pg_dump" in missing_tools.stderr and "TENANTMIG_PG_BIN" in missing_tools.stderr
+    assert "need pg_dump" in missing_tools.stderr and "TENANTMIG_PG_BIN" in missing_tools.stderr
     assert not (tmp_path / "b").exists()
 
     a_file = tmp_path / "plain-file"

@@ -22,9 +22,10 @@ from alembic.script import Script
 
 from tenantmig.backup.dump import LibpqConnection, find_pg_tools
 from tenantmig.backup.restore import RestoreResult, restore_tenant
+from tenantmig.chains.autogen import CheckResult, autogenerate_revision, check_chain
 from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
-from tenantmig.errors import BackupFailed, ConfigError, SharedSchemaNotReady
+from tenantmig.errors import BackupFailed, ConfigError, NoTargetMetadata, SharedSchemaNotReady
 from tenantmig.run import coordinator
 from tenantmig.run.bulk import BatchCallback, drop_in_batches
 from tenantmig.run.coordinator import RunObserver
@@ -51,9 +52,12 @@ from tenantmig.server.identifiers import validate_schema_name
 __all__ = [
     "DEMO_TENANTS",
     "DemoResult",
+    "RevisionInfo",
     "RunObserver",
     "RunOptions",
     "Selection",
+    "branches",
+    "check",
     "create_tenants",
     "database_url",
     "demo",
@@ -61,8 +65,10 @@ __all__ = [
     "drift",
     "drop_tenants",
     "grant",
+    "heads",
     "history",
     "init_project",
+    "merge",
     "register_tenants",
     "restore",
     "revision",
@@ -70,6 +76,7 @@ __all__ = [
     "run_psql",
     "runs",
     "serve",
+    "show",
     "stamp",
     "status",
     "tenants",
@@ -240,13 +247,32 @@ def history(settings: Settings, chain: Chain) -> list[RevisionInfo]:
 
 
 def revision(
-    settings: Settings, chain: Chain, message: str, rev_id: str | None = None
-) -> RevisionInfo:
-    """Create a new revision file in one chain, as ``alembic revision`` does."""
-    created = alembic_command.revision(
-        settings.alembic_config(chain), message=message, rev_id=rev_id
-    )
-    if not isinstance(created, Script):
+    settings: Settings,
+    chain: Chain,
+    message: str,
+    rev_id: str | None = None,
+    *,
+    autogenerate: bool = False,
+) -> RevisionInfo | None:
+    """Create a new revision file in one chain, as ``alembic revision`` does. With
+    ``autogenerate``, holding the operations that bring the chain's head to its models (see
+    ``chains.autogen``); None, and nothing written, when they agree."""
+    created: Script | None
+    if autogenerate:
+        scripts = ChainScripts(settings, chain)
+        _ = scripts.head  # diverged heads are refused before anything runs
+        with open_database(settings) as database, database.engine.connect() as conn:
+            created = autogenerate_revision(
+                settings, conn, database.flavour, scripts, message, rev_id
+            )
+        if created is None:
+            return None
+    else:
+        made = alembic_command.revision(
+            settings.alembic_config(chain), message=message, rev_id=rev_id
+        )
+        created = made if isinstance(made, Script) else None
+    if created is None:
         raise ConfigError(f"alembic did not create one {chain} revision")
     down = created.down_revision
     return RevisionInfo(
@@ -256,6 +282,61 @@ def revision(
         path=created.path,
         is_head=True,
     )
+
+
+def heads(settings: Settings, chain: Chain) -> list[RevisionInfo]:
+    return ChainScripts(settings, chain).heads()
+
+
+def show(settings: Settings, chain: Chain, revision: str) -> RevisionInfo:
+    return ChainScripts(settings, chain).show(revision)
+
+
+def branches(settings: Settings, chain: Chain) -> list[RevisionInfo]:
+    """Revisions with more than one next revision (each lists them in next_revisions)."""
+    return ChainScripts(settings, chain).branch_points()
+
+
+def merge(
+    settings: Settings,
+    chain: Chain,
+    revisions: Sequence[str],
+    message: str,
+    rev_id: str | None = None,
+) -> RevisionInfo:
+    """A merge revision joining ``revisions`` (``heads``: every head), as ``alembic merge``."""
+    scripts = ChainScripts(settings, chain)
+    if list(revisions) == ["heads"] and len(scripts.script.get_heads()) < 2:
+        raise ConfigError(f"the {chain} chain has one head: there is nothing to merge")
+    for revision in revisions:
+        if revision != "heads":
+            scripts.show(revision)  # UnknownRevision before anything is written
+    made = alembic_command.merge(scripts.config, list(revisions), message=message, rev_id=rev_id)
+    if made is None:
+        raise ConfigError(f"alembic did not create a {chain} merge revision")
+    return RevisionInfo.of(made, [made.revision])
+
+
+def check(settings: Settings, chains: Sequence[Chain] = ("shared", "tenant")) -> CheckResult:
+    """Whether each chain's models (target_metadata) and migrations agree, as ``alembic check``
+    does, against a reference schema rolled back afterwards. Chains without models are
+    skipped when both are checked."""
+    result = CheckResult()
+    with open_database(settings) as database, database.engine.connect() as conn:
+        for chain in chains:
+            scripts = ChainScripts(settings, chain)
+            _ = scripts.head
+            try:
+                result.differences[chain] = check_chain(settings, conn, database.flavour, scripts)
+            except NoTargetMetadata:
+                if len(chains) == 1:
+                    raise
+    if not result.differences:
+        raise ConfigError(
+            "no chain has models to check: set target_metadata in a chain's env.py or its "
+            "alembic.ini section"
+        )
+    return result
 
 
 # -- drift ---------------------------------------------------------------------------------------

@@ -31,6 +31,16 @@ class ConfigError(TenantmigError):
     """The configuration (alembic.ini, environment, flags) is missing or invalid."""
 
 
+class NoTargetMetadata(ConfigError):
+    """Autogenerate or check was asked of a chain whose models (target_metadata) are not set."""
+
+
+class ModelsDiffer(TenantmigError):
+    """``tenantmig check``: a chain's models and its migrations disagree."""
+
+    exit_code = ExitCode.DRIFT
+
+
 class CannotWrite(ConfigError):
     """The server is read-only, or the role may not create what a run needs."""
 

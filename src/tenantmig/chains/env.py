@@ -8,39 +8,22 @@ way.
 
 from __future__ import annotations
 
+import importlib
 import logging.config
+from collections.abc import Sequence
 from typing import Any
 
 from alembic import context
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
-from tenantmig.errors import ConfigError
+from tenantmig.chains.context import context_options
+from tenantmig.errors import ConfigError, NoTargetMetadata
 from tenantmig.server.config import Settings, load_settings
 from tenantmig.server.database import open_database
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident, validate_tenant_name
 from tenantmig.server.session import Timeouts
-
-VERSION_TABLE = "alembic_version"
-
-
-def context_options(schema: str, *, per_migration: bool = False) -> dict[str, Any]:
-    """Options for EnvironmentContext.configure() for a migration in ``schema``.
-
-    - version_table_schema: the version row lives in the schema it describes and is always
-      addressed schema-qualified, never found through search_path.
-    - transactional_ddl and one transaction for all revisions: a failure anywhere rolls the
-      schema back to exactly where it started (PostgreSQL DDL is transactional).
-    - ``per_migration``: one transaction per revision, for steps with autocommit blocks (which
-      must commit what came before them); each revision is still atomic with its version row.
-    """
-    return {
-        "version_table": VERSION_TABLE,
-        "version_table_schema": schema,
-        "transactional_ddl": True,
-        "transaction_per_migration": per_migration,
-        "compare_type": True,
-    }
 
 
 def _x_arguments() -> dict[str, str]:
@@ -61,10 +44,18 @@ def _configure_logging() -> None:
         logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _run(schema: str, settings: Settings, *, create_schema: bool) -> None:
+def _run(
+    schema: str,
+    settings: Settings,
+    *,
+    create_schema: bool,
+    target_metadata: TargetMetadata = None,
+) -> None:
     if context.is_offline_mode():
         url = settings.database_url or "postgresql://"
-        context.configure(url=url, literal_binds=True, **context_options(schema))
+        context.configure(
+            url=url, literal_binds=True, target_metadata=target_metadata, **context_options(schema)
+        )
         with context.begin_transaction():
             # Offline scripts are replayed by psql or a DBA: pin search_path the same way.
             context.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
@@ -72,7 +63,14 @@ def _run(schema: str, settings: Settings, *, create_schema: bool) -> None:
         return
 
     with open_database(settings) as database, database.engine.connect() as conn:
-        _run_online(conn, database.flavour, schema, settings.timeouts, create_schema=create_schema)
+        _run_online(
+            conn,
+            database.flavour,
+            schema,
+            settings.timeouts,
+            create_schema=create_schema,
+            target_metadata=target_metadata,
+        )
 
 
 def _run_online(
@@ -82,30 +80,104 @@ def _run_online(
     timeouts: Timeouts,
     *,
     create_schema: bool,
+    target_metadata: TargetMetadata = None,
 ) -> None:
     with conn.begin():
         if create_schema:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
         flavour.prepare_migration(conn, schema, timeouts)
-        context.configure(connection=conn, **context_options(schema))
+        context.configure(
+            connection=conn, target_metadata=target_metadata, **context_options(schema)
+        )
         context.run_migrations()
 
 
-def run_shared_env() -> None:
-    """env.py body for the shared chain: migrate the shared schema."""
+TargetMetadata = MetaData | Sequence[MetaData] | None
+# Set by tenantmig on the Alembic Config of `revision --autogenerate` and `check`: the connection
+# whose open transaction holds the reference schema (the chain migrated to head), and its name.
+REFERENCE_CONNECTION = "connection"
+REFERENCE_SCHEMA = "tenantmig_reference_schema"
+
+
+def target_metadata_from_ini(target_metadata: TargetMetadata) -> TargetMetadata:
+    """The models autogenerate compares with: given by env.py, else ``target_metadata =
+    package.module:attribute`` in the chain's alembic.ini section."""
+    if target_metadata is not None:
+        return target_metadata
+    spec = context.config.get_main_option("target_metadata")
+    if not spec:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name.strip())
+        for part in attribute.strip().split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"target_metadata = {spec}: cannot load it ({exc})") from exc
+    if not isinstance(found, MetaData) and not (
+        isinstance(found, (list, tuple)) and all(isinstance(m, MetaData) for m in found)
+    ):
+        raise ConfigError(f"target_metadata = {spec} is not a SQLAlchemy MetaData")
+    return found
+
+
+def _compare_with_reference(target_metadata: TargetMetadata) -> bool:
+    """tenantmig's autogenerate/check: compare the models with the reference schema tenantmig
+    built in the connection it passed (search_path and default schema point at it). False when
+    this is not such a call."""
+    attributes = context.config.attributes
+    conn = attributes.get(REFERENCE_CONNECTION)
+    if conn is None:
+        return False
+    metadata = target_metadata_from_ini(target_metadata)
+    if metadata is None:
+        raise NoTargetMetadata(
+            "autogenerate needs the models: pass them in the chain's env.py, "
+            "run_tenant_env(target_metadata=Base.metadata), or set target_metadata = "
+            "package.module:attribute in its alembic.ini section"
+        )
+    options = context_options(attributes[REFERENCE_SCHEMA])
+    # The reference is the default schema here, and autogenerate leaves the version table out
+    # of the comparison only where the version table's schema is the one it reflects (None).
+    options["version_table_schema"] = None
+    context.configure(connection=conn, target_metadata=metadata, **options)
+    context.run_migrations()  # inside tenantmig's transaction: Alembic commits nothing
+    return True
+
+
+def run_shared_env(target_metadata: TargetMetadata = None) -> None:
+    """env.py body for the shared chain: migrate the shared schema. ``target_metadata``: the
+    shared tables' models, for ``tenantmig revision --shared --autogenerate``."""
     _configure_logging()
+    if _compare_with_reference(target_metadata):
+        return
     settings = _settings_for_plain_alembic()
-    _run(settings.shared_schema, settings, create_schema=settings.shared_schema != "public")
+    _run(
+        settings.shared_schema,
+        settings,
+        create_schema=settings.shared_schema != "public",
+        target_metadata=target_metadata_from_ini(target_metadata),
+    )
 
 
-def run_tenant_env() -> None:
-    """env.py body for the tenant chain: ``-x tenant=NAME`` selects the tenant schema."""
+def run_tenant_env(target_metadata: TargetMetadata = None) -> None:
+    """env.py body for the tenant chain: ``-x tenant=NAME`` selects the tenant schema.
+    ``target_metadata``: the tenant tables' models (schema-less), for ``tenantmig revision
+    --tenant-chain --autogenerate``."""
     _configure_logging()
+    if _compare_with_reference(target_metadata):
+        return
     settings = _settings_for_plain_alembic()
     tenant = _x_arguments().get("tenant")
     if not tenant:
         raise ConfigError(
-            "the tenant chain needs a tenant: alembic -n tenant -x tenant=NAME <command>"
+            "the tenant chain needs a tenant: alembic -n tenant -x tenant=NAME <command> "
+            "(to autogenerate without one: tenantmig revision --tenant-chain --autogenerate)"
         )
     schema = validate_tenant_name(tenant, shared_schema=settings.shared_schema)
-    _run(schema, settings, create_schema=False)
+    _run(
+        schema,
+        settings,
+        create_schema=False,
+        target_metadata=target_metadata_from_ini(target_metadata),
+    )

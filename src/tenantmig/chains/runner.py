@@ -13,7 +13,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import context_options
+from tenantmig.chains.context import context_options
 from tenantmig.chains.output import migration_output
 from tenantmig.chains.scripts import ChainScripts, Direction
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -20,10 +21,33 @@ Direction = Literal["upgrade", "downgrade"]
 @dataclass(frozen=True)
 class RevisionInfo:
     revision: str
-    down_revision: str | None
+    down_revision: str | None  # several, comma-separated, for a merge revision
     message: str
     path: str
     is_head: bool
+    next_revisions: tuple[str, ...] = ()  # the revisions that follow it (two or more: a branch)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "message": self.message,
+            "path": self.path,
+            "is_head": self.is_head,
+            "next_revisions": list(self.next_revisions),
+        }
+
+    @classmethod
+    def of(cls, script: Script, heads: Sequence[str]) -> RevisionInfo:
+        down = script.down_revision
+        return cls(
+            revision=script.revision,
+            down_revision=down if isinstance(down, str) or down is None else ",".join(down),
+            message=(script.doc or "").strip(),
+            path=script.path,
+            is_head=script.revision in heads,
+            next_revisions=tuple(sorted(script.nextrev)),
+        )
 
 
 def is_relative(target: str) -> bool:
@@ -116,18 +140,31 @@ class ChainScripts:
         return there <= here if direction == "upgrade" else there >= here
 
     def revisions(self) -> list[RevisionInfo]:
-        head = self.head
-        infos: list[RevisionInfo] = []
-        for script in self.script.walk_revisions():
-            assert isinstance(script, Script)
-            down = script.down_revision
-            infos.append(
-                RevisionInfo(
-                    revision=script.revision,
-                    down_revision=down if isinstance(down, str) or down is None else ",".join(down),
-                    message=(script.doc or "").strip(),
-                    path=script.path,
-                    is_head=script.revision == head,
-                )
-            )
-        return infos
+        heads = [self.head] if self.head else []
+        return [RevisionInfo.of(s, heads) for s in self.script.walk_revisions()]
+
+    # Alembic's inspection verbs: these work on a chain with diverged heads too (merge needs
+    # them), so they do not go through ``head``.
+    def heads(self) -> list[RevisionInfo]:
+        heads = self.script.get_heads()
+        return [RevisionInfo.of(self._get(h), heads) for h in sorted(heads)]
+
+    def show(self, revision: str) -> RevisionInfo:
+        return RevisionInfo.of(self._get(revision), self.script.get_heads())
+
+    def branch_points(self) -> list[RevisionInfo]:
+        heads = self.script.get_heads()
+        return [
+            RevisionInfo.of(s, heads) for s in self.script.walk_revisions() if s.is_branch_point
+        ]
+
+    def _get(self, revision: str) -> Script:
+        try:
+            found = self.script.get_revision(revision)
+        except (CommandError, RevisionError) as exc:
+            raise UnknownRevision(
+                f"revision {revision!r} is not one revision of the {self.chain} migrations ({exc})"
+            ) from exc
+        if found is None:
+            raise UnknownRevision(f"{revision!r} names no revision of the {self.chain} migrations")
+        return found

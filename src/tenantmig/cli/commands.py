@@ -187,17 +187,85 @@ def cmd_current(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    chains: list[Chain] = (
-        ["shared"] if args.shared else ["tenant"] if args.tenant_chain else ["shared", "tenant"]
-    )
+    chains = _chains(args)
     print("\n".join(render.history_text(c, api.history(settings, c), args.verbose) for c in chains))
     return ExitCode.OK
 
 
+def _chains(args: argparse.Namespace) -> list[Chain]:
+    if args.shared:
+        return ["shared"]
+    if args.tenant_chain:
+        return ["tenant"]
+    return ["shared", "tenant"]
+
+
 def cmd_revision(args: argparse.Namespace) -> int:
-    chain: Chain = "shared" if args.shared else "tenant"
-    created = api.revision(_settings(args), chain, args.message, args.rev_id)
-    print(f"created {chain} revision {created.revision}: {created.path}")
+    (chain,) = _chains(args)
+    created = api.revision(
+        _settings(args), chain, args.message, args.rev_id, autogenerate=args.autogenerate
+    )
+    if created is None:
+        print(f"no differences between the {chain} chain's models and its migrations: "
+              "nothing generated")  # fmt: skip
+    else:
+        print(f"created {chain} revision {created.revision}: {created.path}")
+    return ExitCode.OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    result = api.check(_settings(args), _chains(args))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        for chain, differences in result.differences.items():
+            if not differences:
+                print(f"{chain}: models and migrations agree")
+                continue
+            print(f"{chain}: {len(differences)} difference(s) between the models and the "
+                  "migrations (write a revision: tenantmig revision --autogenerate)")  # fmt: skip
+            for line in differences:
+                print(f"  {line}")
+    return ExitCode.OK if result.agree else ExitCode.DRIFT
+
+
+def _print_revisions(args: argparse.Namespace, found: dict[str, list[api.RevisionInfo]]) -> int:
+    if args.json:
+        print(json.dumps({c: [r.to_json() for r in rs] for c, rs in found.items()}, indent=2))
+        return ExitCode.OK
+    for chain, revisions in found.items():
+        print(render.revisions_text(chain, revisions))
+    return ExitCode.OK
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return _print_revisions(args, {c: api.heads(settings, c) for c in _chains(args)})
+
+
+def cmd_branches(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return _print_revisions(args, {c: api.branches(settings, c) for c in _chains(args)})
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    (chain,) = _chains(args)
+    found = api.show(_settings(args), chain, args.revision)
+    if args.json:
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        print(render.revision_detail(chain, found))
+    return ExitCode.OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    (chain,) = _chains(args)
+    made = api.merge(_settings(args), chain, args.revisions, args.message, args.rev_id)
+    if args.json:
+        print(json.dumps(made.to_json(), indent=2))
+    else:
+        print(f"created {chain} merge revision {made.revision} of {made.down_revision}: "
+              f"{made.path}")  # fmt: skip
     return ExitCode.OK
 
 
@@ -431,4 +499,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "grant": cmd_grant,
     "db": cmd_db,
+    "check": cmd_check,
+    "heads": cmd_heads,
+    "branches": cmd_branches,
+    "show": cmd_show,
+    "merge": cmd_merge,
 }

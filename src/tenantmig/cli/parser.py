@@ -176,6 +176,14 @@ def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group.add_argument("--all-tenants", action="store_true", help="every registered tenant")
 
 
+def _chain(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--shared", action="store_true", help="the shared chain (migrations/shared)")
+    group.add_argument(
+        "--tenant-chain", action="store_true", help="the tenant chain (migrations/tenant)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tenantmig",
@@ -260,11 +268,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
 
     p = add("revision", "Create a new revision file in one chain (like `alembic revision`).")
-    chain = p.add_mutually_exclusive_group(required=True)
-    chain.add_argument("--shared", action="store_true", help="in migrations/shared")
-    chain.add_argument("--tenant-chain", action="store_true", help="in migrations/tenant")
-    p.add_argument("-m", "--message", required=True)
+    _chain(p)
+    p.add_argument("-m", "--message", required=True, help="what the revision does")
     p.add_argument("--rev-id", help="revision id to use instead of a generated one")
+    p.add_argument(
+        "--autogenerate",
+        action="store_true",
+        help="fill in the operations that bring the chain's head to its models "
+        "(target_metadata), compared in a schema migrated to head inside a transaction that "
+        "is rolled back; nothing is written when they agree",
+    )
+
+    p = add(
+        "check",
+        "Exit 2, listing the differences, when a chain's models (target_metadata) and its "
+        "migrations disagree (like `alembic check`), for CI. Chains without models are skipped.",
+    )
+    _chain(p, required=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("heads", "Show the head revision(s) of each chain (like `alembic heads`).")
+    _chain(p, required=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("branches", "Show revisions where a chain branches (like `alembic branches`).")
+    _chain(p, required=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("show", "Show one revision of a chain (like `alembic show`).")
+    _chain(p)
+    p.add_argument("revision", help="a revision id, a unique prefix of one, or head")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add(
+        "merge",
+        "Create a merge revision joining two or more revisions of a chain (like "
+        "`alembic merge`); tenantmig migrates linear chains only, so diverged heads are "
+        "merged before migrating.",
+    )
+    _chain(p)
+    p.add_argument(
+        "revisions", nargs="*", default=["heads"], help="the revisions to join (default: heads)"
+    )
+    p.add_argument("-m", "--message", required=True, help="what the merge does")
+    p.add_argument("--rev-id", help="revision id to use instead of a generated one")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add("tenants", "Register, list and drop tenants.")
     tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)

@@ -129,6 +129,34 @@ def history_text(chain: str, revisions: Sequence[RevisionInfo], verbose: bool) -
     return "\n".join(lines)
 
 
+def revisions_text(chain: str, revisions: Sequence[RevisionInfo]) -> str:
+    """heads / branches: one line per revision (and where a branch goes)."""
+    if not revisions:
+        return f"{chain} chain: none"
+    lines = [f"{chain} chain:"]
+    for info in revisions:
+        head = " (head)" if info.is_head else ""
+        first = info.message.splitlines()[0] if info.message else ""
+        lines.append(f"  {info.revision}{head}, {first}")
+        if len(info.next_revisions) > 1:
+            lines.append(f"      branches to: {', '.join(info.next_revisions)}")
+    return "\n".join(lines)
+
+
+def revision_detail(chain: str, info: RevisionInfo) -> str:
+    """show: everything about one revision."""
+    return "\n".join(
+        [
+            f"{chain} revision {info.revision}{' (head)' if info.is_head else ''}",
+            f"  parent: {info.down_revision or 'base'}",
+            f"  next:   {', '.join(info.next_revisions) or '-'}",
+            f"  path:   {info.path}",
+            "",
+            *(f"  {line}".rstrip() for line in info.message.splitlines()),
+        ]
+    )
+
+
 def runs_text(records: Sequence[RunRecord]) -> str:
     if not records:
         return "no runs recorded yet"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.errors import ConfigError
 from tenantmig.run.ledger import Ledger
 from tenantmig.schema.owned import RUN_TENANTS, RUNS

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from tenantmig.backup.dump import BackupPlan
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import BackupFailed, SchemaMissing, UnknownRevision

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.errors import CannotWrite, some_names
 from tenantmig.schema.owned import RUN_TENANTS, RUNS
 from tenantmig.schema.registry import TENANTS_TABLE

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.server.errorcodes import first_line

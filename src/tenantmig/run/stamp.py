@@ -22,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantmig.chains.env import VERSION_TABLE, context_options
+from tenantmig.chains.context import VERSION_TABLE, context_options
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import SchemaMissing
 from tenantmig.run.ledger import Ledger

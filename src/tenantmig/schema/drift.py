@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import ConfigError

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.chains.env import VERSION_TABLE
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.server.identifiers import qualified
 
 _CHUNK = 500

@@ -7,6 +7,7 @@ the environment later.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -139,7 +140,10 @@ class Settings:
 
     def alembic_config(self, chain: Chain) -> AlembicConfig:
         """A fresh Alembic Config for one chain (section [shared] or [tenant])."""
-        cfg = AlembicConfig(str(self.config_file), ini_section=chain)
+        # quiet: Alembic's own "Generating ... done" lines would repeat what tenantmig reports.
+        cfg = AlembicConfig(
+            str(self.config_file), ini_section=chain, cmd_opts=argparse.Namespace(quiet=True)
+        )
         if not cfg.get_main_option("script_location"):
             raise ConfigError(f"{self.config_file} has no [{chain}] section with a script_location")
         return cfg
