@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from sqlalchemy.engine import make_url
 
 from tenantmig.backup.dump import find_pg_tools
 from tenantmig.server import embedded
@@ -29,13 +30,13 @@ def test_db_url_masks_the_password_unless_asked(database_url: str) -> None:
     real = run_cli("db", "url", "--show-password", url=database_url).stdout.strip()
     with psycopg2.connect(real) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT current_database()")
-        assert cursor.fetchone() == (database_url.rsplit("/", 1)[1],)
+        assert cursor.fetchone() == (make_url(database_url).database,)
 
 
 def test_db_psql_runs_on_the_configured_database(database_url: str) -> None:
     done = run_cli("db", "psql", "--", "-Atc", "SELECT current_database()", url=database_url)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == database_url.rsplit("/", 1)[1]
+    assert done.stdout.strip() == make_url(database_url).database
     failed = run_cli("db", "psql", "--", "-c", "SELECT no_such_column", url=database_url)
     assert failed.returncode != 0 and "no_such_column" in failed.stderr
 
