@@ -35,6 +35,7 @@ from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.run.sqlscript import SchemaSQL, schema_sql
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
 from tenantmig.schema.catalog import invalid_indexes
@@ -77,6 +78,7 @@ __all__ = [
     "runs",
     "serve",
     "show",
+    "sql",
     "stamp",
     "status",
     "tenants",
@@ -120,6 +122,16 @@ def _migrate(
     plan = build_plan(settings, selection, direction, revision, options or RunOptions())
     with open_database(settings) as database:
         return coordinator.migrate(plan, database, observer)
+
+
+def sql(
+    settings: Settings, selection: Selection, direction: Direction, revision: str
+) -> list[SchemaSQL]:
+    """The SQL ``upgrade``/``downgrade`` would run in each selected schema, for review (Alembic's
+    offline mode); ``revision`` may be a ``FROM:TO`` range. Nothing is changed."""
+    registry.check_tenant_names(selection.tenants or (), settings.tenant_source)
+    with open_database(settings, notice=False) as database:
+        return schema_sql(settings, database, selection, direction, revision)
 
 
 def stamp(

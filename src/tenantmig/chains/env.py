@@ -23,15 +23,22 @@ from tenantmig.server.config import Settings, load_settings
 from tenantmig.server.database import open_database
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident, validate_tenant_name
-from tenantmig.server.session import Timeouts
+from tenantmig.server.session import LOCK_NAMESPACE, Timeouts, lock_key
 
 
 def _x_arguments() -> dict[str, str]:
     return context.get_x_argument(as_dictionary=True)
 
 
+# Set by tenantmig when it runs a chain's env.py itself: its Settings (flags included).
+SETTINGS = "tenantmig_settings"
+
+
 def _settings_for_plain_alembic() -> Settings:
     config = context.config
+    given = config.attributes.get(SETTINGS)
+    if isinstance(given, Settings):
+        return given
     if config.config_file_name is None:
         raise ConfigError("alembic was started without a configuration file")
     x = _x_arguments()
@@ -52,14 +59,7 @@ def _run(
     target_metadata: TargetMetadata = None,
 ) -> None:
     if context.is_offline_mode():
-        url = settings.database_url or "postgresql://"
-        context.configure(
-            url=url, literal_binds=True, target_metadata=target_metadata, **context_options(schema)
-        )
-        with context.begin_transaction():
-            # Offline scripts are replayed by psql or a DBA: pin search_path the same way.
-            context.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
-            context.run_migrations()
+        _run_offline(schema, settings, target_metadata)
         return
 
     with open_database(settings) as database, database.engine.connect() as conn:
@@ -71,6 +71,32 @@ def _run(
             create_schema=create_schema,
             target_metadata=target_metadata,
         )
+
+
+# Set by `tenantmig upgrade --sql`: the script is run with `psql -1 -f`, whose one transaction
+# is the script's; Alembic's own BEGIN/COMMIT would end it early.
+SINGLE_TRANSACTION = "tenantmig_single_transaction"
+
+
+def _run_offline(schema: str, settings: Settings, target_metadata: TargetMetadata) -> None:
+    """SQL for a DBA or psql: the same set-up a tenantmig migration transaction makes (timeouts,
+    the schema's advisory lock, search_path; see server.session), then Alembic's statements."""
+    options = context_options(schema)
+    if context.config.attributes.get(SINGLE_TRANSACTION):
+        options["transactional_ddl"] = False
+    context.configure(
+        url=settings.database_url or "postgresql://",
+        literal_binds=True,
+        target_metadata=target_metadata,
+        **options,
+    )
+    timeouts = settings.timeouts
+    with context.begin_transaction():
+        context.execute(f"SET LOCAL lock_timeout = '{timeouts.lock_timeout_ms}ms'")
+        context.execute(f"SET LOCAL statement_timeout = '{timeouts.statement_timeout_ms}ms'")
+        context.execute(f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)})")
+        context.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        context.run_migrations()
 
 
 def _run_online(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("tenantmig: interrupted", file=sys.stderr)
         return int(exit_code_for(exc))
+    except BrokenPipeError:
+        # The reader went away (`tenantmig ... | head`): stop quietly. stdout is pointed at
+        # /dev/null so that Python's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
 
 
 if __name__ == "__main__":

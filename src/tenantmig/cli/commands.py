@@ -13,11 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tenantmig import api
+from tenantmig.chains.scripts import Direction
 from tenantmig.cli import render
 from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
 from tenantmig.run.results import RunResult
+from tenantmig.run.sqlscript import as_stream as render_sql_stream
 from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
 
@@ -137,8 +139,35 @@ def _command_line(arguments: list[str]) -> str:
     return shlex.join(["tenantmig", *shown])
 
 
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    direction: Direction = "upgrade" if args.command == "upgrade" else "downgrade"
+    scripts = api.sql(settings, _selection(args), direction, args.revision)
+    if args.json:
+        print(json.dumps({"command": direction, "schemas": [s.to_json() for s in scripts]},
+                         indent=2))  # fmt: skip
+        return ExitCode.OK
+    if args.sql_dir is None:
+        print(render_sql_stream(scripts, direction))
+        return ExitCode.OK
+    directory = args.sql_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for item in scripts:
+        if item.sql is not None:
+            (directory / f"{item.schema}.sql").write_text(
+                f"{item.header(direction)}\n-- apply with: psql -1 -f {item.schema}.sql\n\n"
+                + item.sql
+            )
+            written += 1
+    print(f"wrote {written} file(s) to {directory} ({len(scripts) - written} schema(s) "
+          "already at the target); apply one with: psql -1 -f FILE")  # fmt: skip
+    return ExitCode.OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.sql or args.sql_dir is not None:
+        return cmd_sql(args, settings)
     if args.command == "downgrade" and (args.shared or args.revision == "base"):
         what = "the shared schema" if args.shared else "the selected tenant schemas"
         _confirm(

@@ -156,6 +156,16 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--json", action="store_true", help="print one JSON result object")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    review = parser.add_argument_group("SQL for review (nothing is changed)")
+    review.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL each selected schema would run, from its own revision to the "
+        "target (or over FROM:TO), with tenantmig's timeouts and lock, for `psql -1 -f`",
+    )
+    review.add_argument(
+        "--sql-dir", type=Path, metavar="DIR", help="like --sql, one SCHEMA.sql file per schema"
+    )
 
 
 def _yes(parser: argparse.ArgumentParser) -> None:
@@ -218,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "revision",
         nargs="?",
         default="head",
-        help="target revision: head (default), a revision id, or +N",
+        help="target revision: head (default), a revision id, or +N; with --sql also FROM:TO",
     )
     _engine_options(p)
 

@@ -1,0 +1,96 @@
+"""`upgrade --sql`: SQL for review that, applied with `psql -1 -f`, does what tenantmig does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tenantmig import api
+from tenantmig.server import embedded
+from tenantmig.server.config import Settings
+
+from .helpers import SHARED_HEAD, TENANT_HEAD, run_cli, version
+
+
+def _psql(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    psql = embedded.bin_dirs()[0] / "psql"
+    return subprocess.run(
+        [str(psql), "-X", "-v", "ON_ERROR_STOP=1", "--dbname", url, *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _dump(database_url: str, schema: str) -> list[str]:
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    out = subprocess.run(
+        [str(embedded.bin_dirs()[0] / "pg_dump"), "--schema-only", "--no-owner", "-n", schema,
+         url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return sorted(
+        line.replace(f"{schema}.", "S.").replace(f"SCHEMA {schema}", "SCHEMA S")
+        for line in out.splitlines()
+        if line.strip() and not line.startswith("--") and not line.startswith("\\")
+    )
+
+
+def test_sql_applied_with_psql_matches_tenantmig(
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    api.create_tenants(settings, ["by_psql", "by_tenantmig"], migrate=False)
+    api.upgrade(settings, api.Selection.named(["by_psql", "by_tenantmig"]), "001_initial_schema")
+    done = run_cli(
+        "upgrade", "--tenant", "by_psql", "--tenant", "by_tenantmig", "--sql-dir",
+        str(tmp_path / "sql"), "--lock-timeout", "2", url=database_url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    script = (tmp_path / "sql" / "by_psql.sql").read_text()
+    assert "SET LOCAL lock_timeout = '2000ms'" in script
+    assert "pg_advisory_xact_lock" in script and "BEGIN" not in script
+    # Review changed nothing.
+    assert version(engine, "by_psql") == "001_initial_schema"
+    applied = _psql(database_url, "-1", "-f", str(tmp_path / "sql" / "by_psql.sql"))
+    assert applied.returncode == 0, applied.stderr
+    assert api.upgrade(settings, api.Selection.named(["by_tenantmig"])).succeeded
+    assert version(engine, "by_psql") == TENANT_HEAD
+    assert _dump(database_url, "by_psql") == _dump(database_url, "by_tenantmig")
+    assert not api.drift(settings).any_drift
+
+
+def test_sql_stream_ranges_and_json(settings: Settings, engine: sa.Engine) -> None:
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    api.create_tenants(settings, ["acme", "globex"])
+    url = settings.database_url
+    assert url is not None
+    # Everyone is at head: no SQL, one line saying so per schema.
+    stream = run_cli("upgrade", "--sql", url=url)
+    assert stream.returncode == 0, stream.stderr
+    assert stream.stdout.count("already at the target") == 3  # shared + 2 tenants
+    # A FROM:TO range, as in Alembic, for one tenant, downgrade direction.
+    down = run_cli("downgrade", "--tenant", "acme", "--sql", f"{TENANT_HEAD}:001_initial_schema",
+                   url=url)  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert "DROP TABLE inventory_transactions" in down.stdout
+    assert "-- tenant acme (schema acme): downgrade" in down.stdout
+    relative = run_cli("downgrade", "--all-tenants", "-1", "--sql", "--json", url=url)
+    assert relative.returncode == 0, relative.stderr
+    schemas = json.loads(relative.stdout)["schemas"]
+    assert [(s["name"], s["from"], s["to"]) for s in schemas] == [
+        ("acme", TENANT_HEAD, "001_initial_schema"),
+        ("globex", TENANT_HEAD, "001_initial_schema"),
+    ]
+    shared = run_cli("downgrade", "--shared", "--sql", "--json", "base", "--yes", url=url)
+    assert shared.returncode == 0, shared.stderr
+    (only,) = json.loads(shared.stdout)["schemas"]
+    assert only["from"] == SHARED_HEAD and only["to"] == "base"
+    # Nothing ran.
+    assert version(engine, "acme") == TENANT_HEAD and version(engine, "public") == SHARED_HEAD
+    bad = run_cli("upgrade", "--all-tenants", "--sql", "nope", url=url)
+    assert bad.returncode == 1 and "nope" in bad.stderr
