@@ -226,7 +226,7 @@ def test_runs_listing_and_details(settings: Settings, database_url: str) -> None
     listing = run_cli("runs", "--json", url=database_url)
     assert listing.returncode == 0
     runs = json.loads(listing.stdout)
-    assert runs[0]["id"] == result.run_id and runs[0]["outcome"] == "succeeded"
+    assert runs[0]["run_id"] == result.run_id and runs[0]["outcome"] == "succeeded"
     assert runs[0]["totals"]["ok"] == 3
     shown = run_cli("runs", "show", str(result.run_id), "--json", url=database_url)
     detail = json.loads(shown.stdout)

@@ -39,11 +39,11 @@ class RestoreResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tenant": self.tenant,
+            "name": self.tenant,
             "schema": self.schema,
             "file": self.file,
-            "from": self.from_revision,
-            "to": self.to_revision,
+            "from": self.from_revision or "base",
+            "to": self.to_revision or "base",
             "duration_s": round(self.duration_s, 3),
             "run_id": self.run_id,
         }

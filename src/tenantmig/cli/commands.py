@@ -9,7 +9,8 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tenantmig import api
@@ -139,6 +140,19 @@ def _command_line(arguments: list[str]) -> str:
     return shlex.join(["tenantmig", *shown])
 
 
+@contextmanager
+def live_progress(progress: Progress) -> Iterator[Progress]:
+    """The progress display, closed whatever happens: an error or Ctrl-C leaves one line with
+    the true counts, never a half-drawn bar."""
+    try:
+        yield progress
+    except KeyboardInterrupt:
+        progress.close(interrupted=True)
+        raise
+    finally:
+        progress.close()
+
+
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     direction: Direction = "upgrade" if args.command == "upgrade" else "downgrade"
     scripts = api.sql(settings, _selection(args), direction, args.revision)
@@ -176,8 +190,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             + (" (the tenant registry too, when its revision goes)" if args.shared else ""),
         )
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
-    progress = Progress(quiet=args.quiet)
-    result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
+    with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
+        result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
+        progress.close(interrupted=result.interrupted)
     return _finish_run(result, args, args.argv)
 
 
@@ -310,12 +325,12 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if args.tenants_command == "drop":
         _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
 
-        def progress(done: int, total: int) -> None:
+        def on_batch(done: int, total: int) -> None:
             # A line per 250 tenants (ten batches) and at the end, for big drops only.
             if total > BATCH_SHOWN and (done == total or done % 250 == 0):
                 print(f"dropped {done}/{total} tenant(s)", file=sys.stderr, flush=True)
 
-        api.drop_tenants(settings, args.names, progress)
+        api.drop_tenants(settings, args.names, on_batch)
         print(f"dropped {len(args.names)} tenant(s): {some_names(args.names, BATCH_SHOWN)}")
         return ExitCode.OK
     if args.tenants_command == "register":
@@ -331,13 +346,14 @@ def cmd_tenants(args: argparse.Namespace) -> int:
                 "(or --all-tenants), then check them with `tenantmig drift`"
             )
         return ExitCode.OK
-    created, result = api.create_tenants(
-        settings,
-        args.names,
-        migrate=not args.no_migrate,
-        options=api.RunOptions(jobs=args.jobs),
-        observer=Progress(quiet=args.json),
-    )
+    with live_progress(Progress(quiet=args.json)) as progress:
+        created, result = api.create_tenants(
+            settings,
+            args.names,
+            migrate=not args.no_migrate,
+            options=api.RunOptions(jobs=args.jobs),
+            observer=progress,
+        )
     if args.json:
         print(
             json.dumps(
@@ -392,7 +408,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "(`tenantmig init --demo` writes it out)",
             file=sys.stderr,
         )
-    result = api.demo(settings, Progress())
+    with live_progress(Progress()) as progress:
+        result = api.demo(settings, progress)
     if result.created:
         print(f"registered demo tenants: {', '.join(result.created)}")
     print(render.run_summary(result.shared))

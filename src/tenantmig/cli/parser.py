@@ -36,6 +36,10 @@ else an embedded PostgreSQL under ./.tenantmig/ (pip install 'tenantmig[embedded
 """
 
 
+# The exit-code table is in the top-level help only; each command points there.
+SEE_EXIT_CODES = "exit codes: see `tenantmig --help`"
+
+
 def _common(parser: argparse.ArgumentParser, default: Any) -> None:
     """Options accepted before or after the command (``tenantmig --debug status`` or
     ``tenantmig status --debug``)."""
@@ -168,6 +172,25 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _action(
+    sub: Any, name: str, help_text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand of a command (``tenants create``, ``db url``)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text[:1].upper() + help_text[1:] + ".",
+        epilog=SEE_EXIT_CODES,
+        allow_abbrev=False,
+    )
+    _common(parser, argparse.SUPPRESS)
+    return parser
+
+
 def _yes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-y",
@@ -201,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "once, every tenant schema in parallel, with a durable run ledger.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tenantmig {__version__}")
     _common(parser, None)
@@ -211,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=help_text,
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=SEE_EXIT_CODES,
+            allow_abbrev=False,
             **kwargs,
         )
         _common(p, argparse.SUPPRESS)
@@ -262,20 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("current", "Show the current revision of the shared schema and tenants.")
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
-    p.add_argument("--json", action="store_true")
+    _json(p)
 
     p = add(
         "status",
         "Shared and per-tenant revisions against head, with each tenant's last run outcome.",
     )
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
-    p.add_argument("--json", action="store_true")
+    _json(p)
 
     p = add("history", "List the revisions of the shared and tenant chains.")
     chain = p.add_mutually_exclusive_group()
     chain.add_argument("--shared", action="store_true", help="only the shared chain")
     chain.add_argument("--tenant-chain", action="store_true", help="only the tenant chain")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also each revision's file and full message"
+    )
 
     p = add("revision", "Create a new revision file in one chain (like `alembic revision`).")
     _chain(p)
@@ -326,33 +352,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tenants", "Register, list and drop tenants.")
     tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
-    create = tsub.add_parser(
-        "create", help="register tenants, create their schemas and migrate them to head"
+    create = _action(
+        tsub, "create", "register tenants, create their schemas and migrate them to head"
     )
-    _common(create, argparse.SUPPRESS)
-    create.add_argument("names", nargs="+", metavar="NAME")
+    create.add_argument("names", nargs="+", metavar="NAME", help="tenant names (= schema names)")
     create.add_argument(
         "--no-migrate", action="store_true", help="only register and create the schemas"
     )
-    create.add_argument("--json", action="store_true")
-    create.add_argument("-j", "--jobs", type=int, metavar="N")
-    register = tsub.add_parser(
+    _json(create)
+    create.add_argument(
+        "-j", "--jobs", type=int, metavar="N", help="worker processes for the migration"
+    )
+    register = _action(
+        tsub,
         "register",
-        help="register existing schemas as tenants without changing them (then `tenantmig "
+        "register existing schemas as tenants without changing them (then `tenantmig "
         "stamp` records their revision)",
     )
-    _common(register, argparse.SUPPRESS)
-    register.add_argument("names", nargs="+", metavar="NAME")
+    register.add_argument(
+        "names", nargs="+", metavar="NAME", help="tenant names (each schema named after it)"
+    )
     register.add_argument(
         "--schema", metavar="SCHEMA", help="the schema of a single NAME (default: NAME)"
     )
-    register.add_argument("--json", action="store_true")
-    listing = tsub.add_parser("list", help="list registered tenants")
-    _common(listing, argparse.SUPPRESS)
-    listing.add_argument("--json", action="store_true")
-    drop = tsub.add_parser("drop", help="drop tenant schemas (CASCADE) and unregister them")
-    _common(drop, argparse.SUPPRESS)
-    drop.add_argument("names", nargs="+", metavar="NAME")
+    _json(register)
+    listing = _action(tsub, "list", "list the tenants (from the configured tenant source)")
+    _json(listing)
+    drop = _action(tsub, "drop", "drop tenant schemas (CASCADE) and unregister them")
+    drop.add_argument("names", nargs="+", metavar="NAME", help="the tenants to drop")
     _yes(drop)
 
     p = add(
@@ -370,12 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
     p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
-    p.add_argument("--json", action="store_true")
+    _json(p)
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
-    show = rsub.add_parser("show", help="one run with every tenant's outcome")
-    _common(show, argparse.SUPPRESS)
-    show.add_argument("run_id", type=int)
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    show = _action(rsub, "show", "one run with every tenant's outcome")
+    show.add_argument("run_id", type=int, help="a run id from `tenantmig runs`")
+    show.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
+    )
 
     p = add(
         "restore",
@@ -391,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest to wait for the tenant's locks (default: 5)",
     )
-    p.add_argument("--json", action="store_true")
+    _json(p)
 
     add(
         "demo",
@@ -406,29 +434,34 @@ def build_parser() -> argparse.ArgumentParser:
         "on it, or the embedded server kept running.",
     )
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    url = dsub.add_parser(
+    url = _action(
+        dsub,
         "url",
-        help="print the database URL as libpq clients take it (password masked)",
-        description="Print the database URL as libpq clients take it. The embedded server "
-        "stops when tenantmig exits: keep it running with `tenantmig db serve`.",
+        "print the database URL as libpq clients take it (password masked)",
+        "Print the database URL as libpq clients take it. The embedded server stops when "
+        "tenantmig exits: keep it running with `tenantmig db serve`.",
     )
-    _common(url, argparse.SUPPRESS)
     url.add_argument("--show-password", action="store_true", help="print the real password")
-    psql = dsub.add_parser(
+    psql = _action(
+        dsub,
         "psql",
-        help="run psql on the database (arguments after -- go to psql)",
-        description="Run psql on the configured database, keeping the embedded server running "
-        "meanwhile; the password goes through the environment. Exits with psql's exit code.",
+        "run psql on the database (arguments after -- go to psql)",
+        "Run psql on the configured database, keeping the embedded server running meanwhile; "
+        "the password goes through the environment. Exits with psql's exit code.",
     )
-    _common(psql, argparse.SUPPRESS)
-    psql.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL_ARGS")
-    serve = dsub.add_parser(
+    psql.add_argument(
+        "psql_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- PSQL_ARGS",
+        help="arguments for psql, after --",
+    )
+    _action(
+        dsub,
         "serve",
-        help="keep the embedded server running until Ctrl-C, and print its URL",
-        description="Start the embedded server (if needed), print its URL and keep it running "
-        "until interrupted (Ctrl-C or SIGTERM), for other programs to connect to.",
+        "keep the embedded server running until Ctrl-C, and print its URL",
+        "Start the embedded server (if needed), print its URL and keep it running until "
+        "interrupted (Ctrl-C or SIGTERM), for other programs to connect to.",
     )
-    _common(serve, argparse.SUPPRESS)
 
     p = add(
         "grant",
@@ -441,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sql", action="store_true", help="print the statements instead of running them"
     )
-    p.add_argument("--json", action="store_true")
+    _json(p)
 
     p = add(
         "init",
@@ -461,5 +494,5 @@ def build_parser() -> argparse.ArgumentParser:
         help="no tenant registry revision: the tenant list comes from the application "
         "(tenants_from in alembic.ini)",
     )
-    p.add_argument("--json", action="store_true")
+    _json(p)
     return parser

@@ -1,16 +1,32 @@
-"""A run's progress as it happens: a live line on a terminal, one line per tenant otherwise."""
+"""A run's progress as it happens: a live bar on a terminal, one line per tenant otherwise.
+
+On a terminal the bar (``rich``) is redrawn in place and always fits the terminal's width: the
+bar itself takes what the counts leave. Failed tenants are printed above it as they happen. The
+ETA appears only once it means something (a few tenants done and a couple of seconds gone).
+When the run ends, or is interrupted, the bar is replaced by one line with the true counts.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, TextColumn
+from rich.progress import Progress as LiveBar
+
 from tenantmig.run.executor import Execution
-from tenantmig.run.results import TenantOutcome, TenantStatus
+from tenantmig.run.results import TenantOutcome
+
+# The ETA is shown once this many tenants are done and this many seconds have passed: before
+# that, the rate is dominated by worker start-up and says little about the rest.
+_ETA_AFTER_TENANTS = 3
+_ETA_AFTER_SECONDS = 2.0
 
 
-def _eta(seconds: float) -> str:
+def _duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -19,36 +35,88 @@ def _eta(seconds: float) -> str:
     return f"{seconds}s"
 
 
+class _Counts:
+    """What a person wants to know, counted from the outcomes themselves: tenants a run did not
+    get to (reported as not run after an interrupt) are not "done"."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0  # migrated, or already there
+        self.failed = 0
+        self.started = time.monotonic()
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    def add(self, outcome: TenantOutcome, execution: Execution) -> None:
+        self.total, self.started = execution.total, execution.started
+        if outcome.status.is_done:
+            self.done += 1
+        elif outcome.status.is_failure:
+            self.failed += 1
+
+    def line(self, *, eta: bool = True) -> str:
+        """``120/1000 done · 2 failed · 41.3/s · ETA 21s``."""
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        rate = self.finished / elapsed
+        parts = [f"{self.done}/{self.total} done", f"{self.failed} failed", f"{rate:.1f}/s"]
+        meaningful = self.finished >= _ETA_AFTER_TENANTS and elapsed >= _ETA_AFTER_SECONDS
+        remaining = self.total - self.finished
+        if eta and meaningful and remaining and rate > 0:
+            parts.append(f"ETA {_duration(remaining / rate)}")
+        return " · ".join(parts)
+
+
 class Progress:
-    """A live progress line on a terminal; plain lines (one per migrated tenant) otherwise."""
+    """A live progress bar on a terminal; plain lines (one per migrated tenant) otherwise."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.quiet = quiet
-        self._last_draw = 0.0
-        self._drawn = False
+        self._bar: LiveBar | None = None
+        self._counts = _Counts()
 
     def started(self, pending: int, workers: int) -> None:
         if self.quiet:
             return
-        if pending:
-            print(f"migrating {pending} tenant(s) with {workers} worker(s)", file=self.stream)
-        else:
+        if not pending:
             print("all selected tenants are already at the target", file=self.stream)
+            return
+        print(f"migrating {pending} tenant(s) with {workers} worker(s)", file=self.stream)
+        if self.live:
+            # Three columns short of the terminal: the "^C" the terminal echoes when Ctrl-C is
+            # typed must fit on the bar's line, or it wraps and leaves a stale bar behind.
+            columns = shutil.get_terminal_size().columns
+            self._bar = LiveBar(
+                BarColumn(bar_width=None),
+                TextColumn("{task.description}"),
+                console=Console(file=self.stream, highlight=False, width=max(20, columns - 3)),
+                transient=True,  # replaced by one plain line in close()
+                expand=True,
+                refresh_per_second=8,
+            )
+            self._bar.start()
+            self._bar.add_task("", total=pending)
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         if self.quiet:
             return
-        if self.live:
-            now = time.monotonic()
-            if outcome.status is TenantStatus.FAILED:
-                self._clear()
-                print(f"  failed  {outcome.name}: {outcome.error}", file=self.stream)
-            if now - self._last_draw > 0.1 or execution.done == execution.total:
-                self._draw(execution)
-                self._last_draw = now
+        self._counts.add(outcome, execution)
+        if self._bar is not None:
+            if outcome.status.is_failure:
+                self._bar.console.print(
+                    f"  {outcome.status.value}  {outcome.name}: {outcome.error}", markup=False
+                )
+            self._bar.update(
+                self._bar.task_ids[0],
+                completed=self._counts.finished,
+                description=self._counts.line(),
+            )
             return
+        if self.live:
+            return  # on a terminal, before the bar started: nothing to draw yet
         error = f": {outcome.error}" if outcome.error else ""
         print(
             f"[{execution.done}/{execution.total}] {outcome.status.value:<11} {outcome.name} "
@@ -57,26 +125,16 @@ class Progress:
             file=self.stream,
         )
 
-    def _draw(self, execution: Execution) -> None:
-        elapsed = max(1e-6, time.monotonic() - execution.started)
-        rate = execution.done / elapsed
-        remaining = execution.total - execution.done
-        eta = _eta(remaining / rate) if rate > 0 else "?"
-        width = 28
-        filled = int(width * execution.done / max(1, execution.total))
-        bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"\r[{bar}] {execution.done}/{execution.total} done, {execution.failures} failed, "
-            f"{remaining} left, {rate:.1f}/s, ETA {eta} "
-        )
-        self.stream.write(line)
-        self.stream.flush()
-        self._drawn = True
-        if execution.done == execution.total:
-            self.stream.write("\n")
-            self._drawn = False
-
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\033[K")
-            self._drawn = False
+    def close(self, *, interrupted: bool = False) -> None:
+        """Replace the bar with one line of true counts (also after an interrupt)."""
+        if self._bar is None:
+            return
+        bar, self._bar = self._bar, None
+        bar.stop()
+        line = self._counts.line(eta=False)
+        left = self._counts.total - self._counts.finished
+        if interrupted:
+            line += f" · interrupted, {left} not finished"
+        elif left:
+            line += f" · {left} not started"
+        print(line, file=self.stream, flush=True)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import sys
+import textwrap
 from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from tenantmig.chains.scripts import RevisionInfo
 from tenantmig.run.ledger import RunRecord
@@ -12,17 +20,45 @@ from tenantmig.schema.registry import Tenant
 from tenantmig.schema.status import StatusReport
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
+def output_width() -> int:
+    """The width tables fit: the terminal's when stdout is one ($COLUMNS wins, as everywhere),
+    else wide enough that piped and redirected output is not folded."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return max(40, shutil.get_terminal_size().columns)
+    return 200
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], keep: Sequence[str] = ()
+) -> str:
+    """A table that fits ``output_width()``: when the width is short, cells wrap inside their
+    column (long errors first: rich narrows the widest columns most); the first column, what
+    the row is about, and the ``keep`` columns (revisions, states) are never wrapped or cut."""
+    grid = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+        collapse_padding=True,
+    )
+    cells = [["" if c is None else str(c) for c in row] for row in rows]
+    # A column with nothing in it (no errors) only takes width from the others.
+    shown = [i for i in range(len(headers)) if i == 0 or any(row[i] for row in cells)]
+    headers = [headers[i] for i in shown]
+    cells = [[row[i] for i in shown] for row in cells]
+    for index, header in enumerate(headers):
+        if index == 0 or header in keep:
+            longest = max([len(header), *(len(row[index]) for row in cells)])
+            grid.add_column(header, no_wrap=True, min_width=longest)
+        else:
+            grid.add_column(header, overflow="fold")
     for row in cells:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+        grid.add_row(*row)
+    buffer = io.StringIO()
+    Console(
+        file=buffer, width=output_width(), color_system=None, highlight=False, soft_wrap=False
+    ).print(grid)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines())
 
 
 def run_summary(result: RunResult, finish: str | None = None) -> str:
@@ -50,6 +86,7 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
                         (o.name, o.status.value, o.from_revision or "base", o.attempts, o.error)
                         for o in result.failed
                     ],
+                    keep=("status", "revision"),
                 )
             )
             lines.append("the failed tenants were rolled back to their previous revision")
@@ -57,7 +94,10 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
     if backups:
         folder = os.path.dirname(backups[0])
         lines.append(f"backups: {len(backups)} pg_dump file(s) in {folder} (tenantmig restore)")
-    lines.extend(f"note: {n}" for n in result.notices)
+    lines.extend(
+        textwrap.fill(n, output_width(), initial_indent="note: ", subsequent_indent="      ")
+        for n in result.notices
+    )
     if finish is not None:
         lines.append(
             "to finish this run once the cause is fixed (it moves only the tenants this run did "
@@ -70,26 +110,28 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
 def status_text(report: StatusReport) -> str:
     lines = [
         f"shared ({report.shared_schema}): {report.shared_revision or 'base'} "
-        f"[head {report.shared_head}] {report.shared_state.value}",
+        f"[head {report.shared_head or 'base'}] {report.shared_state.value}",
     ]
     if not report.tenants:
         lines.append("no tenants registered")
         return "\n".join(lines)
+    # One head for every tenant: said once, above the table, not in a column of its own.
+    lines.append(f"tenants: head {report.tenants[0].head or 'base'}")
     lines.append(
         table(
-            ["tenant", "schema", "revision", "head", "state", "last run", "last error"],
+            ["tenant", "schema", "revision", "state", "last run", "last error"],
             [
                 (
                     t.name,
                     t.schema,
                     t.revision or "base",
-                    t.head,
                     t.state.value,
                     f"{t.last_run_id}:{t.last_status}" if t.last_run_id else "",
                     t.last_error or "",
                 )
                 for t in report.tenants
             ],
+            keep=("revision", "state"),
         )
     )
     counts: dict[str, int] = {}
@@ -113,6 +155,7 @@ def tenants_text(rows: Sequence[Tenant]) -> str:
             )
             for t in rows
         ],
+        keep=("schema",),
     )
 
 
@@ -175,6 +218,7 @@ def runs_text(records: Sequence[RunRecord]) -> str:
             )
             for r in records
         ],
+        keep=("command", "outcome"),
     )
 
 
@@ -201,7 +245,7 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
             row.append(o.backup or "")
         row.append(o.error or "")
         rows.append(row)
-    return head + "\n\n" + table(headers, rows)
+    return head + "\n\n" + table(headers, rows, keep=("status",))
 
 
 def _how(outcome: TenantOutcome) -> str:

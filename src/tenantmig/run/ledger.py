@@ -65,7 +65,7 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "run_id": self.id,
             "command": self.command,
             "scope": self.scope,
             "target": self.target,

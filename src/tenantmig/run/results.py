@@ -94,8 +94,9 @@ class TenantOutcome:
         return {
             "name": self.name,
             "schema": self.schema,
-            "from": self.from_revision,
-            "to": self.to_revision,
+            # "base" where the text says base; "to" is null while the target was not reached.
+            "from": self.from_revision or "base",
+            "to": self.to_revision or ("base" if self.status.is_done else None),
             "status": self.status.value,
             "attempts": self.attempts,
             "duration_s": round(self.duration_s, 4),

@@ -88,7 +88,7 @@ class SchemaDrift:
         return {
             "name": self.name,
             "schema": self.schema,
-            "revision": self.revision,
+            "revision": self.revision or "base",
             "version_drift": self.version_drift,
             "detail": self.detail,
             "differences": [d.to_json() for d in self.differences],
@@ -116,7 +116,7 @@ class DriftReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "head": self.head,
+            "head": self.head or "base",
             "tenants_checked": self.tenants_checked,
             "shared": self.shared.to_json() if self.shared else None,
             "drifted": [d.to_json() for d in self.drifted],

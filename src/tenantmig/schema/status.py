@@ -41,8 +41,8 @@ class TenantState:
         return {
             "name": self.name,
             "schema": self.schema,
-            "revision": self.revision,
-            "head": self.head,
+            "revision": self.revision or "base",
+            "head": self.head or "base",
             "state": self.state.value,
             "last_status": self.last_status,
             "last_error": self.last_error,
@@ -63,8 +63,8 @@ class StatusReport:
         return {
             "shared": {
                 "schema": self.shared_schema,
-                "revision": self.shared_revision,
-                "head": self.shared_head,
+                "revision": self.shared_revision or "base",
+                "head": self.shared_head or "base",
                 "state": self.shared_state.value,
             },
             "tenants": [t.to_json() for t in self.tenants],
