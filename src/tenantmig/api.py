@@ -47,7 +47,7 @@ from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import client_url, open_database
+from tenantmig.server.database import client_url, mask_url, open_database
 from tenantmig.server.identifiers import validate_schema_name
 
 __all__ = [
@@ -364,7 +364,14 @@ def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport
                 settings,
                 Needs(schemas=[t.schema for t in selected], change_schemas=False),
             )
-        return check_drift(settings, conn, database.flavour, selected, include_shared=not names)
+        return check_drift(
+            settings,
+            conn,
+            database.flavour,
+            selected,
+            include_shared=not names,
+            database=mask_url(database.url),
+        )
 
 
 # -- restore and the ledger ----------------------------------------------------------------------

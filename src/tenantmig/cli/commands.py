@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Sett
         reconnect_timeout_s=getattr(args, "reconnect_timeout", None),
         tenants_from=args.tenants_from,
         scratch_schema=args.scratch_schema,
+        drift_ignore=getattr(args, "ignore", None),
     )
 
 

@@ -394,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
     )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="KIND",
+        choices=["privileges", "owner", "owners", "comment", "comments"],
+        help="leave out a kind of object managed outside the migrations: privileges, owner, "
+        "comment (repeatable; default: drift_ignore in alembic.ini)",
+    )
 
     p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
     p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")

@@ -23,11 +23,24 @@ Snapshot = dict[str, dict[str, str]]  # kind -> object name -> definition
 COLUMN = "column"
 NULLABILITY = "column nullability"
 DEFAULT = "column default"
+ROW_SECURITY = "row level security"
+PRIVILEGES = "privileges"
+OWNER = "owner"
+COMMENT = "comment"
+# Kinds a team may manage outside its migrations: server.config.DRIFT_IGNORABLE names them.
 
-_TABLES = """
-SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind
+# Objects an extension created (pg_stat_statements' views, an extension's functions and types)
+# belong to the extension, not to the migrations: drift leaves them out.
+_NOT_EXTENSION = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass"
+    " AND e.objid = {oid} AND e.deptype = 'e')"
+)
+_TABLES = f"""
+SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind,
+       c.relrowsecurity AS rls, c.relforcerowsecurity AS forced_rls
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND {_NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")}
 """
 _COLUMNS = """
 SELECT n.nspname AS schema, c.relname AS table, a.attname AS name,
@@ -60,7 +73,13 @@ WHERE n.nspname = ANY(:schemas) AND con.contype IN ('p', 'f', 'u', 'c', 'x')
 _SEQUENCES = """
 SELECT n.nspname AS schema, c.relname AS name,
        format_type(s.seqtypid, NULL) AS type, s.seqincrement AS increment,
-       s.seqmin AS min, s.seqmax AS max, s.seqcycle AS cycle
+       s.seqmin AS min, s.seqmax AS max, s.seqstart AS start, s.seqcache AS cache,
+       s.seqcycle AS cycle,
+       (SELECT t.relname || '.' || a.attname FROM pg_depend d
+        JOIN pg_class t ON t.oid = d.refobjid
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) AS owned_by
 FROM pg_sequence s
 JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -74,10 +93,110 @@ JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(:schemas) AND NOT t.tgisinternal
 """
-_FUNCTIONS = """
+_FUNCTIONS = f"""
 SELECT n.nspname AS schema, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
        AS name, pg_get_function_result(p.oid) AS result, md5(p.prosrc) AS body
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY(:schemas) AND {_NOT_EXTENSION.format(catalog="pg_proc", oid="p.oid")}
+"""
+# User-defined types: enums, domains, composite types made with CREATE TYPE (not a table's row
+# type), ranges.
+_TYPES = f"""
+SELECT n.nspname AS schema, t.typname AS name, t.typtype AS kind,
+  CASE t.typtype
+    WHEN 'e' THEN 'ENUM (' || (SELECT string_agg(quote_literal(e.enumlabel), ', '
+                                                 ORDER BY e.enumsortorder)
+                               FROM pg_enum e WHERE e.enumtypid = t.oid) || ')'
+    WHEN 'd' THEN 'DOMAIN ' || format_type(t.typbasetype, t.typtypmod)
+                  || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
+                  || coalesce(' DEFAULT ' || t.typdefault, '')
+                  || coalesce((SELECT ' ' || string_agg(pg_get_constraintdef(k.oid), ' '
+                                                        ORDER BY k.conname)
+                               FROM pg_constraint k WHERE k.contypid = t.oid), '')
+    WHEN 'c' THEN 'COMPOSITE (' || (SELECT string_agg(a.attname || ' '
+                                      || format_type(a.atttypid, a.atttypmod), ', '
+                                      ORDER BY a.attnum)
+                                    FROM pg_attribute a WHERE a.attrelid = t.typrelid
+                                      AND a.attnum > 0 AND NOT a.attisdropped) || ')'
+    WHEN 'r' THEN 'RANGE OF ' || (SELECT format_type(r.rngsubtype, NULL) FROM pg_range r
+                                 WHERE r.rngtypid = t.oid)
+  END AS definition
+FROM pg_type t
+JOIN pg_namespace n ON n.oid = t.typnamespace
+LEFT JOIN pg_class rc ON rc.oid = t.typrelid
+WHERE n.nspname = ANY(:schemas) AND t.typtype IN ('e', 'd', 'c', 'r')
+  AND (t.typtype <> 'c' OR rc.relkind = 'c')
+  AND {_NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}
+"""
+_POLICIES = """
+SELECT n.nspname AS schema, c.relname AS table, p.polname AS name,
+       CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                     WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS command,
+       p.polpermissive AS permissive,
+       CASE WHEN p.polroles = '{0}' THEN 'PUBLIC'
+            ELSE (SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY r.rolname)
+                  FROM pg_roles r WHERE r.oid = ANY(p.polroles)) END AS roles,
+       pg_get_expr(p.polqual, p.polrelid) AS qual,
+       pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
+FROM pg_policy p
+JOIN pg_class c ON c.oid = p.polrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(:schemas)
+"""
+# Privileges as pg_dump would GRANT them: only where they are not the defaults. The owner is
+# named "owner", so schemas owned by different roles compare equal.
+_PRIVILEGES = """
+SELECT n.nspname AS schema, c.relname AS name,
+       ARRAY(SELECT CASE WHEN a.grantee = c.relowner THEN 'owner'
+                         WHEN a.grantee = 0 THEN 'PUBLIC'
+                         ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+                    || ' ' || a.privilege_type
+                    || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+             FROM aclexplode(c.relacl) a ORDER BY 1) AS granted,
+       ARRAY(SELECT 'owner ' || a.privilege_type
+             FROM aclexplode(acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char",
+                                        c.relowner)) a ORDER BY 1) AS defaults
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND c.relacl IS NOT NULL
+UNION ALL
+SELECT n.nspname, '(schema)',
+       ARRAY(SELECT CASE WHEN a.grantee = n.nspowner THEN 'owner'
+                         WHEN a.grantee = 0 THEN 'PUBLIC'
+                         ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+                    || ' ' || a.privilege_type
+                    || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+             FROM aclexplode(n.nspacl) a ORDER BY 1),
+       ARRAY(SELECT 'owner ' || a.privilege_type
+             FROM aclexplode(acldefault('n'::"char", n.nspowner)) a ORDER BY 1)
+FROM pg_namespace n WHERE n.nspname = ANY(:schemas) AND n.nspacl IS NOT NULL
+"""
+# Owners other than the schema's own: a table created by another role (or handed to one) is
+# what pg_dump shows as ALTER ... OWNER TO; objects owned like their schema are the norm.
+_OWNERS = """
+SELECT n.nspname AS schema, c.relname AS name, pg_get_userbyid(c.relowner) AS owner
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND c.relowner <> n.nspowner
+UNION ALL
+SELECT n.nspname, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+       pg_get_userbyid(p.proowner)
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY(:schemas) AND p.proowner <> n.nspowner
+UNION ALL
+SELECT n.nspname, t.typname, pg_get_userbyid(t.typowner)
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+LEFT JOIN pg_class rc ON rc.oid = t.typrelid
+WHERE n.nspname = ANY(:schemas) AND t.typtype IN ('e', 'd', 'c', 'r')
+  AND (t.typtype <> 'c' OR rc.relkind = 'c') AND t.typowner <> n.nspowner
+"""
+_COMMENTS = """
+SELECT n.nspname AS schema,
+       c.relname || coalesce('.' || a.attname, '') AS name, d.description
+FROM pg_description d
+JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND d.objoid = c.oid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON d.objsubid > 0 AND a.attrelid = c.oid AND a.attnum = d.objsubid
 WHERE n.nspname = ANY(:schemas)
 """
 _KINDS = {
@@ -112,11 +231,14 @@ class SchemaStructure:
 
 
 def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaStructure]:
-    """Snapshot every schema in ``schemas`` with seven catalog queries in total."""
+    """Snapshot every schema in ``schemas`` with a dozen catalog queries in total."""
     result = {s: SchemaStructure(s) for s in schemas}
     params = {"schemas": list(schemas)}
     for r in conn.execute(sa.text(_TABLES), params):
         result[r.schema].add("table", r.name, _KINDS[r.kind])
+        if r.rls or r.forced_rls:
+            state = "enabled" if r.rls else "not enabled"
+            result[r.schema].add(ROW_SECURITY, r.name, state + (", forced" if r.forced_rls else ""))
     for r in conn.execute(sa.text(_COLUMNS), params):
         column = f"{r.table}.{r.name}"
         kind = r.type
@@ -139,8 +261,10 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         result[r.schema].add(
             "sequence",
             r.name,
-            f"{r.type} INCREMENT {r.increment} MINVALUE {r.min} MAXVALUE {r.max}"
-            + (" CYCLE" if r.cycle else ""),
+            f"{r.type} INCREMENT {r.increment} MINVALUE {r.min} MAXVALUE {r.max} "
+            f"START {r.start} CACHE {r.cache}"
+            + (" CYCLE" if r.cycle else "")
+            + (f" OWNED BY {r.owned_by}" if r.owned_by else ""),
         )
     for r in conn.execute(sa.text(_TRIGGERS), params):
         result[r.schema].add("trigger", f"{r.table}.{r.name}", _strip(r.schema, r.definition))
@@ -150,6 +274,23 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
             _strip(r.schema, r.name),
             f"RETURNS {_strip(r.schema, r.result)} body md5 {r.body}",
         )
+    for r in conn.execute(sa.text(_TYPES), params):
+        result[r.schema].add("type", r.name, _strip(r.schema, r.definition))
+    for r in conn.execute(sa.text(_POLICIES), params):
+        clauses = f" USING ({_strip(r.schema, r.qual)})" if r.qual else ""
+        if r.with_check:
+            clauses += f" WITH CHECK ({_strip(r.schema, r.with_check)})"
+        kind = "PERMISSIVE" if r.permissive else "RESTRICTIVE"
+        result[r.schema].add(
+            "policy", f"{r.table}.{r.name}", f"{kind} FOR {r.command} TO {r.roles}{clauses}"
+        )
+    for r in conn.execute(sa.text(_PRIVILEGES), params):
+        if list(r.granted) != list(r.defaults):
+            result[r.schema].add(PRIVILEGES, r.name, "; ".join(r.granted) or "none")
+    for r in conn.execute(sa.text(_OWNERS), params):
+        result[r.schema].add(OWNER, _strip(r.schema, r.name), f"owned by {r.owner}")
+    for r in conn.execute(sa.text(_COMMENTS), params):
+        result[r.schema].add(COMMENT, r.name, r.description)
     return result
 
 
@@ -162,15 +303,52 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
 # expressions), so tenants compare equal to each other.
 _FINGERPRINTS = r"""
 WITH s AS MATERIALIZED (
-    SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(:schemas)
+    SELECT oid, nspname, nspowner, nspacl FROM pg_namespace WHERE nspname = ANY(:schemas)
+), extension_members AS MATERIALIZED (
+    -- Few rows on any server: objects extensions created, left out like the deep read does.
+    SELECT objid, classid FROM pg_depend WHERE deptype = 'e'
 ), rels AS MATERIALIZED (
     -- One pass over pg_class; every other catalog is then reached through its index on the
     -- relation's oid, so a chunk costs what its own schemas hold, not the whole database.
-    SELECT c.oid, c.relnamespace AS ns, c.relname, c.relkind, c.relam, s.nspname
+    SELECT c.oid, c.relnamespace AS ns, c.relname, c.relkind, c.relam, s.nspname,
+           c.relrowsecurity, c.relforcerowsecurity, c.relacl,
+           CASE WHEN c.relowner = s.nspowner THEN '' ELSE c.relowner::text END AS owner
     FROM pg_class c JOIN s ON s.oid = c.relnamespace
+    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
+                      WHERE e.objid = c.oid AND e.classid = 'pg_class'::regclass)
 ), parts AS (
-    SELECT r.ns, concat_ws('|', 't', r.relname, r.relkind) AS item
+    SELECT r.ns, concat_ws('|', 't', r.relname, r.relkind, r.relrowsecurity,
+        r.relforcerowsecurity, r.relacl::text, r.owner) AS item
     FROM rels r WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  UNION ALL
+    SELECT s.oid, concat_ws('|', 'n', s.nspacl::text) FROM s WHERE s.nspacl IS NOT NULL
+  UNION ALL
+    SELECT r.ns, concat_ws('|', 'd', r.relname, d.objsubid, d.description)
+    FROM rels r JOIN pg_description d ON d.objoid = r.oid AND d.classoid = 'pg_class'::regclass
+  UNION ALL
+    SELECT r.ns, concat_ws('|', 'p', r.relname, p.polname, p.polcmd, p.polpermissive,
+        p.polroles::text,
+        {strip:p.polqual:pg_get_expr(p.polqual, p.polrelid)},
+        {strip:p.polwithcheck:pg_get_expr(p.polwithcheck, p.polrelid)})
+    FROM rels r JOIN pg_policy p ON p.polrelid = r.oid
+  UNION ALL
+    SELECT t.typnamespace, concat_ws('|', 'y', t.typname, t.typtype, t.typbasetype,
+        t.typtypmod, t.typnotnull, t.typdefault, t.typacl::text,
+        CASE WHEN t.typowner = s.nspowner THEN '' ELSE t.typowner::text END,
+        (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+         FROM pg_enum e WHERE e.enumtypid = t.oid),
+        (SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), ',' ORDER BY k.conname)
+         FROM pg_constraint k WHERE k.contypid = t.oid),
+        (SELECT string_agg(a.attname || ' ' || a.atttypid || ' ' || a.atttypmod, ','
+                           ORDER BY a.attnum)
+         FROM pg_attribute a WHERE t.typtype = 'c' AND a.attrelid = t.typrelid
+           AND a.attnum > 0 AND NOT a.attisdropped),
+        (SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = t.oid))
+    FROM pg_type t JOIN s ON s.oid = t.typnamespace
+    WHERE (t.typtype IN ('e', 'd', 'r')
+           OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
+      AND NOT EXISTS (SELECT 1 FROM extension_members e
+                      WHERE e.objid = t.oid AND e.classid = 'pg_type'::regclass)
   UNION ALL
     SELECT r.ns, concat_ws('|', 'c', r.relname, a.attname, a.attnum, a.atttypid,
         a.atttypmod, a.attnotnull, a.attidentity, a.attgenerated,
@@ -202,7 +380,11 @@ WITH s AS MATERIALIZED (
     WHERE con.contype IN ('p', 'f', 'u', 'c', 'x')
   UNION ALL
     SELECT r.ns, concat_ws('|', 'q', r.relname, q.seqtypid, q.seqincrement,
-        q.seqmin, q.seqmax, q.seqcycle)
+        q.seqmin, q.seqmax, q.seqstart, q.seqcache, q.seqcycle,
+        (SELECT d.refobjsubid || ' ' || tr.relname FROM pg_depend d
+         JOIN pg_class tr ON tr.oid = d.refobjid
+         WHERE d.classid = 'pg_class'::regclass AND d.objid = r.oid
+           AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))
     FROM rels r JOIN pg_sequence q ON q.seqrelid = r.oid
   UNION ALL
     SELECT r.ns, concat_ws('|', 'g', r.relname, t.tgname,
@@ -211,8 +393,11 @@ WITH s AS MATERIALIZED (
     WHERE NOT t.tgisinternal
   UNION ALL
     SELECT p.pronamespace, concat_ws('|', 'f', p.proname,
-        pg_get_function_identity_arguments(p.oid), p.prorettype, md5(p.prosrc))
+        pg_get_function_identity_arguments(p.oid), p.prorettype, md5(p.prosrc), p.proacl::text,
+        CASE WHEN p.proowner = s.nspowner THEN '' ELSE p.proowner::text END)
     FROM pg_proc p JOIN s ON s.oid = p.pronamespace
+    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
+                      WHERE e.objid = p.oid AND e.classid = 'pg_proc'::regclass)
 )
 SELECT s.nspname AS schema, md5(coalesce(string_agg(parts.item, E'\n' ORDER BY parts.item), ''))
        AS fingerprint

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -40,7 +41,7 @@ from tenantmig.schema.state import SchemaState, classify
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.flavour import ServerFlavour
-from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.identifiers import quote_as_alembic, quote_ident
 
 REFERENCE_SCHEMA = "tenantmig_reference"
 _CHUNK = 500
@@ -53,6 +54,14 @@ class Difference:
     change: str  # missing, extra, changed
     expected: str | None
     actual: str | None
+    # The statement that would make the schema what its migrations say, for the simple cases
+    # (a missing index, column or constraint, a nullability or default); unqualified, to run
+    # with search_path set to the tenant's schema. Shown, never executed by tenantmig.
+    suggested_sql: str | None = None
+
+    def headline(self) -> str:
+        """``missing index ix_orders_status``: what is wrong, in a few words."""
+        return f"{self.change} {self.kind} {self.object}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +70,7 @@ class Difference:
             "change": self.change,
             "expected": self.expected,
             "actual": self.actual,
+            "suggested_sql": self.suggested_sql,
         }
 
     def describe(self) -> str:
@@ -79,6 +89,22 @@ class SchemaDrift:
     version_drift: str | None  # None when at head; else behind, unknown_revision, ...
     differences: tuple[Difference, ...] = ()
     detail: str | None = None
+    behind_by: int | None = None  # revisions behind head, when behind
+
+    def headline(self) -> str:
+        """What is wrong with this schema, most serious first, in a few words."""
+        parts: list[str] = []
+        if self.version_drift == "behind" and self.behind_by:
+            parts.append(f"{self.behind_by} revision(s) behind")
+        elif self.version_drift is not None:
+            parts.append(self.version_drift.replace("_", " "))
+        if self.differences:
+            ordered = sorted(self.differences, key=_difference_rank)
+            more = len(ordered) - 1
+            parts.append(
+                ordered[0].headline() + (f" and {more} more difference(s)" if more else "")
+            )
+        return "; ".join(parts)
 
     @property
     def drifted(self) -> bool:
@@ -90,8 +116,45 @@ class SchemaDrift:
             "schema": self.schema,
             "revision": self.revision or "base",
             "version_drift": self.version_drift,
+            "behind_by": self.behind_by,
             "detail": self.detail,
             "differences": [d.to_json() for d in self.differences],
+        }
+
+
+def _difference_rank(d: Difference) -> tuple[int, str, str]:
+    """Missing tables first, then missing parts, then the rest."""
+    if d.kind == "table" and d.change == "missing":
+        return (0, d.kind, d.object)
+    return (1 if d.change == "missing" else 2, d.kind, d.object)
+
+
+@dataclass(frozen=True)
+class DriftGroup:
+    """Schemas with identical drift, headed by what is wrong with them."""
+
+    title: str
+    severity: int  # 0: version drift, 1: missing tables, 2: any other difference
+    tenants: list[SchemaDrift]
+
+    @property
+    def example(self) -> SchemaDrift:
+        return self.tenants[0]
+
+    def suggested_sql(self) -> list[str]:
+        return [d.suggested_sql for d in self.example.differences if d.suggested_sql]
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.example
+        return {
+            "title": self.title,
+            "severity": self.severity,
+            "tenants": [t.name for t in self.tenants],
+            "version_drift": first.version_drift,
+            "behind_by": first.behind_by,
+            "detail": first.detail,
+            "differences": [d.to_json() for d in first.differences],
+            "suggested_sql": self.suggested_sql(),
         }
 
 
@@ -102,34 +165,58 @@ class DriftReport:
     tenants_checked: int
     shared: SchemaDrift | None
     drifted: list[SchemaDrift] = field(default_factory=list)
+    database: str = ""  # host/database, password masked
+    generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    ignored: tuple[str, ...] = ()  # kinds left out (drift_ignore)
 
     @property
     def any_drift(self) -> bool:
         return bool(self.drifted) or (self.shared is not None and self.shared.drifted)
 
-    def groups(self) -> list[tuple[tuple[str | None, tuple[Difference, ...]], list[SchemaDrift]]]:
-        """Tenants grouped by identical drift, largest group first."""
-        grouped: dict[tuple[str | None, tuple[Difference, ...]], list[SchemaDrift]] = {}
+    def groups(self) -> list[DriftGroup]:
+        """Tenants grouped by identical drift, most serious first (version drift, then missing
+        tables, then the rest), larger groups first within each."""
+        grouped: dict[tuple[str | None, int | None, tuple[Difference, ...]], list[SchemaDrift]]
+        grouped = {}
         for item in self.drifted:
-            grouped.setdefault((item.version_drift, item.differences), []).append(item)
-        return sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[1][0].name))
+            key = (item.version_drift, item.behind_by, item.differences)
+            grouped.setdefault(key, []).append(item)
+        found = []
+        for items in grouped.values():
+            first = items[0]
+            if first.version_drift is not None:
+                severity = 0
+            elif any(d.kind == "table" and d.change == "missing" for d in first.differences):
+                severity = 1
+            else:
+                severity = 2
+            found.append(DriftGroup(first.headline(), severity, items))
+        return sorted(found, key=lambda g: (g.severity, -len(g.tenants), g.example.name))
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "database": self.database,
+            "generated_at": self.generated_at.isoformat(timespec="seconds"),
             "head": self.head or "base",
+            "shared_head": self.shared_head or "base",
             "tenants_checked": self.tenants_checked,
+            "ignored": list(self.ignored),
             "shared": self.shared.to_json() if self.shared else None,
+            "groups": [g.to_json() for g in self.groups()],
             "drifted": [d.to_json() for d in self.drifted],
         }
 
 
-def compare(expected: SchemaStructure, actual: SchemaStructure) -> tuple[Difference, ...]:
-    """Every difference between two snapshots, in a stable order."""
+def compare(
+    expected: SchemaStructure, actual: SchemaStructure, ignore: Collection[str] = ()
+) -> tuple[Difference, ...]:
+    """Every difference between two snapshots, in a stable order (kinds in ``ignore`` left
+    out), each with a suggested statement where one is simple and safe to name."""
     expected, actual = _without_version_table(expected), _without_version_table(actual)
     found: list[Difference] = []
     missing_columns = set(expected.objects.get(COLUMN, {})) - set(actual.objects.get(COLUMN, {}))
     extra_columns = set(actual.objects.get(COLUMN, {})) - set(expected.objects.get(COLUMN, {}))
-    for kind in sorted(set(expected.objects) | set(actual.objects)):
+    for kind in sorted((set(expected.objects) | set(actual.objects)) - set(ignore)):
         want = expected.objects.get(kind, {})
         have = actual.objects.get(kind, {})
         for name in sorted(set(want) | set(have)):
@@ -141,7 +228,39 @@ def compare(expected: SchemaStructure, actual: SchemaStructure) -> tuple[Differe
                 found.append(Difference(kind, name, "extra", None, have[name]))
             elif want[name] != have[name]:
                 found.append(Difference(kind, name, "changed", want[name], have[name]))
-    return _collapse_whole_tables(found)
+    return tuple(
+        replace(d, suggested_sql=suggest(d, expected)) for d in _collapse_whole_tables(found)
+    )
+
+
+def suggest(d: Difference, expected: SchemaStructure) -> str | None:
+    """The statement that brings one difference back to the migrations, for simple cases."""
+    table, _, part = d.object.partition(".")
+    if d.kind == "index" and d.change == "missing":
+        return f"{d.expected};"
+    if d.kind == COLUMN and d.change == "missing":
+        default = expected.objects.get(DEFAULT, {}).get(d.object)
+        not_null = expected.objects.get(NULLABILITY, {}).get(d.object) == "NOT NULL"
+        return (
+            f"ALTER TABLE {quote_as_alembic(table)} ADD COLUMN {quote_as_alembic(part)} "
+            f"{d.expected}"
+            + (f" DEFAULT {default}" if default else "")
+            + (" NOT NULL" if not_null else "")
+            + ";"
+        )
+    if d.kind == "constraint" and d.change == "missing":
+        return (
+            f"ALTER TABLE {quote_as_alembic(table)} ADD CONSTRAINT {quote_as_alembic(part)} "
+            f"{d.expected};"
+        )
+    alter = f"ALTER TABLE {quote_as_alembic(table)} ALTER COLUMN {quote_as_alembic(part)}"
+    if d.kind == NULLABILITY and d.change == "changed":
+        return f"{alter} {'SET' if d.expected == 'NOT NULL' else 'DROP'} NOT NULL;"
+    if d.kind == DEFAULT and d.change in ("missing", "changed"):
+        return f"{alter} SET DEFAULT {d.expected};"
+    if d.kind == DEFAULT and d.change == "extra":
+        return f"{alter} DROP DEFAULT;"
+    return None
 
 
 def _collapse_whole_tables(found: list[Difference]) -> tuple[Difference, ...]:
@@ -156,6 +275,12 @@ def _collapse_whole_tables(found: list[Difference]) -> tuple[Difference, ...]:
             return False
         if "." in d.object and (d.object.split(".", 1)[0], d.change) in whole:
             return True
+        if (d.object, d.change) in whole:  # its row security, privileges, owner, comment
+            return True
+        if d.kind == "sequence":  # a serial or identity column's sequence
+            definition = d.expected if d.change == "missing" else d.actual
+            match = re.search(r" OWNED BY (\w+)\.", definition or "")
+            return match is not None and (match.group(1), d.change) in whole
         if d.kind == "index":
             definition = d.expected if d.change == "missing" else d.actual
             match = re.search(r" ON (?:ONLY )?(\S+) USING ", definition or "")
@@ -270,11 +395,18 @@ def check(
     tenants: Sequence[Tenant],
     *,
     include_shared: bool = True,
+    database: str = "",
 ) -> DriftReport:
     tenant_refs = ReferenceBuilder(settings, conn, flavour, "tenant")
     scripts = tenant_refs.scripts
+    ignore = settings.drift_ignore
     report = DriftReport(
-        head=scripts.head, shared_head=None, tenants_checked=len(tenants), shared=None
+        head=scripts.head,
+        shared_head=None,
+        tenants_checked=len(tenants),
+        shared=None,
+        database=database,
+        ignored=tuple(sorted(ignore)),
     )
     if include_shared:
         shared_refs = ReferenceBuilder(settings, conn, flavour, "shared")
@@ -310,7 +442,7 @@ def check(
         with conn.begin():
             structures = read_structures(conn, [schema for _, schema in part])
         for key, schema in part:
-            compared[key] = compare(tenant_refs.expected(key[0]), structures[schema])
+            compared[key] = compare(tenant_refs.expected(key[0]), structures[schema], ignore)
     for tenant, version, fingerprint in keyed:
         state, detail = version_drift(version, scripts)
         differences: tuple[Difference, ...] = ()
@@ -331,9 +463,16 @@ def check(
                     version_drift=state,
                     differences=differences,
                     detail=detail,
+                    behind_by=_behind_by(version, scripts) if state == "behind" else None,
                 )
             )
     return report
+
+
+def _behind_by(version: SchemaVersion | None, scripts: ChainScripts) -> int | None:
+    if version is None or scripts.head is None:
+        return None
+    return scripts.position(scripts.head) - scripts.position(version.revision)
 
 
 def _comparable(version: SchemaVersion, scripts: ChainScripts) -> bool:
@@ -350,7 +489,7 @@ def _check_shared(settings: Settings, conn: Connection, refs: ReferenceBuilder) 
     differences: tuple[Difference, ...] = ()
     if structure is not None and _comparable(version, refs.scripts):
         expected = refs.expected(version.revision)
-        differences = compare(expected, _without_own_tables(structure))
+        differences = compare(expected, _without_own_tables(structure), settings.drift_ignore)
         # The shared schema (often ``public``) may hold objects that no migration made, such
         # as an extension's functions: only what the migrations define, or tables, count.
         differences = tuple(
@@ -363,4 +502,5 @@ def _check_shared(settings: Settings, conn: Connection, refs: ReferenceBuilder) 
         version_drift=state,
         differences=differences,
         detail=detail,
+        behind_by=_behind_by(version, refs.scripts) if state == "behind" else None,
     )

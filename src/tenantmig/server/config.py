@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,9 @@ ENV_SHARED_SCHEMA = "TENANTMIG_SHARED_SCHEMA"
 ENV_HOME = "TENANTMIG_HOME"
 ENV_TENANTS_FROM = "TENANTMIG_TENANTS_FROM"
 ENV_SCRATCH_SCHEMA = "TENANTMIG_SCRATCH_SCHEMA"
+ENV_DRIFT_IGNORE = "TENANTMIG_DRIFT_IGNORE"
+# Object kinds a team may manage outside its migrations (schema.catalog's kind names).
+DRIFT_IGNORABLE = ("privileges", "owner", "comment")
 
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 3
@@ -119,6 +123,8 @@ class Settings:
     # A schema this role owns where steps are compiled and drift references built, for roles
     # that may not create schemas (None: tenantmig creates short-lived schemas of its own).
     scratch_schema: str | None = None
+    # What drift leaves out, for teams that manage it outside migrations.
+    drift_ignore: frozenset[str] = frozenset()
 
     @property
     def scratch_schemas(self) -> tuple[str, str] | None:
@@ -165,6 +171,12 @@ class Settings:
         if self.retries < 0:
             raise ConfigError("--retries must be 0 or more")
         self.tenant_source  # noqa: B018 (parsing is the validation)
+        unknown = sorted(self.drift_ignore - set(DRIFT_IGNORABLE))
+        if unknown:
+            raise ConfigError(
+                f"drift cannot ignore {', '.join(unknown)}: choose from "
+                f"{', '.join(DRIFT_IGNORABLE)}"
+            )
         if self.scratch_schema is not None:
             validate_schema_name(self.scratch_schema)
             if len(self.scratch_schema.encode()) > 57:
@@ -211,6 +223,7 @@ def load_settings(
     reconnect_timeout_s: float | None = None,
     tenants_from: str | None = None,
     scratch_schema: str | None = None,
+    drift_ignore: Sequence[str] | None = None,
 ) -> Settings:
     """Build and validate Settings from arguments, environment and alembic.ini."""
     path = find_config_file(config_file)
@@ -234,6 +247,16 @@ def load_settings(
         or ini.get_main_option("scratch_schema")
         or None
     )
+    ignore_text = (
+        ",".join(drift_ignore)
+        if drift_ignore is not None
+        else os.environ.get(ENV_DRIFT_IGNORE) or ini.get_main_option("drift_ignore") or ""
+    )
+    ignored = frozenset(
+        {"owners": "owner", "comments": "comment"}.get(k, k)
+        for k in (part.strip().lower() for part in ignore_text.split(","))
+        if k
+    )
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
         config_file=path,
@@ -248,6 +271,7 @@ def load_settings(
         ),
         tenants_from=source,
         scratch_schema=scratch,
+        drift_ignore=ignored,
     )
     settings.validate()
     return settings
