@@ -47,7 +47,7 @@ from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import client_url, mask_url, open_database
+from tenantmig.server.database import client_url, open_database
 from tenantmig.server.identifiers import validate_schema_name
 
 __all__ = [
@@ -370,7 +370,7 @@ def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport
             database.flavour,
             selected,
             include_shared=not names,
-            database=mask_url(database.url),
+            database=client_url(database.url, show_password=False),
         )
 
 

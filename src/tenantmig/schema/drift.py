@@ -229,7 +229,8 @@ def compare(
             elif want[name] != have[name]:
                 found.append(Difference(kind, name, "changed", want[name], have[name]))
     return tuple(
-        replace(d, suggested_sql=suggest(d, expected)) for d in _collapse_whole_tables(found)
+        replace(d, suggested_sql=suggest(d, expected))
+        for d in sorted(_collapse_whole_tables(found), key=_difference_rank)
     )
 
 
