@@ -340,6 +340,13 @@ def test_tenants_from_a_schema_glob(settings: Settings, engine: sa.Engine) -> No
     assert version(engine, "tenant_b") == TENANT_HEAD and version(engine, "other") is None
     with pytest.raises(ConfigError, match="nothing to register"):
         api.register_tenants(globbed, ["tenant_a"])
+    # tenantmig's own schemas never count as tenants, whatever the glob.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            'CREATE SCHEMA tenantmig_scratch; CREATE SCHEMA "tenantmig_scratch_Check"'
+        )
+    wide = settings.with_options(tenants_from="schemas: t*")
+    assert [t.name for t in api.tenants(wide)] == ["tenant_a", "tenant_b", "tenant_c"]
 
 
 @pytest.mark.parametrize(

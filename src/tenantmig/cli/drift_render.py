@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from tenantmig.schema.drift import DriftReport, SchemaDrift
+from tenantmig.schema.drift import Difference, DriftReport, SchemaDrift
 
 _EXAMPLES = 5
 _HTML_NAMES = 200
@@ -55,11 +55,10 @@ def _group_lines(title: str, tenants: str, example: SchemaDrift, sql: list[str])
     return lines
 
 
-def _detail(d: object) -> str:
-    expected, actual = getattr(d, "expected", None), getattr(d, "actual", None)
-    if expected is not None and actual is not None:
-        return f"expected {expected}, found {actual}"
-    return str(expected if expected is not None else actual)
+def _detail(d: Difference) -> str:
+    if d.expected is not None and d.actual is not None:
+        return f"expected {d.expected}, found {d.actual}"
+    return str(d.expected if d.expected is not None else d.actual)
 
 
 def drift_text(report: DriftReport) -> str:

@@ -71,8 +71,10 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
     elif source.kind == "schemas":
         matching = conn.execute(
             sa.text(
+                # Never the shared schema, system schemas, or tenantmig's own scratch and
+                # reference schemas (a glob such as t* would match them).
                 "SELECT nspname FROM pg_namespace WHERE nspname ~ :pattern"
-                " AND nspname <> :shared AND nspname !~ '^pg_'"
+                " AND nspname <> :shared AND nspname !~ '^pg_' AND nspname !~* '^tenantmig_'"
                 " AND nspname NOT IN ('public', 'information_schema') ORDER BY nspname"
             ),
             {"pattern": source.schema_regex, "shared": source.shared_schema},
