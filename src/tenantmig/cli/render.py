@@ -21,11 +21,12 @@ from tenantmig.schema.status import StatusReport
 
 
 def output_width() -> int:
-    """The width tables fit: the terminal's when stdout is one ($COLUMNS wins, as everywhere),
-    else wide enough that piped and redirected output is not folded."""
+    """The width tables fit: the terminal's when stdout is one ($COLUMNS wins, as everywhere).
+    Piped and redirected output is never folded: a file path or an error stays on one line for
+    grep and copy-paste."""
     if sys.stdout.isatty() or "COLUMNS" in os.environ:
         return max(40, shutil.get_terminal_size().columns)
-    return 200
+    return 100_000
 
 
 def table(
