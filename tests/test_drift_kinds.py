@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tenantmig import api
-from tenantmig.schema.drift import DriftReport, SchemaDrift
+from tenantmig.schema.drift_report import DriftReport, SchemaDrift
 from tenantmig.server.config import Settings, load_settings
 
 from .helpers import CONFIG, run_cli

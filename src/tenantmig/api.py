@@ -39,8 +39,8 @@ from tenantmig.run.sqlscript import SchemaSQL, schema_sql
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
 from tenantmig.schema.catalog import invalid_indexes
-from tenantmig.schema.drift import DriftReport
 from tenantmig.schema.drift import check as check_drift
+from tenantmig.schema.drift_report import DriftReport
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.state import classify

@@ -20,7 +20,6 @@ from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
 from tenantmig.run.results import RunResult
-from tenantmig.run.sqlscript import as_stream as render_sql_stream
 from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
 
@@ -162,7 +161,7 @@ def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
                          indent=2))  # fmt: skip
         return ExitCode.OK
     if args.sql_dir is None:
-        print(render_sql_stream(scripts, direction))
+        print(render.sql_stream(scripts, direction))
         return ExitCode.OK
     directory = args.sql_dir
     directory.mkdir(parents=True, exist_ok=True)

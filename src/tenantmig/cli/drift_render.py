@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from tenantmig.schema.drift import Difference, DriftReport, SchemaDrift
+from tenantmig.schema.drift_report import Difference, DriftReport, SchemaDrift
 
 _EXAMPLES = 5
 _HTML_NAMES = 200

@@ -13,9 +13,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tenantmig.chains.scripts import RevisionInfo
+from tenantmig.chains.scripts import Direction, RevisionInfo
 from tenantmig.run.ledger import RunRecord
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.run.sqlscript import SchemaSQL
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.status import StatusReport
 
@@ -254,3 +255,16 @@ def _how(outcome: TenantOutcome) -> str:
     if outcome.status is not TenantStatus.OK:
         return ""
     return "replay" if outcome.replayed else "alembic"
+
+
+def sql_stream(scripts: Sequence[SchemaSQL], direction: Direction) -> str:
+    """One stream with a header per schema (for one file per schema: ``--sql-dir``)."""
+    parts = [
+        f"-- tenantmig {direction} --sql: {len(scripts)} schema(s). Apply with `psql -1 -f FILE`"
+        " (one transaction: every schema or none); --sql-dir writes one file per schema."
+    ]
+    for item in scripts:
+        parts.append("-- " + "=" * 76)
+        parts.append(item.header(direction))
+        parts.append(item.sql if item.sql is not None else "-- already at the target: no SQL\n")
+    return "\n".join(parts)

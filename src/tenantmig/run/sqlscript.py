@@ -8,7 +8,6 @@ no SQL. Nothing is changed and nothing is recorded in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +88,3 @@ def _one(
         return SchemaSQL(tenant.name, tenant.schema, chain, current, current, None)
     sql = offline_sql(settings, chain, tenant.schema, direction, current, destination)
     return SchemaSQL(tenant.name, tenant.schema, chain, current, destination, sql)
-
-
-def as_stream(scripts: Sequence[SchemaSQL], direction: Direction) -> str:
-    """One stream with a header per schema (for one file per schema: ``--sql-dir``)."""
-    parts = [
-        f"-- tenantmig {direction} --sql: {len(scripts)} schema(s). Apply with `psql -1 -f FILE`"
-        " (one transaction: every schema or none); --sql-dir writes one file per schema."
-    ]
-    for item in scripts:
-        parts.append("-- " + "=" * 76)
-        parts.append(item.header(direction))
-        parts.append(item.sql if item.sql is not None else "-- already at the target: no SQL\n")
-    return "\n".join(parts)

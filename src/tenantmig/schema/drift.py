@@ -14,35 +14,29 @@ tenants with the same structure cost one comparison.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import ConfigError
 from tenantmig.schema.catalog import (
     COLUMN,
-    DEFAULT,
-    NULLABILITY,
     SchemaStructure,
     invalid_indexes,
     read_fingerprints,
     read_structures,
 )
-from tenantmig.schema.owned import OWNED, RUNS
+from tenantmig.schema.compare import compare, without_own_tables
+from tenantmig.schema.drift_report import Difference, DriftReport, SchemaDrift
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.state import SchemaState, classify
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.flavour import ServerFlavour
-from tenantmig.server.identifiers import quote_as_alembic, quote_ident
+from tenantmig.server.identifiers import quote_ident
 
 REFERENCE_SCHEMA = "tenantmig_reference"
 _CHUNK = 500
@@ -51,272 +45,6 @@ _CHUNK = 500
 # tenants from costing 20 scans of a catalog that grows with them. Catalog reads take no locks
 # on tenant tables, so a large chunk holds nothing but memory for the result.
 _FINGERPRINT_CHUNK = 2500
-
-
-@dataclass(frozen=True)
-class Difference:
-    kind: str  # table, column, column nullability, column default, index, constraint, ...
-    object: str
-    change: str  # missing, extra, changed
-    expected: str | None
-    actual: str | None
-    # The statement that would make the schema what its migrations say, for the simple cases
-    # (a missing index, column or constraint, a nullability or default); unqualified, to run
-    # with search_path set to the tenant's schema. Shown, never executed by tenantmig.
-    suggested_sql: str | None = None
-
-    def headline(self) -> str:
-        """``missing index ix_orders_status``: what is wrong, in a few words."""
-        return f"{self.change} {self.kind} {self.object}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "object": self.object,
-            "change": self.change,
-            "expected": self.expected,
-            "actual": self.actual,
-            "suggested_sql": self.suggested_sql,
-        }
-
-    def describe(self) -> str:
-        if self.change == "missing":
-            return f"missing {self.kind} {self.object}: expected {self.expected}"
-        if self.change == "extra":
-            return f"extra {self.kind} {self.object}: {self.actual}"
-        return f"{self.kind} {self.object}: expected {self.expected}, found {self.actual}"
-
-
-@dataclass(frozen=True)
-class SchemaDrift:
-    name: str
-    schema: str
-    revision: str | None
-    version_drift: str | None  # None when at head; else behind, unknown_revision, ...
-    differences: tuple[Difference, ...] = ()
-    detail: str | None = None
-    behind_by: int | None = None  # revisions behind head, when behind
-
-    def headline(self) -> str:
-        """What is wrong with this schema, most serious first, in a few words."""
-        parts: list[str] = []
-        if self.version_drift == "behind" and self.behind_by:
-            parts.append(f"{self.behind_by} revision(s) behind")
-        elif self.version_drift is not None:
-            parts.append(self.version_drift.replace("_", " "))
-        if self.differences:
-            ordered = sorted(self.differences, key=_difference_rank)
-            more = len(ordered) - 1
-            parts.append(
-                ordered[0].headline() + (f" and {more} more difference(s)" if more else "")
-            )
-        return "; ".join(parts)
-
-    @property
-    def drifted(self) -> bool:
-        return self.version_drift is not None or bool(self.differences)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "schema": self.schema,
-            "revision": self.revision or "base",
-            "version_drift": self.version_drift,
-            "behind_by": self.behind_by,
-            "detail": self.detail,
-            "differences": [d.to_json() for d in self.differences],
-        }
-
-
-def _difference_rank(d: Difference) -> tuple[int, str, str]:
-    """Missing tables first, then missing parts, then the rest."""
-    if d.kind == "table" and d.change == "missing":
-        return (0, d.kind, d.object)
-    return (1 if d.change == "missing" else 2, d.kind, d.object)
-
-
-@dataclass(frozen=True)
-class DriftGroup:
-    """Schemas with identical drift, headed by what is wrong with them."""
-
-    title: str
-    severity: int  # 0: version drift, 1: missing tables, 2: any other difference
-    tenants: list[SchemaDrift]
-
-    @property
-    def example(self) -> SchemaDrift:
-        return self.tenants[0]
-
-    def suggested_sql(self) -> list[str]:
-        return [d.suggested_sql for d in self.example.differences if d.suggested_sql]
-
-    def to_json(self) -> dict[str, Any]:
-        first = self.example
-        return {
-            "title": self.title,
-            "severity": self.severity,
-            "tenants": [t.name for t in self.tenants],
-            "version_drift": first.version_drift,
-            "behind_by": first.behind_by,
-            "detail": first.detail,
-            "differences": [d.to_json() for d in first.differences],
-            "suggested_sql": self.suggested_sql(),
-        }
-
-
-@dataclass
-class DriftReport:
-    head: str | None
-    shared_head: str | None
-    tenants_checked: int
-    shared: SchemaDrift | None
-    drifted: list[SchemaDrift] = field(default_factory=list)
-    database: str = ""  # host/database, password masked
-    generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    ignored: tuple[str, ...] = ()  # kinds left out (drift_ignore)
-
-    @property
-    def any_drift(self) -> bool:
-        return bool(self.drifted) or (self.shared is not None and self.shared.drifted)
-
-    def groups(self) -> list[DriftGroup]:
-        """Tenants grouped by identical drift, most serious first (version drift, then missing
-        tables, then the rest), larger groups first within each."""
-        grouped: dict[tuple[str | None, int | None, tuple[Difference, ...]], list[SchemaDrift]]
-        grouped = {}
-        for item in self.drifted:
-            key = (item.version_drift, item.behind_by, item.differences)
-            grouped.setdefault(key, []).append(item)
-        found = []
-        for items in grouped.values():
-            first = items[0]
-            if first.version_drift is not None:
-                severity = 0
-            elif any(d.kind == "table" and d.change == "missing" for d in first.differences):
-                severity = 1
-            else:
-                severity = 2
-            found.append(DriftGroup(first.headline(), severity, items))
-        return sorted(found, key=lambda g: (g.severity, -len(g.tenants), g.example.name))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "database": self.database,
-            "generated_at": self.generated_at.isoformat(timespec="seconds"),
-            "head": self.head or "base",
-            "shared_head": self.shared_head or "base",
-            "tenants_checked": self.tenants_checked,
-            "ignored": list(self.ignored),
-            "shared": self.shared.to_json() if self.shared else None,
-            "groups": [g.to_json() for g in self.groups()],
-            "drifted": [d.to_json() for d in self.drifted],
-        }
-
-
-def compare(
-    expected: SchemaStructure, actual: SchemaStructure, ignore: Collection[str] = ()
-) -> tuple[Difference, ...]:
-    """Every difference between two snapshots, in a stable order (kinds in ``ignore`` left
-    out), each with a suggested statement where one is simple and safe to name."""
-    expected, actual = _without_version_table(expected), _without_version_table(actual)
-    found: list[Difference] = []
-    missing_columns = set(expected.objects.get(COLUMN, {})) - set(actual.objects.get(COLUMN, {}))
-    extra_columns = set(actual.objects.get(COLUMN, {})) - set(expected.objects.get(COLUMN, {}))
-    for kind in sorted((set(expected.objects) | set(actual.objects)) - set(ignore)):
-        want = expected.objects.get(kind, {})
-        have = actual.objects.get(kind, {})
-        for name in sorted(set(want) | set(have)):
-            if kind in (NULLABILITY, DEFAULT) and name in (missing_columns | extra_columns):
-                continue  # implied by the missing/extra column itself
-            if name not in have:
-                found.append(Difference(kind, name, "missing", want[name], None))
-            elif name not in want:
-                found.append(Difference(kind, name, "extra", None, have[name]))
-            elif want[name] != have[name]:
-                found.append(Difference(kind, name, "changed", want[name], have[name]))
-    return tuple(
-        replace(d, suggested_sql=suggest(d, expected))
-        for d in sorted(_collapse_whole_tables(found), key=_difference_rank)
-    )
-
-
-def suggest(d: Difference, expected: SchemaStructure) -> str | None:
-    """The statement that brings one difference back to the migrations, for simple cases."""
-    table, _, part = d.object.partition(".")
-    if d.kind == "index" and d.change == "missing":
-        return f"{d.expected};"
-    if d.kind == COLUMN and d.change == "missing":
-        default = expected.objects.get(DEFAULT, {}).get(d.object)
-        not_null = expected.objects.get(NULLABILITY, {}).get(d.object) == "NOT NULL"
-        return (
-            f"ALTER TABLE {quote_as_alembic(table)} ADD COLUMN {quote_as_alembic(part)} "
-            f"{d.expected}"
-            + (f" DEFAULT {default}" if default else "")
-            + (" NOT NULL" if not_null else "")
-            + ";"
-        )
-    if d.kind == "constraint" and d.change == "missing":
-        return (
-            f"ALTER TABLE {quote_as_alembic(table)} ADD CONSTRAINT {quote_as_alembic(part)} "
-            f"{d.expected};"
-        )
-    alter = f"ALTER TABLE {quote_as_alembic(table)} ALTER COLUMN {quote_as_alembic(part)}"
-    if d.kind == NULLABILITY and d.change == "changed":
-        return f"{alter} {'SET' if d.expected == 'NOT NULL' else 'DROP'} NOT NULL;"
-    if d.kind == DEFAULT and d.change in ("missing", "changed"):
-        return f"{alter} SET DEFAULT {d.expected};"
-    if d.kind == DEFAULT and d.change == "extra":
-        return f"{alter} DROP DEFAULT;"
-    return None
-
-
-def _collapse_whole_tables(found: list[Difference]) -> tuple[Difference, ...]:
-    """A missing or extra table implies its columns, constraints, indexes and triggers: report
-    the table once instead of every part of it."""
-    whole = {(d.object, d.change) for d in found if d.kind == "table" and d.change != "changed"}
-    if not whole:
-        return tuple(found)
-
-    def part_of_whole_table(d: Difference) -> bool:
-        if d.kind == "table":
-            return False
-        if "." in d.object and (d.object.split(".", 1)[0], d.change) in whole:
-            return True
-        if (d.object, d.change) in whole:  # its row security, privileges, owner, comment
-            return True
-        if d.kind == "sequence":  # a serial or identity column's sequence
-            definition = d.expected if d.change == "missing" else d.actual
-            match = re.search(r" OWNED BY (\w+)\.", definition or "")
-            return match is not None and (match.group(1), d.change) in whole
-        if d.kind == "index":
-            definition = d.expected if d.change == "missing" else d.actual
-            match = re.search(r" ON (?:ONLY )?(\S+) USING ", definition or "")
-            return match is not None and (match.group(1).strip('"'), d.change) in whole
-        return False
-
-    return tuple(d for d in found if not part_of_whole_table(d))
-
-
-def _without_version_table(structure: SchemaStructure) -> SchemaStructure:
-    """Alembic's bookkeeping is checked by version drift, not compared as structure."""
-    cleaned = SchemaStructure(structure.schema)
-    for kind, objects in structure.objects.items():
-        for name, definition in objects.items():
-            if name.split(".", 1)[0] in (VERSION_TABLE, f"{VERSION_TABLE}_pkc"):
-                continue
-            cleaned.add(kind, name, definition)
-    return cleaned
-
-
-def _without_own_tables(structure: SchemaStructure) -> SchemaStructure:
-    cleaned = SchemaStructure(structure.schema)
-    for kind, objects in structure.objects.items():
-        for name, definition in objects.items():
-            table = name.split(".", 1)[0]
-            if table in OWNED or name in OWNED or RUNS in definition:  # the FK to it too
-                continue
-            cleaned.add(kind, name, definition)
-    return cleaned
 
 
 class ReferenceBuilder:
@@ -522,7 +250,7 @@ def _check_shared(settings: Settings, conn: Connection, refs: ReferenceBuilder) 
     differences: tuple[Difference, ...] = ()
     if structure is not None and _comparable(version, refs.scripts):
         expected = refs.expected(version.revision)
-        differences = compare(expected, _without_own_tables(structure), settings.drift_ignore)
+        differences = compare(expected, without_own_tables(structure), settings.drift_ignore)
         # The shared schema (often ``public``) may hold objects that no migration made, such
         # as an extension's functions: only what the migrations define, or tables, count.
         differences = tuple(
