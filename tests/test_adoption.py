@@ -15,11 +15,13 @@ import sqlalchemy as sa
 from tenantmig import api
 from tenantmig.errors import (
     ConfigError,
+    RunLocked,
     SchemaMissing,
     TenantExists,
     UnknownRevision,
     UnknownTenant,
 )
+from tenantmig.run.locks import RunLocks
 from tenantmig.server.config import Settings, load_settings
 from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 
@@ -213,6 +215,24 @@ def test_stamp_waits_at_most_lock_timeout_for_a_tenant_being_migrated(
     assert by_name["acme"].status.value == "failed" and "lock" in (by_name["acme"].error or "")
     assert by_name["globex"].status.value == "ok"
     assert version(engine, "acme") is None and version(engine, "globex") == TENANT_HEAD
+
+
+def test_an_all_tenants_stamp_waits_for_no_other_run(settings: Settings, engine: sa.Engine) -> None:
+    """An all-tenants stamp takes the run lock: while another all-tenants run holds it, the
+    stamp exits 4 and stamps nothing."""
+    _shared_ready(settings)
+    api.create_tenants(settings, ["acme"], migrate=False)
+    locks = RunLocks(engine)
+    try:
+        assert locks.try_run_lock(settings.shared_schema)
+        with pytest.raises(RunLocked, match="another all-tenants run"):
+            api.stamp(settings, api.Selection.all_tenants(), "head")
+        cli = run_cli("stamp", "--all-tenants", "head", url=settings.database_url)
+        assert cli.returncode == 4, cli.stderr
+    finally:
+        locks.release()
+    assert version(engine, "acme") is None
+    assert api.stamp(settings, api.Selection.all_tenants(), "head").succeeded
 
 
 def test_stamp_refuses_bad_input_and_changes_nothing(settings: Settings, engine: sa.Engine) -> None:
