@@ -56,9 +56,10 @@ WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
 _INDEXES = """
 SELECT n.nspname AS schema, ic.relname AS name, pg_get_indexdef(i.indexrelid) AS definition,
-       i.indisvalid AS valid
+       i.indisvalid AS valid, tc.relname AS table
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class tc ON tc.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = ic.relnamespace
 WHERE n.nspname = ANY(:schemas)
 """
@@ -84,6 +85,15 @@ FROM pg_sequence s
 JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(:schemas)
+"""
+# Relations an extension created: their columns, indexes, constraints, grants and comments are
+# the extension's too (Citus's views in the shared schema, pg_stat_statements' views).
+_EXTENSION_RELATIONS = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_depend e
+JOIN pg_class c ON e.classid = 'pg_class'::regclass AND c.oid = e.objid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE e.deptype = 'e' AND n.nspname = ANY(:schemas)
 """
 _TRIGGERS = """
 SELECT n.nspname AS schema, c.relname AS table, t.tgname AS name,
@@ -234,8 +244,9 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
     """Snapshot every schema in ``schemas`` with a dozen catalog queries in total (inside a
     transaction: JIT is switched off for it, see read_fingerprints)."""
     conn.exec_driver_sql("SET LOCAL jit = off")
-    result = {s: SchemaStructure(s) for s in schemas}
     params = {"schemas": list(schemas)}
+    extension = {(r.schema, r.name) for r in conn.execute(sa.text(_EXTENSION_RELATIONS), params)}
+    result = {s: _Snapshot(s, extension) for s in schemas}
     for r in conn.execute(sa.text(_TABLES), params):
         result[r.schema].add("table", r.name, _KINDS[r.kind])
         if r.rls or r.forced_rls:
@@ -255,6 +266,8 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         if r.default is not None and not r.generated:
             structure.add(DEFAULT, column, _strip(r.schema, r.default))
     for r in conn.execute(sa.text(_INDEXES), params):
+        if (r.schema, r.table) in extension:
+            continue
         definition = _strip(r.schema, r.definition) + ("" if r.valid else " INVALID")
         result[r.schema].add("index", r.name, definition)
     for r in conn.execute(sa.text(_CONSTRAINTS), params):
@@ -293,7 +306,23 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         result[r.schema].add(OWNER, _strip(r.schema, r.name), f"owned by {r.owner}")
     for r in conn.execute(sa.text(_COMMENTS), params):
         result[r.schema].add(COMMENT, r.name, r.description)
-    return result
+    return {schema: snapshot.structure() for schema, snapshot in result.items()}
+
+
+class _Snapshot(SchemaStructure):
+    """A structure being read: facts about an extension's relations (named by the relation, or
+    "relation.part") are left out as they arrive."""
+
+    def __init__(self, schema: str, extension: set[tuple[str, str]]) -> None:
+        super().__init__(schema)
+        self._extension = {name for owner, name in extension if owner == schema}
+
+    def add(self, kind: str, name: str, definition: str) -> None:
+        if name.split(".", 1)[0] not in self._extension:
+            super().add(kind, name, definition)
+
+    def structure(self) -> SchemaStructure:
+        return SchemaStructure(self.schema, self.objects)
 
 
 # One row per schema: an md5 over every structural fact, computed by the server from raw catalog
@@ -372,6 +401,8 @@ WITH s AS MATERIALIZED (
     JOIN pg_index i ON i.indexrelid = r.oid
     JOIN pg_class tc ON tc.oid = i.indrelid
     JOIN pg_am am ON am.oid = r.relam
+    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
+                      WHERE e.objid = i.indrelid AND e.classid = 'pg_class'::regclass)
   UNION ALL
     SELECT r.ns, concat_ws('|', 'k', r.relname, con.conname, con.contype,
         con.conkey::text, fc.relname, fn.nspname = r.nspname, con.confkey::text,
