@@ -36,7 +36,12 @@ def _dump(database_url: str, schema: str) -> list[str]:
     return sorted(
         line.replace(f"{schema}.", "S.").replace(f"SCHEMA {schema}", "SCHEMA S")
         for line in out.splitlines()
-        if line.strip() and not line.startswith("--") and not line.startswith("\\")
+        if line.strip()
+        and not line.startswith("--")
+        and not line.startswith("\\")
+        # Some server builds (Debian's PostgreSQL 15.20) stamp each column with a per-table
+        # pg_attver option that pg_dump prints: the server's bookkeeping, not the schema.
+        and "pg_attver=" not in line
     )
 
 
