@@ -182,7 +182,13 @@ def create_tenants(
     with open_database(settings) as database, database.engine.begin() as conn:
         needs = Needs(ledger=migrate, write_registry=True, create_schemas=True)
         check_privileges(conn, settings, needs)
-        created = registry.create_tenants(conn, source, names)
+        created = registry.create_tenants(
+            conn,
+            source,
+            names,
+            database.flavour,
+            distribute=settings.citus_schemas == "distributed",
+        )
     if not migrate:
         return created, None
     selection = Selection.named([t.name for t in created])
@@ -243,13 +249,14 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
         versions = read_versions(conn, [t.schema for t in selected])
         with conn.begin():
             invalid = invalid_indexes(conn, [t.schema for t in selected])
+            nodes = database.flavour.placements(conn, [t.schema for t in selected])
         last = Ledger(conn, shared_schema).last_outcomes([t.name for t in selected])
     return StatusReport(
         shared_schema=shared_schema,
         shared_revision=shared_version.revision,
         shared_head=shared_scripts.head,
         shared_state=classify(shared_version, shared_scripts).state,
-        tenants=tenant_states(selected, versions, tenant_scripts, invalid, last),
+        tenants=tenant_states(selected, versions, tenant_scripts, invalid, last, nodes),
     )
 
 

@@ -1,7 +1,8 @@
 """Restoring one tenant's schema from a ``--backup`` dump, all or nothing.
 
-pg_restore turns the archive into SQL; psql runs it in ONE transaction after our own preamble
-(take the tenant's advisory lock, drop the current schema). PostgreSQL's transactional DDL makes
+pg_restore turns the archive into SQL; psql runs it in ONE transaction between the server
+flavour's own statements (before: take the tenant's advisory lock, drop the current schema; on
+Citus also after: distribute the schema again). PostgreSQL's transactional DDL makes
 the whole replacement atomic: if anything fails, the tenant keeps its current schema untouched,
 and readers see either the old schema or the restored one, never a half-restored mix. While the
 transaction runs, the dropped tables are ACCESS EXCLUSIVE locked, so the tenant's queries wait.
@@ -23,8 +24,7 @@ from tenantmig.schema.registry import select_tenants
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database
-from tenantmig.server.identifiers import quote_ident
-from tenantmig.server.session import LOCK_NAMESPACE, Timeouts, lock_key
+from tenantmig.server.flavour import RestoreScript
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,8 @@ def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
     return schemas
 
 
-def _preamble(schema: str, timeouts: Timeouts) -> bytes:
-    # lock_timeout bounds both waits: for a tenantmig runner migrating this tenant (the advisory
-    # lock) and for the application's transactions on its tables (DROP needs ACCESS EXCLUSIVE).
-    return (
-        f"SET lock_timeout = '{timeouts.lock_timeout_ms}ms';\n"
-        f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
-        f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
-    ).encode()
-
-
 def _run_restore(
-    tools: PgTools, connection: LibpqConnection, archive: Path, schema: str, timeouts: Timeouts
+    tools: PgTools, connection: LibpqConnection, archive: Path, script: RestoreScript
 ) -> None:
     env = connection.environment()
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
@@ -104,8 +94,9 @@ def _run_restore(
         )
         assert psql.stdin is not None and restore.stdout is not None
         try:
-            psql.stdin.write(_preamble(schema, timeouts))
+            psql.stdin.write(script.before.encode())
             shutil.copyfileobj(restore.stdout, psql.stdin)
+            psql.stdin.write(f"\n{script.after}".encode())
         except BrokenPipeError:
             pass  # psql stopped on an error; its stderr says which
         finally:
@@ -143,13 +134,13 @@ def restore_tenant(
                 "nothing restored"
             )
         before = read_versions(conn, [target.schema])[target.schema].revision
-        _run_restore(
-            tools,
-            LibpqConnection.from_url(database.url),
-            archive,
-            target.schema,
-            settings.timeouts,
+        with conn.begin():
+            # On Citus a distributed schema is distributed again; a local one stays local.
+            distribute = database.flavour.is_distributed(conn, target.schema)
+        script = database.flavour.restore_script(
+            target.schema, settings.timeouts, distribute=distribute
         )
+        _run_restore(tools, LibpqConnection.from_url(database.url), archive, script)
         after = read_versions(conn, [target.schema])[target.schema].revision
     return RestoreResult(
         tenant=tenant,

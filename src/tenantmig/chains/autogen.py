@@ -59,6 +59,7 @@ def reference_schema(
     transaction = conn.begin()
     saved = conn.dialect.default_schema_name
     try:
+        flavour.begin_scratch(conn)
         if settings.scratch_schema is None:
             conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
         flavour.prepare_migration(conn, schema, settings.timeouts)

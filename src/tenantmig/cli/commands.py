@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Sett
         tenants_from=args.tenants_from,
         scratch_schema=args.scratch_schema,
         drift_ignore=getattr(args, "ignore", None),
+        citus_schemas=getattr(args, "citus_schemas", None),
     )
 
 

@@ -363,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "-j", "--jobs", type=int, metavar="N", help="worker processes for the migration"
     )
+    create.add_argument(
+        "--citus-schemas",
+        choices=("distributed", "local"),
+        help="on a Citus coordinator: make each new schema a distributed schema (placed on "
+        "one worker node) or keep it local on the coordinator (default: "
+        "$TENANTMIG_CITUS_SCHEMAS, citus_schemas in alembic.ini, else distributed); ignored "
+        "on plain PostgreSQL",
+    )
     register = _action(
         tsub,
         "register",

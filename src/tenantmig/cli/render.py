@@ -121,11 +121,12 @@ def status_text(report: StatusReport) -> str:
     lines.append(f"tenants: head {report.tenants[0].head or 'base'}")
     lines.append(
         table(
-            ["tenant", "schema", "revision", "state", "last run", "last error"],
+            ["tenant", "schema", "node", "revision", "state", "last run", "last error"],
             [
                 (
                     t.name,
                     t.schema,
+                    t.node or "",
                     t.revision or "base",
                     t.state.value,
                     f"{t.last_run_id}:{t.last_status}" if t.last_run_id else "",

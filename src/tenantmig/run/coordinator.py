@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from tenantmig.backup.dump import BackupPlan, plan_backups
+from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, RunAborted
 from tenantmig.logs import configure_run_log
@@ -46,6 +47,7 @@ from tenantmig.run.results import (
     TenantStatus,
 )
 from tenantmig.run.triage import triage
+from tenantmig.schema.owned import OWNED
 from tenantmig.schema.registry import Tenant, list_tenants, select_tenants
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.database import Database
@@ -96,6 +98,7 @@ class _Coordinator:
                 self.result.shared = self._migrate_shared(plan.shared_scripts)
                 if self.result.shared.status is TenantStatus.FAILED:
                     return self._finished(started)
+                self._reference_tables()
             if plan.tenant_scripts is not None:
                 self._migrate_tenants(plan.tenant_scripts, backup)
         except DBAPIError as exc:
@@ -145,6 +148,23 @@ class _Coordinator:
                 {"from": outcome.from_revision, "to": outcome.to_revision, "error": outcome.error},
             )
         return outcome
+
+    def _reference_tables(self) -> None:
+        """On Citus, with citus_reference_tables set: the shared tables it names become
+        reference tables once they exist (after every shared upgrade, so new ones follow)."""
+        wanted = self.plan.settings.reference_tables
+        if wanted == ():
+            return
+        with self.database.engine.begin() as conn:
+            made = self.database.flavour.make_reference_tables(
+                conn,
+                self.shared_schema,
+                wanted,
+                (VERSION_TABLE, *OWNED),
+                self.plan.policy.timeouts,
+            )
+        if made:
+            self.result.notices.append(f"made reference tables: {', '.join(made)}")
 
     # -- the tenants --------------------------------------------------------------------------
     def _migrate_tenants(self, scripts: ChainScripts, backup: BackupPlan | None) -> None:

@@ -247,6 +247,7 @@ class _Compiler:
 
         transaction = conn.begin()
         try:
+            self.flavour.begin_scratch(conn)
             if not self.existing_scratch:
                 conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
             # Also the scratch schema's advisory lock: two runs compiling in one configured

@@ -71,6 +71,7 @@ class ReferenceBuilder:
         schema = scratch or REFERENCE_SCHEMA
         transaction = self.conn.begin()
         try:
+            self.flavour.begin_scratch(self.conn)
             if scratch is None:
                 self.conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
             self.flavour.prepare_migration(self.conn, schema, self.settings.timeouts)
@@ -101,6 +102,7 @@ class ReferenceBuilder:
         with self.conn.engine.connect() as conn:
             try:
                 with conn.begin():
+                    self.flavour.begin_scratch(conn)
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
                     conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
                     self.flavour.prepare_migration(

@@ -29,6 +29,7 @@ from tenantmig.errors import (
 )
 from tenantmig.server.config import TenantSource
 from tenantmig.server.errorcodes import first_line
+from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
 
 TENANTS_TABLE = "tenants"
@@ -242,9 +243,17 @@ def _insert(conn: Connection, source: TenantSource, name: str, schema: str) -> T
     return Tenant(name, schema, row.status, row.created_at)
 
 
-def create_tenants(conn: Connection, source: TenantSource, names: Sequence[str]) -> list[Tenant]:
+def create_tenants(
+    conn: Connection,
+    source: TenantSource,
+    names: Sequence[str],
+    flavour: ServerFlavour,
+    *,
+    distribute: bool = True,
+) -> list[Tenant]:
     """Create each tenant's schema (and its registry row), all or nothing, in the caller's
-    transaction. Every name is checked before the first write: one bad name creates none."""
+    transaction. Every name is checked before the first write: one bad name creates none.
+    ``distribute``: on a Citus cluster, make each a distributed schema (else a local one)."""
     require_registry(source, "create tenants")
     _check_new(source, [(n, n) for n in names])
     if source.is_registry:
@@ -263,7 +272,7 @@ def create_tenants(conn: Connection, source: TenantSource, names: Sequence[str])
             created.append(_insert(conn, source, name, name))
         else:
             created.append(Tenant(name, name, "active"))
-        conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(name)}")
+        flavour.create_schema(conn, name, distribute=distribute)
     return created
 
 

@@ -36,6 +36,9 @@ class TenantState:
     last_error: str | None = None
     last_run_id: int | None = None
     invalid_indexes: tuple[str, ...] = ()
+    # The node holding the schema on a Citus cluster (host:port, or "coordinator"); None on
+    # a single server, and for a distributed schema that has no table yet.
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class TenantState:
             "last_error": self.last_error,
             "last_run_id": self.last_run_id,
             "invalid_indexes": list(self.invalid_indexes),
+            "node": self.node,
         }
 
 
@@ -77,6 +81,7 @@ def tenant_states(
     scripts: ChainScripts,
     invalid: Mapping[str, Sequence[str]],
     last: Mapping[str, LastOutcome],
+    nodes: Mapping[str, str] | None = None,
 ) -> list[TenantState]:
     """One TenantState per tenant, from what the bulk reads and the ledger returned."""
     states = []
@@ -95,6 +100,7 @@ def tenant_states(
                 last_error=previous.error if previous and previous.failed else None,
                 last_run_id=previous.run_id if previous else None,
                 invalid_indexes=broken,
+                node=(nodes or {}).get(tenant.schema),
             )
         )
     return states

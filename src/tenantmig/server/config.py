@@ -31,6 +31,10 @@ ENV_HOME = "TENANTMIG_HOME"
 ENV_TENANTS_FROM = "TENANTMIG_TENANTS_FROM"
 ENV_SCRATCH_SCHEMA = "TENANTMIG_SCRATCH_SCHEMA"
 ENV_DRIFT_IGNORE = "TENANTMIG_DRIFT_IGNORE"
+ENV_CITUS_SCHEMAS = "TENANTMIG_CITUS_SCHEMAS"
+ENV_CITUS_REFERENCE_TABLES = "TENANTMIG_CITUS_REFERENCE_TABLES"
+CitusSchemas = Literal["distributed", "local"]
+CITUS_SCHEMAS: tuple[CitusSchemas, ...] = ("distributed", "local")
 # Object kinds a team may manage outside its migrations (schema.catalog's kind names).
 DRIFT_IGNORABLE = ("privileges", "owner", "comment")
 
@@ -125,6 +129,21 @@ class Settings:
     scratch_schema: str | None = None
     # What drift leaves out, for teams that manage it outside migrations.
     drift_ignore: frozenset[str] = frozenset()
+    # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
+    citus_schemas: str = "distributed"
+    # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
+    # ("none", "all", or table names separated by commas).
+    citus_reference_tables: str = "none"
+
+    @property
+    def reference_tables(self) -> tuple[str, ...] | None:
+        """The shared tables to make reference tables: () for none, None for all."""
+        spec = self.citus_reference_tables.strip()
+        if spec.lower() == "all":
+            return None
+        if spec.lower() in ("", "none"):
+            return ()
+        return tuple(part.strip() for part in spec.split(",") if part.strip())
 
     @property
     def scratch_schemas(self) -> tuple[str, str] | None:
@@ -177,6 +196,17 @@ class Settings:
                 f"drift cannot ignore {', '.join(unknown)}: choose from "
                 f"{', '.join(DRIFT_IGNORABLE)}"
             )
+        if self.citus_schemas not in CITUS_SCHEMAS:
+            raise ConfigError(
+                f"citus_schemas {self.citus_schemas!r} is not understood: use distributed "
+                "(each tenant schema on one worker node) or local (on the coordinator)"
+            )
+        for table in self.reference_tables or ():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", table):
+                raise ConfigError(
+                    f"citus_reference_tables: {table!r} is not a table name; use none, all, "
+                    "or shared table names separated by commas"
+                )
         if self.scratch_schema is not None:
             validate_schema_name(self.scratch_schema)
             if len(self.scratch_schema.encode()) > 57:
@@ -224,6 +254,7 @@ def load_settings(
     tenants_from: str | None = None,
     scratch_schema: str | None = None,
     drift_ignore: Sequence[str] | None = None,
+    citus_schemas: str | None = None,
 ) -> Settings:
     """Build and validate Settings from arguments, environment and alembic.ini."""
     path = find_config_file(config_file)
@@ -257,6 +288,17 @@ def load_settings(
         for k in (part.strip().lower() for part in ignore_text.split(","))
         if k
     )
+    citus = (
+        citus_schemas
+        or os.environ.get(ENV_CITUS_SCHEMAS)
+        or ini.get_main_option("citus_schemas")
+        or "distributed"
+    )
+    reference_tables = (
+        os.environ.get(ENV_CITUS_REFERENCE_TABLES)
+        or ini.get_main_option("citus_reference_tables")
+        or "none"
+    )
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
         config_file=path,
@@ -272,6 +314,8 @@ def load_settings(
         tenants_from=source,
         scratch_schema=scratch,
         drift_ignore=ignored,
+        citus_schemas=citus.strip().lower(),
+        citus_reference_tables=reference_tables,
     )
     settings.validate()
     return settings

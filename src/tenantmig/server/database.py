@@ -20,10 +20,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantmig.errors import ConfigError, DatabaseUnavailable
-from tenantmig.server import embedded
+from tenantmig.server import citus, embedded
 from tenantmig.server.config import Settings
 from tenantmig.server.errorcodes import first_line
-from tenantmig.server.flavour import PostgreSQL, ServerFlavour
+from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
 
 EMBEDDED_DATABASE = "tenantmig"
@@ -81,11 +81,12 @@ def describe_connection_error(exc: DBAPIError, url: str | URL) -> DatabaseUnavai
     return DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {first_line(exc)}")
 
 
-def check_connection(engine: Engine) -> int:
-    """Connect once (a clear error if we cannot); return the server's version number."""
+def _inspect_server(engine: Engine) -> tuple[int, ServerFlavour]:
+    """Connect once (a clear error if we cannot): the server's version number and flavour."""
     try:
         with engine.connect() as conn:
-            return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
+            version = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
+            return version, citus.detect(conn)
     except DBAPIError as exc:
         raise describe_connection_error(exc, engine.url) from exc
 
@@ -149,8 +150,8 @@ def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Databa
             )
     engine = create_engine(url)
     try:
-        version = check_connection(engine)
-        yield Database(url=url, engine=engine, server_version_num=version, flavour=PostgreSQL())
+        version, flavour = _inspect_server(engine)
+        yield Database(url=url, engine=engine, server_version_num=version, flavour=flavour)
     finally:
         engine.dispose()
         if server is not None:

@@ -2,23 +2,30 @@
 
 A few things depend on what sits behind the connection rather than on PostgreSQL's SQL: how a
 migration transaction sets its timeouts, lock and search_path; how a compiled step's statements
-are sent; where the session blocking a tenant's tables is found. They live behind this one small
-interface so that a second implementation (a Citus coordinator, whose DDL runs on worker nodes)
-changes nothing above it. ``PostgreSQL`` is the plain server.
+are sent; where the session blocking a tenant's tables is found; how a tenant's schema is created
+and where it lives. They live behind this one small interface, so that a Citus coordinator (whose
+DDL runs on worker nodes, ``server.citus``) changes nothing above it. ``PostgreSQL`` is the plain
+server; ``server.citus.detect`` says which one a connection has.
 
 A flavour holds no connection or state: it is picklable and travels to worker processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantmig.server.session import Timeouts, prepare_migration_transaction
+from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.session import (
+    LOCK_NAMESPACE,
+    Timeouts,
+    lock_key,
+    prepare_migration_transaction,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class LockHolder:
     relation: str
     mode: str
     transaction_age_s: int | None
+    node: str | None = None  # the node the session runs on, in a cluster
+    global_pid: int | None = None  # its cluster-wide id (Citus), for pg_cancel_backend()
 
     def describe(self) -> str:
         open_for = (
@@ -39,10 +48,22 @@ class LockHolder:
             if self.transaction_age_s is None
             else f"transaction open {self.transaction_age_s}s"
         )
+        where = f" on {self.node}" if self.node else ""
+        if self.global_pid is not None:
+            where += f" (global pid {self.global_pid})"
         return (
-            f"pid {self.pid} ({self.user}, {self.application or 'no application_name'}, "
+            f"pid {self.pid}{where} ({self.user}, {self.application or 'no application_name'}, "
             f"{self.state}, {open_for}) holds {self.mode} on {self.relation}"
         )
+
+
+@dataclass(frozen=True)
+class RestoreScript:
+    """SQL that surrounds a pg_dump script when a tenant's schema is replaced from a backup,
+    all of it in one transaction (psql --single-transaction sends statement by statement)."""
+
+    before: str
+    after: str = ""
 
 
 class ServerFlavour(Protocol):
@@ -63,6 +84,27 @@ class ServerFlavour(Protocol):
     def send_statements(self, conn: Connection, statements: Sequence[str]) -> Sequence[Any]: ...
 
     def lock_holders(self, conn: Connection, schema: str, limit: int = 3) -> list[LockHolder]: ...
+
+    def begin_scratch(self, conn: Connection) -> None: ...
+
+    def create_schema(self, conn: Connection, schema: str, *, distribute: bool) -> None: ...
+
+    def placements(self, conn: Connection, schemas: Iterable[str]) -> dict[str, str]: ...
+
+    def is_distributed(self, conn: Connection, schema: str) -> bool: ...
+
+    def make_reference_tables(
+        self,
+        conn: Connection,
+        schema: str,
+        wanted: Sequence[str] | None,
+        leave_out: Iterable[str],
+        timeouts: Timeouts,
+    ) -> list[str]: ...
+
+    def restore_script(
+        self, schema: str, timeouts: Timeouts, *, distribute: bool
+    ) -> RestoreScript: ...
 
 
 class PostgreSQL:
@@ -120,3 +162,38 @@ class PostgreSQL:
             )
             for r in rows
         ]
+
+    def begin_scratch(self, conn: Connection) -> None:
+        """Called first in a transaction that creates a scratch schema; nothing to do here."""
+
+    def create_schema(self, conn: Connection, schema: str, *, distribute: bool) -> None:
+        """A new tenant's schema (``distribute`` means something on a cluster only)."""
+        conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
+
+    def placements(self, conn: Connection, schemas: Iterable[str]) -> dict[str, str]:
+        """Which node holds each schema: one server holds them all, so nothing to say."""
+        return {}
+
+    def is_distributed(self, conn: Connection, schema: str) -> bool:
+        return False
+
+    def make_reference_tables(
+        self,
+        conn: Connection,
+        schema: str,
+        wanted: Sequence[str] | None,
+        leave_out: Iterable[str],
+        timeouts: Timeouts,
+    ) -> list[str]:
+        """Reference tables are a cluster's; a single server has nothing to do."""
+        return []
+
+    def restore_script(self, schema: str, timeouts: Timeouts, *, distribute: bool) -> RestoreScript:
+        # lock_timeout bounds both waits: for a tenantmig runner migrating this tenant (the
+        # advisory lock) and for the application's transactions on its tables (DROP needs
+        # ACCESS EXCLUSIVE). The dump's own "SET lock_timeout = 0" comes after both.
+        return RestoreScript(
+            f"SET LOCAL lock_timeout = '{timeouts.lock_timeout_ms}ms';\n"
+            f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
+            f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
+        )

@@ -81,3 +81,11 @@ def quote_as_alembic(name: str) -> str:
 def qualified(schema: str, table: str) -> str:
     """``"schema"."table"``, both parts quoted."""
     return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def quote_literal(text: str) -> str:
+    """A standard-conforming SQL string literal (embedded quotes doubled), for the few
+    statements tenantmig writes into a script file rather than sending with parameters."""
+    if "\x00" in text:
+        raise InvalidTenantName("text contains a NUL byte")
+    return "'" + text.replace("'", "''") + "'"
