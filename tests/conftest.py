@@ -99,3 +99,74 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     )
     yield eng
     eng.dispose()
+
+
+# -- Citus ---------------------------------------------------------------------------------------
+# $TENANTMIG_TEST_CITUS_URL: a superuser URL on the coordinator of a Citus cluster whose workers
+# are $TENANTMIG_TEST_CITUS_WORKERS (host:port,host:port; default the coordinator's port + 1
+# and + 2, as ../shared/vendor/citus/cluster.sh starts them). Tests marked ``citus`` get a fresh
+# database on every node with the workers added and schema-based sharding on, and are skipped
+# when no cluster is given.
+def citus_workers(coordinator: str) -> list[tuple[str, int]]:
+    listed = os.environ.get("TENANTMIG_TEST_CITUS_WORKERS")
+    if listed:
+        return [(h, int(p)) for h, p in (w.strip().rsplit(":", 1) for w in listed.split(","))]
+    url = make_url(coordinator)
+    port = url.port or 5432
+    return [(url.host or "127.0.0.1", port + 1), (url.host or "127.0.0.1", port + 2)]
+
+
+@pytest.fixture()
+def citus_url() -> Iterator[str]:
+    """A new database on a real Citus cluster (coordinator + workers), dropped afterwards."""
+    coordinator = os.environ.get("TENANTMIG_TEST_CITUS_URL")
+    if not coordinator:
+        pytest.skip("no Citus cluster: set TENANTMIG_TEST_CITUS_URL (see .ci/run)")
+    name = f"tm_{uuid.uuid4().hex[:12]}"
+    base = make_url(coordinator)
+    nodes = [base] + [base.set(host=h, port=p) for h, p in citus_workers(coordinator)]
+    engines = [_admin_engine(n.render_as_string(hide_password=False)) for n in nodes]
+    in_db = [_admin_engine(n.set(database=name).render_as_string(hide_password=False))
+             for n in nodes]  # fmt: skip
+    try:
+        for admin, engine in zip(engines, in_db, strict=True):
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            with engine.connect() as conn:
+                conn.exec_driver_sql("CREATE EXTENSION citus")
+        with in_db[0].connect() as conn:
+            conn.execute(
+                sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
+                {"h": base.host or "127.0.0.1", "p": base.port or 5432},
+            )
+            for worker in nodes[1:]:
+                conn.execute(
+                    sa.text("SELECT citus_add_node(:h, :p)"), {"h": worker.host, "p": worker.port}
+                )
+            conn.exec_driver_sql(
+                f'ALTER DATABASE "{name}" SET citus.enable_schema_based_sharding = on'
+            )
+        yield base.set(drivername="postgresql+psycopg2", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        for engine in in_db:
+            engine.dispose()
+        for admin in engines:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+
+
+@pytest.fixture()
+def citus_settings(citus_url: str, tmp_path: Path) -> Settings:
+    return load_settings(config_file=CONFIG, database_url=citus_url, home=tmp_path / "home")
+
+
+@pytest.fixture()
+def citus_engine(citus_url: str) -> Iterator[sa.Engine]:
+    eng = sa.create_engine(
+        citus_url, poolclass=sa.NullPool, connect_args={"application_name": "tests"}
+    )
+    yield eng
+    eng.dispose()

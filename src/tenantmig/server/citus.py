@@ -66,6 +66,9 @@ class Citus(PostgreSQL):
             _set_local(conn, "citus.propagate_set_commands", "local")
             _set_local(conn, "lock_timeout", f"{timeouts.lock_timeout_ms}ms")
             _set_local(conn, "statement_timeout", f"{timeouts.statement_timeout_ms}ms")
+            # A worker's backend waiting for a lock notices that the coordinator's connection
+            # is gone (the runner was killed) within a second, as the coordinator's does.
+            _set_local(conn, "client_connection_check_interval", "1000")
         prepare_migration_transaction(conn, schema, timeouts, verify=verify, local=local)
 
     def send_statements(self, conn: Connection, statements: Sequence[str]) -> Sequence[Any]:
