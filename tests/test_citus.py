@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
+from tenantmig.server import embedded
 from tenantmig.server.config import Settings
 from tests.helpers import SHARED_HEAD, TENANT_HEAD, run_cli, snapshot, start_cli, version
 from tests.test_engine import make_tenants, names
@@ -388,3 +390,32 @@ def test_shared_tables_become_reference_tables_when_configured(
         )
     again = run_cli("upgrade", "--shared", url=citus_url, env=env)
     assert again.returncode == 0 and "made reference tables" not in again.stdout + again.stderr
+
+
+def test_sql_for_review_applied_with_psql_migrates_a_distributed_tenant(
+    citus_settings: Settings, citus_url: str, citus_engine: sa.Engine, tmp_path: Path
+) -> None:
+    make_tenants(citus_settings, ["t000"], OLD)
+    done = run_cli("upgrade", "--tenant", "t000", "--sql-dir", str(tmp_path / "sql"), url=citus_url)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "sql" / "t000.sql"
+    assert "SET LOCAL citus.propagate_set_commands = 'local'" in script.read_text()
+    node, shard = node_of(citus_engine, "t000.inventory_items")
+    url = make_url(citus_url).set(drivername="postgresql")
+    # The SQL's lock_timeout reaches the worker: a lock held there stops psql within it.
+    with holding_shard(citus_url, node, shard):
+        blocked = psql(url.render_as_string(hide_password=False), "-1", "-f", str(script))
+    assert blocked.returncode != 0 and "lock timeout" in blocked.stderr
+    applied = psql(url.render_as_string(hide_password=False), "-1", "-f", str(script))
+    assert applied.returncode == 0, applied.stderr
+    assert version(citus_engine, "t000") == TENANT_HEAD
+    assert {"sku", "barcode"} <= shard_columns(citus_url, node, shard)
+    assert run_cli("drift", url=citus_url).returncode == 0
+
+
+def psql(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(embedded.bin_dirs()[0] / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         "--dbname", url, *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip

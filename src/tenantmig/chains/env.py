@@ -76,6 +76,8 @@ def _run(
 # Set by `tenantmig upgrade --sql`: the script is run with `psql -1 -f`, whose one transaction
 # is the script's; Alembic's own BEGIN/COMMIT would end it early.
 SINGLE_TRANSACTION = "tenantmig_single_transaction"
+# The SQL is for a Citus coordinator: its SET LOCALs must reach the workers too.
+FOR_CITUS = "tenantmig_for_citus"
 
 
 def _run_offline(schema: str, settings: Settings, target_metadata: TargetMetadata) -> None:
@@ -92,6 +94,10 @@ def _run_offline(schema: str, settings: Settings, target_metadata: TargetMetadat
     )
     timeouts = settings.timeouts
     with context.begin_transaction():
+        if context.config.attributes.get(FOR_CITUS):
+            # Citus propagates SET LOCAL to the workers only after this (see server.citus);
+            # psql sends each statement as its own query string, as Citus needs.
+            context.execute("SET LOCAL citus.propagate_set_commands = 'local'")
         context.execute(f"SET LOCAL lock_timeout = '{timeouts.lock_timeout_ms}ms'")
         context.execute(f"SET LOCAL statement_timeout = '{timeouts.statement_timeout_ms}ms'")
         context.execute(f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)})")

@@ -14,7 +14,7 @@ import io
 
 from alembic import command as alembic_command
 
-from tenantmig.chains.env import SETTINGS, SINGLE_TRANSACTION
+from tenantmig.chains.env import FOR_CITUS, SETTINGS, SINGLE_TRANSACTION
 from tenantmig.chains.scripts import Direction
 from tenantmig.server.config import Chain, Settings
 
@@ -26,8 +26,11 @@ def offline_sql(
     direction: Direction,
     start: str | None,
     destination: str | None,
+    *,
+    for_citus: bool = False,
 ) -> str:
-    """The SQL taking ``schema`` from ``start`` to ``destination`` (None: base)."""
+    """The SQL taking ``schema`` from ``start`` to ``destination`` (None: base); ``for_citus``:
+    for a Citus coordinator, whose workers get the timeouts only when told to."""
     config = settings.alembic_config(chain)
     buffer = io.StringIO()
     config.output_buffer = buffer
@@ -35,6 +38,7 @@ def offline_sql(
     config.cmd_opts = argparse.Namespace(quiet=True, x=arguments)
     config.attributes[SETTINGS] = settings
     config.attributes[SINGLE_TRANSACTION] = True
+    config.attributes[FOR_CITUS] = for_citus
     config.attributes["configure_logger"] = False
     span = f"{start or 'base'}:{destination or 'base'}"
     if direction == "upgrade":

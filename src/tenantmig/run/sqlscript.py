@@ -55,6 +55,7 @@ def schema_sql(
     """The SQL for every selected schema: the shared schema first, then the tenants."""
     explicit_start, _, end = target.rpartition(":") if ":" in target else (None, "", target)
     found: list[SchemaSQL] = []
+    for_citus = database.flavour.name == "citus"
     with database.engine.connect() as conn:
         chains: list[tuple[Chain, list[Tenant]]] = []
         if selection.shared:
@@ -70,7 +71,9 @@ def schema_sql(
             versions = read_versions(conn, [t.schema for t in schemas])
             for tenant in schemas:
                 current = start if explicit_start is not None else versions[tenant.schema].revision
-                found.append(_one(settings, scripts, tenant, chain, direction, current, end))
+                found.append(
+                    _one(settings, scripts, tenant, chain, direction, current, end, for_citus)
+                )
     return found
 
 
@@ -82,9 +85,12 @@ def _one(
     direction: Direction,
     current: str | None,
     target: str,
+    for_citus: bool,
 ) -> SchemaSQL:
     destination = scripts.resolve_target(target, current)
     if scripts.already_there(direction, current, destination):
         return SchemaSQL(tenant.name, tenant.schema, chain, current, current, None)
-    sql = offline_sql(settings, chain, tenant.schema, direction, current, destination)
+    sql = offline_sql(
+        settings, chain, tenant.schema, direction, current, destination, for_citus=for_citus
+    )
     return SchemaSQL(tenant.name, tenant.schema, chain, current, destination, sql)
