@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -419,3 +420,43 @@ def psql(url: str, *args: str) -> subprocess.CompletedProcess[str]:
          "--dbname", url, *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def test_a_least_privileged_role_migrates_and_checks_drift_after_grant(
+    citus_settings: Settings, citus_url: str, citus_engine: sa.Engine
+) -> None:
+    role = f"tm_app_{uuid.uuid4().hex[:8]}"
+    with citus_engine.begin() as conn:  # Citus creates the role on every node
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        assert run_cli("upgrade", "--shared", url=citus_url).returncode == 0
+        with citus_engine.begin() as conn:
+            for name in ("acme", "globex"):
+                conn.exec_driver_sql(f'CREATE SCHEMA {name} AUTHORIZATION "{role}"')
+        assert run_cli("tenants", "register", "acme", "globex", url=citus_url).returncode == 0
+        printed = run_cli("grant", role, "--sql", url=citus_url)
+        assert printed.stdout.startswith("SET LOCAL citus.enable_schema_based_sharding = off;")
+        done = run_cli("grant", role, url=citus_url)
+        assert done.returncode == 0, done.stderr
+        with citus_engine.connect() as conn:  # the scratch schemas stay on the coordinator
+            assert not conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_dist_schema"
+                    " WHERE schemaid::regnamespace::text LIKE 'tenantmig_scratch%'"
+                )
+            ).scalar()
+        app = make_url(citus_url).set(username=role).render_as_string(hide_password=False)
+        env = {"TENANTMIG_SCRATCH_SCHEMA": "tenantmig_scratch"}
+        upgraded = run_cli("upgrade", "--all-tenants", "--json", url=app, env=env)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert all(o["replayed"] for o in json.loads(upgraded.stdout)["tenants"])
+        assert version(citus_engine, "acme") == TENANT_HEAD
+        placed = status(citus_url)
+        assert {placed["acme"]["node"], placed["globex"]["node"]} <= workers(citus_engine)
+        drift = run_cli("drift", url=app, env=env)
+        assert drift.returncode == 0, drift.stdout + drift.stderr
+    finally:
+        with citus_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}" CASCADE')
+        with citus_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')

@@ -152,7 +152,9 @@ def grant(settings: Settings, role: str, *, apply: bool = True) -> GrantResult:
     if not role or "\x00" in role:
         raise ConfigError("give the name of the role that will run tenantmig")
     with open_database(settings) as database, database.engine.connect() as conn:
-        return grant_role(conn, settings, role, apply=apply)
+        return grant_role(
+            conn, settings, role, apply=apply, for_citus=database.flavour.name == "citus"
+        )
 
 
 # -- projects ------------------------------------------------------------------------------------

@@ -48,8 +48,14 @@ class GrantResult:
         }
 
 
-def grant_statements(conn: Connection, settings: Settings, role: str) -> GrantResult:
-    """The statements that prepare the database for ``role`` (nothing is executed)."""
+def grant_statements(
+    conn: Connection, settings: Settings, role: str, *, for_citus: bool = False
+) -> GrantResult:
+    """The statements that prepare the database for ``role`` (nothing is executed).
+
+    ``for_citus``: on a Citus coordinator the schemas made here stay on the coordinator
+    (steps are compiled and references built in the scratch schemas without any worker).
+    """
     exists = conn.execute(
         sa.text("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r)"), {"r": role}
     ).scalar()
@@ -59,7 +65,8 @@ def grant_statements(conn: Connection, settings: Settings, role: str) -> GrantRe
     scratch = settings.scratch_schema or DEFAULT_SCRATCH
     scratch_names = settings.with_options(scratch_schema=scratch).scratch_schemas or ()
     who = quote_ident(role)
-    statements = [f"CREATE SCHEMA IF NOT EXISTS {quote_ident(shared)}"]
+    statements = ["SET LOCAL citus.enable_schema_based_sharding = off"] if for_citus else []
+    statements.append(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(shared)}")
     statements += Ledger(conn, shared).creation_sql()
     statements += [
         f"GRANT USAGE ON SCHEMA {quote_ident(shared)} TO {who}",
@@ -81,10 +88,12 @@ def grant_statements(conn: Connection, settings: Settings, role: str) -> GrantRe
     return GrantResult(role=role, scratch_schema=scratch, statements=statements)
 
 
-def grant(conn: Connection, settings: Settings, role: str, *, apply: bool) -> GrantResult:
+def grant(
+    conn: Connection, settings: Settings, role: str, *, apply: bool, for_citus: bool = False
+) -> GrantResult:
     """Compute the statements and, with ``apply``, run them in one transaction."""
     with conn.begin():
-        result = grant_statements(conn, settings, role)
+        result = grant_statements(conn, settings, role, for_citus=for_citus)
         if apply:
             for statement in result.statements:
                 conn.exec_driver_sql(statement)
