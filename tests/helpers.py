@@ -21,11 +21,13 @@ TENANT_HEAD = "003_add_inventory_tracking"
 SHARED_HEAD = "002_add_tenant_features"
 
 
-def start_cli(*args: str, url: str, new_session: bool = False) -> subprocess.Popen[str]:
+def start_cli(
+    *args: str, url: str, new_session: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start the real ``tenantmig`` command against ``url`` without waiting for it."""
     return subprocess.Popen(
         [sys.executable, "-m", "tenantmig", "--config", str(CONFIG), *args],
-        env={**os.environ, "TENANTMIG_DATABASE_URL": url},
+        env={**os.environ, **(env or {}), "TENANTMIG_DATABASE_URL": url},
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

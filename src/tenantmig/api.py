@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,11 +22,20 @@ from alembic import command as alembic_command
 from alembic.script import Script
 
 from tenantmig.backup.dump import LibpqConnection, find_pg_tools
+from tenantmig.backup.move import MoveResult
+from tenantmig.backup.move import move_tenant as move_schema
 from tenantmig.backup.restore import RestoreResult, restore_tenant
 from tenantmig.chains.autogen import CheckResult, autogenerate_revision, check_chain
 from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
-from tenantmig.errors import BackupFailed, ConfigError, NoTargetMetadata, SharedSchemaNotReady
+from tenantmig.errors import (
+    BackupFailed,
+    ConfigError,
+    DatabaseUnavailable,
+    NoTargetMetadata,
+    SharedSchemaNotReady,
+    TenantmigError,
+)
 from tenantmig.run import coordinator
 from tenantmig.run.bulk import BatchCallback, drop_in_batches
 from tenantmig.run.coordinator import RunObserver
@@ -38,16 +48,23 @@ from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.run.sqlscript import SchemaSQL, schema_sql
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
-from tenantmig.schema.catalog import invalid_indexes
+from tenantmig.schema.catalog import SchemaStructure, invalid_indexes
 from tenantmig.schema.drift import check as check_drift
-from tenantmig.schema.drift_report import DriftReport
+from tenantmig.schema.drift_report import DriftReport, SchemaDrift
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.state import classify
 from tenantmig.schema.status import StatusReport, tenant_states
-from tenantmig.schema.versions import read_versions
+from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import client_url, open_database
+from tenantmig.server.database import (
+    Database,
+    DatabaseSet,
+    client_url,
+    connect_database,
+    open_database,
+)
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import validate_schema_name
 
 __all__ = [
@@ -70,6 +87,7 @@ __all__ = [
     "history",
     "init_project",
     "merge",
+    "move_tenant",
     "register_tenants",
     "restore",
     "revision",
@@ -176,21 +194,34 @@ def create_tenants(
     migrate: bool = True,
     options: RunOptions | None = None,
     observer: RunObserver | None = None,
+    database: str = CONTROL,
 ) -> tuple[list[Tenant], RunResult | None]:
-    """Register tenants and create their schemas (all or nothing), then migrate them to head."""
+    """Register tenants and create their schemas (all or nothing), then migrate them to head.
+    ``database``: the directory's database to create them in (default: the control one)."""
     source = settings.tenant_source
     registry.require_registry(source, "create tenants")
     registry.check_tenant_names(names, source)
-    with open_database(settings) as database, database.engine.begin() as conn:
-        needs = Needs(ledger=migrate, write_registry=True, create_schemas=True)
-        check_privileges(conn, settings, needs)
-        created = registry.create_tenants(
-            conn,
-            source,
-            names,
-            database.flavour,
-            distribute=settings.citus_schemas == "distributed",
-        )
+    settings.check_database_names([database])
+    with open_database(settings) as control, _member(settings, control, database) as where:
+        with control.engine.begin() as conn, where.engine.begin() as schema_conn:
+            if database == CONTROL:  # one message naming everything the role lacks
+                needs = Needs(ledger=migrate, write_registry=True, create_schemas=True)
+                check_privileges(conn, settings, needs)
+            else:
+                check_privileges(conn, settings, Needs(ledger=migrate, write_registry=True))
+                check_privileges(schema_conn, settings, Needs(create_schemas=True))
+            # The schemas commit first (inner transaction), then the registry: a failure in
+            # between leaves unregistered empty schemas (`tenants register` adopts them),
+            # never registered tenants without a schema.
+            created = registry.create_tenants(
+                conn,
+                source,
+                names,
+                where.flavour,
+                distribute=settings.citus_schemas == "distributed",
+                database=database,
+                schema_conn=schema_conn if database != CONTROL else None,
+            )
     if not migrate:
         return created, None
     selection = Selection.named([t.name for t in created])
@@ -203,18 +234,67 @@ def tenants(settings: Settings) -> list[Tenant]:
 
 
 def register_tenants(
-    settings: Settings, names: Sequence[str], schema: str | None = None
+    settings: Settings, names: Sequence[str], schema: str | None = None, database: str = CONTROL
 ) -> list[Tenant]:
     """Register existing schemas as tenants without changing them (all or nothing). Each
-    tenant's schema is named after it, or ``schema`` for a single tenant."""
+    tenant's schema is named after it, or ``schema`` for a single tenant; the schemas are in
+    ``database`` (the directory's name; default the control database)."""
     source = settings.tenant_source
     registry.require_registry(source, "register tenants")
     if schema is not None and len(names) != 1:
         raise ConfigError("--schema names the schema of one tenant: give exactly one NAME")
+    settings.check_database_names([database])
     pairs = [(name, schema or name) for name in names]
-    with open_database(settings) as database, database.engine.begin() as conn:
-        check_privileges(conn, settings, Needs(write_registry=True))
-        return registry.register_existing(conn, source, pairs)
+    with open_database(settings) as control, _member(settings, control, database) as where:
+        with control.engine.begin() as conn, where.engine.connect() as schema_conn:
+            check_privileges(conn, settings, Needs(write_registry=True))
+            return registry.register_existing(
+                conn, source, pairs, database=database, schema_conn=schema_conn
+            )
+
+
+@dataclass
+class _Places:
+    """The databases some tenants live in, opened: (name, database, its tenants) for each
+    reachable one, and why each other one cannot be reached."""
+
+    reachable: list[tuple[str, Database, list[Tenant]]]
+    down: dict[str, str]
+
+
+@contextmanager
+def _by_database(
+    settings: Settings, control: Database, tenants: Sequence[Tenant]
+) -> Iterator[_Places]:
+    """The databases ``tenants`` live in, opened for the block, then closed."""
+    groups: dict[str, list[Tenant]] = {}
+    for tenant in tenants:
+        groups.setdefault(tenant.database, []).append(tenant)
+    opened = DatabaseSet(settings, control)
+    try:
+        places = _Places([], {})
+        for name, group in groups.items():
+            why = opened.unreachable(name)
+            if why is None:
+                places.reachable.append((name, opened.get(name), group))
+            else:
+                places.down[name] = f"database {name} unreachable: {why}"
+        yield places
+    finally:
+        opened.close()
+
+
+@contextmanager
+def _member(settings: Settings, control: Database, name: str) -> Iterator[Database]:
+    """The database ``name`` of the directory (the control one itself for CONTROL)."""
+    if name == CONTROL:
+        yield control
+        return
+    member = connect_database(settings.database_entry(name).url)
+    try:
+        yield member
+    finally:
+        member.engine.dispose()
 
 
 def drop_tenants(
@@ -228,17 +308,31 @@ def drop_tenants(
     with open_database(settings) as database:
         with database.engine.begin() as conn:
             selected = _select_tenants(conn, source, names)
-            needs = Needs(write_registry=True, schemas=[t.schema for t in selected])
-            check_privileges(conn, settings, needs)
-        drop_in_batches(database, source, selected, settings.timeouts, on_batch)
+            here = [t.schema for t in selected if t.database == CONTROL]
+            check_privileges(conn, settings, Needs(write_registry=True, schemas=here))
+        elsewhere = [t for t in selected if t.database != CONTROL]
+        with _by_database(settings, database, elsewhere) as places:
+            if places.down:
+                raise DatabaseUnavailable("nothing was dropped: " + "; ".join(places.down.values()))
+            for _name, member, group in places.reachable:
+                with member.engine.begin() as conn:
+                    check_privileges(conn, settings, Needs(schemas=[t.schema for t in group]))
+            members = {name: member for name, member, _group in places.reachable}
+            drop_in_batches(database, source, selected, settings.timeouts, on_batch, members)
 
 
 # -- status / history / revision ----------------------------------------------------------------
-def status(settings: Settings, names: Sequence[str] | None = None) -> StatusReport:
-    """Every schema's revision against head, with each tenant's last recorded outcome."""
+def status(
+    settings: Settings,
+    names: Sequence[str] | None = None,
+    databases: Sequence[str] | None = None,
+) -> StatusReport:
+    """Every schema's revision against head, with each tenant's last recorded outcome;
+    ``databases``: only tenants living there."""
     shared_scripts = ChainScripts(settings, "shared")
     tenant_scripts = ChainScripts(settings, "tenant")
     shared_schema = settings.shared_schema
+    settings.check_database_names(databases or ())
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         shared_version = read_versions(conn, [shared_schema])[shared_schema]
         try:
@@ -248,17 +342,26 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
             if names:
                 raise
             selected = []
-        versions = read_versions(conn, [t.schema for t in selected])
-        with conn.begin():
-            invalid = invalid_indexes(conn, [t.schema for t in selected])
-            nodes = database.flavour.placements(conn, [t.schema for t in selected])
+        selected = registry.in_databases(selected, databases)
+        versions: dict[str, SchemaVersion] = {}
+        invalid: dict[str, list[str]] = {}
+        nodes: dict[str, str] = {}
+        with _by_database(settings, database, selected) as places:
+            for _name, member, group in places.reachable:
+                schemas = [t.schema for t in group]
+                with member.engine.connect() as member_conn:
+                    versions.update(read_versions(member_conn, schemas))
+                    with member_conn.begin():
+                        invalid.update(invalid_indexes(member_conn, schemas))
+                        nodes.update(member.flavour.placements(member_conn, schemas))
+        down = places.down
         last = Ledger(conn, shared_schema).last_outcomes([t.name for t in selected])
     return StatusReport(
         shared_schema=shared_schema,
         shared_revision=shared_version.revision,
         shared_head=shared_scripts.head,
         shared_state=classify(shared_version, shared_scripts).state,
-        tenants=tenant_states(selected, versions, tenant_scripts, invalid, last, nodes),
+        tenants=tenant_states(selected, versions, tenant_scripts, invalid, last, nodes, down),
     )
 
 
@@ -361,25 +464,95 @@ def check(settings: Settings, chains: Sequence[Chain] = ("shared", "tenant")) ->
 
 
 # -- drift ---------------------------------------------------------------------------------------
-def drift(settings: Settings, names: Sequence[str] | None = None) -> DriftReport:
-    """Version and structural drift of the shared schema and the (named) tenants."""
+def drift(
+    settings: Settings,
+    names: Sequence[str] | None = None,
+    databases: Sequence[str] | None = None,
+) -> DriftReport:
+    """Version and structural drift of the shared schema and the (named) tenants, in every
+    database they live in (``databases``: only those). Expected structures are built once per
+    server version and kind; a database that cannot be reached lists its tenants as
+    unreachable, which counts as drift (they could not be checked)."""
     registry.check_tenant_names(names or (), settings.tenant_source)
+    settings.check_database_names(databases or ())
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         with conn.begin():
+            # Everything the control database lacks, in one message: the registry, and the
+            # scratch schemas the shared schema's and its tenants' references are built in.
             check_privileges(conn, settings, Needs(read_registry=True, scratch=True))
-            selected = _select_tenants(conn, settings.tenant_source, names)
+            selected = registry.in_databases(
+                _select_tenants(conn, settings.tenant_source, names), databases
+            )
+        include_shared = not names and (databases is None or CONTROL in databases)
+        caches: dict[tuple[int, str], dict[str | None, SchemaStructure]] = {}
+        report: DriftReport | None = None
+        if include_shared or any(t.database == CONTROL for t in selected):
+            # The control database first: the shared schema is there.
+            cache = caches.setdefault((database.server_version_num, database.flavour.name), {})
+            report = _drift_in(settings, database, CONTROL, selected, include_shared, cache)
+        others = [t for t in selected if t.database != CONTROL]
+        with _by_database(settings, database, others) as places:
+            for name, member, _group in places.reachable:
+                cache = caches.setdefault((member.server_version_num, member.flavour.name), {})
+                found = _drift_in(settings, member, name, others, False, cache)
+                if report is None:
+                    report = found
+                else:
+                    report.merge(found)
+        down = places.down
+        if report is None:  # only tenants of unreachable databases were selected
+            report = DriftReport(
+                head=ChainScripts(settings, "tenant").head,
+                shared_head=None,
+                tenants_checked=0,
+                shared=None,
+                database=client_url(database.url, show_password=False),
+                ignored=tuple(sorted(settings.drift_ignore)),
+            )
+        report.databases = tuple(
+            dict.fromkeys(t.database for t in selected if t.database != CONTROL)
+        )
+        for tenant in others:
+            if tenant.database in down:
+                report.tenants_checked += 1
+                report.drifted.append(
+                    SchemaDrift(
+                        name=tenant.name,
+                        schema=tenant.schema,
+                        revision=None,
+                        version_drift="unreachable",
+                        detail=down[tenant.database],
+                        database=tenant.database,
+                    )
+                )
+        return report
+
+
+def _drift_in(
+    settings: Settings,
+    database: Database,
+    name: str,
+    tenants: Sequence[Tenant],
+    include_shared: bool,
+    cache: dict[str | None, SchemaStructure],
+) -> DriftReport:
+    """Drift of the tenants of one database, on a connection of its own."""
+    here = [t for t in tenants if t.database == name]
+    with database.engine.connect() as conn:
+        with conn.begin():
+            check_privileges(conn, settings, Needs(scratch=True))
             check_privileges(
-                conn,
-                settings,
-                Needs(schemas=[t.schema for t in selected], change_schemas=False),
+                conn, settings, Needs(schemas=[t.schema for t in here], change_schemas=False)
             )
         return check_drift(
             settings,
             conn,
             database.flavour,
-            selected,
-            include_shared=not names,
+            here,
+            include_shared=include_shared,
             database=client_url(database.url, show_password=False),
+            database_name=name,
+            reference_cache=cache,
         )
 
 
@@ -388,11 +561,20 @@ def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
     """Replace one tenant's schema with a ``--backup`` dump, atomically; recorded in the ledger."""
     registry.check_tenant_names([tenant], settings.tenant_source)
     with open_database(settings) as database:
+        with database.engine.begin() as conn:
+            (target,) = _select_tenants(conn, settings.tenant_source, [tenant])
         try:
-            result = restore_tenant(settings, database, tenant, archive)
+            with _member(settings, database, target.database) as where:
+                result = restore_tenant(settings, where, target, archive)
         except BackupFailed as exc:
             failed = TenantOutcome(
-                tenant, tenant, TenantStatus.FAILED, attempts=1, error=str(exc), backup=str(archive)
+                tenant,
+                target.schema,
+                TenantStatus.FAILED,
+                attempts=1,
+                error=str(exc),
+                backup=str(archive),
+                database=target.database,
             )
             with database.engine.connect() as conn:
                 Ledger(conn, settings.shared_schema).record_restore(archive, failed)
@@ -406,9 +588,59 @@ def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
             attempts=1,
             duration_s=result.duration_s,
             backup=str(archive),
+            database=target.database,
         )
         with database.engine.connect() as conn:
             run_id = Ledger(conn, settings.shared_schema).record_restore(archive, done)
+    return replace(result, run_id=run_id)
+
+
+def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
+    """Move ``tenant``'s schema to database ``to`` of the directory: copied under its lock with
+    writes to it blocked, verified (rows and structure), the directory switched, the old
+    schema dropped; any failure before the switch leaves it where it was. Recorded in the
+    ledger as a run."""
+    source = settings.tenant_source
+    registry.require_registry(source, "move tenants")
+    registry.check_tenant_names([tenant], source)
+    settings.check_database_names([to])
+    with open_database(settings) as control:
+        with control.engine.begin() as conn:
+            (found,) = _select_tenants(conn, source, [tenant])
+            check_privileges(conn, settings, Needs(ledger=True, write_registry=True))
+        if found.database == to:
+            raise ConfigError(f"tenant {tenant} already lives in database {to}; nothing moved")
+        with (
+            _member(settings, control, found.database) as origin,
+            _member(settings, control, to) as target,
+        ):
+            with origin.engine.begin() as conn:
+                check_privileges(conn, settings, Needs(schemas=[found.schema]))
+            with target.engine.begin() as conn:
+                check_privileges(conn, settings, Needs(create_schemas=True))
+            options = {"from": found.database, "to": to}
+            try:
+                result = move_schema(settings, control, found, origin, target, to)
+            except TenantmigError as exc:
+                failed = TenantOutcome(
+                    tenant, found.schema, TenantStatus.FAILED, attempts=1, error=str(exc),
+                    database=found.database,
+                )  # fmt: skip
+                with control.engine.connect() as conn:
+                    Ledger(conn, settings.shared_schema).record_single("move", to, options, failed)
+                raise
+        done = TenantOutcome(
+            name=tenant,
+            schema=found.schema,
+            status=TenantStatus.OK,
+            from_revision=result.revision,
+            to_revision=result.revision,
+            attempts=1,
+            duration_s=result.duration_s,
+            database=to,
+        )
+        with control.engine.connect() as conn:
+            run_id = Ledger(conn, settings.shared_schema).record_single("move", to, options, done)
     return replace(result, run_id=run_id)
 
 

@@ -55,6 +55,6 @@ def test_abbreviated_options_are_refused() -> None:
         assert parser.allow_abbrev is False, path
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
-        main(["status", "--database", "postgresql://elsewhere/db"])
+        main(["upgrade", "--all-tenants", "--lock", "3"])
     assert exited.value.code == 1
-    assert "unrecognized arguments: --database" in err.getvalue()
+    assert "unrecognized arguments: --lock" in err.getvalue()

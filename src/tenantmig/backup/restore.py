@@ -20,7 +20,7 @@ from typing import Any
 
 from tenantmig.backup.dump import LibpqConnection, PgTools, error_line, find_pg_tools
 from tenantmig.errors import BackupFailed, ConfigError
-from tenantmig.schema.registry import select_tenants
+from tenantmig.schema.registry import Tenant
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database
@@ -67,7 +67,7 @@ def archive_schemas(tools: PgTools, archive: Path) -> set[str]:
     return schemas
 
 
-def _run_restore(
+def run_restore(
     tools: PgTools, connection: LibpqConnection, archive: Path, script: RestoreScript
 ) -> None:
     env = connection.environment()
@@ -115,16 +115,15 @@ def _run_restore(
 
 
 def restore_tenant(
-    settings: Settings, database: Database, tenant: str, archive: Path
+    settings: Settings, database: Database, target: Tenant, archive: Path
 ) -> RestoreResult:
-    """Replace ``tenant``'s schema with the one in ``archive`` (a ``--backup`` dump)."""
+    """Replace ``target``'s schema with the one in ``archive`` (a ``--backup`` dump);
+    ``database`` is the one the tenant lives in."""
+    tenant = target.name
     if not archive.is_file():
         raise ConfigError(f"backup file {str(archive)!r} does not exist or is not a file")
     started = time.monotonic()
     with database.engine.connect() as conn:
-        with conn.begin():
-            (target,) = select_tenants(conn, settings.tenant_source, [tenant])
-        conn.rollback()
         tools = find_pg_tools(database.server_major)
         found = archive_schemas(tools, archive)
         if found != {target.schema}:
@@ -140,7 +139,7 @@ def restore_tenant(
         script = database.flavour.restore_script(
             target.schema, settings.timeouts, distribute=distribute
         )
-        _run_restore(tools, LibpqConnection.from_url(database.url), archive, script)
+        run_restore(tools, LibpqConnection.from_url(database.url), archive, script)
         after = read_versions(conn, [target.schema])[target.schema].revision
     return RestoreResult(
         tenant=tenant,

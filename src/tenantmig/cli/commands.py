@@ -41,13 +41,18 @@ def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Sett
 
 
 def _selection(args: argparse.Namespace) -> api.Selection:
+    databases = getattr(args, "database", None)
     if args.shared:
+        if databases:
+            raise ConfigError("--database selects tenants; the shared schema is in control")
         return api.Selection.shared_only()
     if args.tenant:
-        return api.Selection.named(args.tenant)
-    if args.all_tenants:
-        return api.Selection.all_tenants()
-    return api.Selection.everything()
+        selection = api.Selection.named(args.tenant)
+    elif args.all_tenants or databases:
+        selection = api.Selection.all_tenants()
+    else:
+        selection = api.Selection.everything()
+    return selection.in_databases(databases)
 
 
 # Up to this many tenant names are printed; past it, a count and progress lines.
@@ -57,6 +62,7 @@ BATCH_SHOWN = 25
 def _run_options(args: argparse.Namespace) -> api.RunOptions:
     return api.RunOptions(
         jobs=args.jobs,
+        jobs_per_database=args.jobs_per_database,
         fail_fast=args.fail_fast,
         max_failures=args.max_failures,
         only_failed=args.only_failed,
@@ -198,7 +204,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = api.status(_settings(args), args.tenant)
+    report = api.status(_settings(args), args.tenant, args.database)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
     else:
@@ -207,7 +213,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_current(args: argparse.Namespace) -> int:
-    report = api.status(_settings(args), args.tenant)
+    report = api.status(_settings(args), args.tenant, getattr(args, "database", None))
     if args.json:
         print(
             json.dumps(
@@ -334,8 +340,20 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         api.drop_tenants(settings, args.names, on_batch)
         print(f"dropped {len(args.names)} tenant(s): {some_names(args.names, BATCH_SHOWN)}")
         return ExitCode.OK
+    if args.tenants_command == "move":
+        moved = api.move_tenant(settings, args.name, args.to)
+        if args.json:
+            print(json.dumps(moved.to_json(), indent=2))
+        else:
+            print(
+                f"moved tenant {moved.tenant} from database {moved.from_database} to "
+                f"{moved.to_database}: {moved.tables} table(s), {moved.rows} row(s) copied and "
+                f"verified, at revision {moved.revision or 'base'}, in {moved.duration_s:.1f}s "
+                f"(run {moved.run_id})"
+            )
+        return ExitCode.OK
     if args.tenants_command == "register":
-        registered = api.register_tenants(settings, args.names, args.schema)
+        registered = api.register_tenants(settings, args.names, args.schema, args.database)
         if args.json:
             print(json.dumps({"registered": [t.to_json() for t in registered]}, indent=2))
         else:
@@ -354,6 +372,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             migrate=not args.no_migrate,
             options=api.RunOptions(jobs=args.jobs),
             observer=progress,
+            database=args.database,
         )
     if args.json:
         print(
@@ -515,7 +534,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    report = api.drift(_settings(args), args.tenant)
+    report = api.drift(_settings(args), args.tenant, args.database)
     if args.html is not None:
         try:
             args.html.write_text(drift_html(report), encoding="utf-8")

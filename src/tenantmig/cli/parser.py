@@ -95,6 +95,13 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: number of CPUs, capped by the server's free connections)",
     )
     group.add_argument(
+        "--jobs-per-database",
+        type=int,
+        metavar="N",
+        help="at most N tenants of one database at once, within --jobs (default: what that "
+        "database's server has free connections for)",
+    )
+    group.add_argument(
         "--lock-timeout",
         type=float,
         metavar="SECONDS",
@@ -207,6 +214,17 @@ def _selector(parser: argparse.ArgumentParser, *, required: bool) -> None:
         "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
     )
     group.add_argument("--all-tenants", action="store_true", help="every registered tenant")
+    _database_filter(parser)
+
+
+def _database_filter(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        action="append",
+        metavar="DB",
+        help="only tenants living in database DB: control (the --database-url one) or a name of "
+        "the [databases] directory (repeatable)",
+    )
 
 
 def _chain(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -293,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Shared and per-tenant revisions against head, with each tenant's last run outcome.",
     )
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
+    _database_filter(p)
     _json(p)
 
     p = add("history", "List the revisions of the shared and tenant chains.")
@@ -364,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", "--jobs", type=int, metavar="N", help="worker processes for the migration"
     )
     create.add_argument(
+        "--database",
+        default="control",
+        metavar="DB",
+        help="create the schemas in database DB of the [databases] directory (default: "
+        "control, the --database-url one)",
+    )
+    create.add_argument(
         "--citus-schemas",
         choices=("distributed", "local"),
         help="on a Citus coordinator: make each new schema a distributed schema (placed on "
@@ -383,12 +409,39 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--schema", metavar="SCHEMA", help="the schema of a single NAME (default: NAME)"
     )
+    register.add_argument(
+        "--database",
+        default="control",
+        metavar="DB",
+        help="the schemas are in database DB of the [databases] directory (default: control)",
+    )
     _json(register)
     listing = _action(tsub, "list", "list the tenants (from the configured tenant source)")
     _json(listing)
     drop = _action(tsub, "drop", "drop tenant schemas (CASCADE) and unregister them")
     drop.add_argument("names", nargs="+", metavar="NAME", help="the tenants to drop")
     _yes(drop)
+    move = _action(
+        tsub,
+        "move",
+        "move a tenant's schema to another database of the directory",
+        "Move a tenant's schema to another database of the [databases] directory: copied "
+        "(pg_dump and pg_restore) under the tenant's lock, with the application's writes to "
+        "its tables blocked meanwhile (reads go on), verified (row counts and structure), the "
+        "directory switched, then the old schema dropped. Any failure before the switch leaves "
+        "the tenant where it was.",
+    )
+    move.add_argument("name", metavar="NAME", help="the tenant to move")
+    move.add_argument(
+        "--to", required=True, metavar="DB", help="the database to move it to (control or a name)"
+    )
+    move.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest to wait for the tenant's locks (default: 5)",
+    )
+    _json(move)
 
     p = add(
         "drift",
@@ -398,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tenant", action="append", metavar="NAME", help="only this tenant (repeatable)"
     )
+    _database_filter(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"

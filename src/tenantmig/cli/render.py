@@ -19,6 +19,7 @@ from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.run.sqlscript import SchemaSQL
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.status import StatusReport
+from tenantmig.server.directory import CONTROL
 
 
 def output_width() -> int:
@@ -121,11 +122,12 @@ def status_text(report: StatusReport) -> str:
     lines.append(f"tenants: head {report.tenants[0].head or 'base'}")
     lines.append(
         table(
-            ["tenant", "schema", "node", "revision", "state", "last run", "last error"],
+            ["tenant", "schema", "database", "node", "revision", "state", "last run", "last error"],
             [
                 (
                     t.name,
                     t.schema,
+                    "" if t.database == CONTROL else t.database,
                     t.node or "",
                     t.revision or "base",
                     t.state.value,
@@ -148,11 +150,12 @@ def tenants_text(rows: Sequence[Tenant]) -> str:
     if not rows:
         return "no tenants registered"
     return table(
-        ["tenant", "schema", "status", "created"],
+        ["tenant", "schema", "database", "status", "created"],
         [
             (
                 t.name,
                 t.schema,
+                "" if t.database == CONTROL else t.database,
                 t.status,
                 t.created_at.strftime("%Y-%m-%d %H:%M") if t.created_at else "",
             )
@@ -229,7 +232,9 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     head = runs_text([record])
     if not outcomes:
         return head
-    headers = ["tenant", "status", "from", "to", "by", "attempts", "duration", "error"]
+    headers = [
+        "tenant", "database", "status", "from", "to", "by", "attempts", "duration", "error"
+    ]  # fmt: skip
     with_backups = any(o.backup for o in outcomes)
     if with_backups:
         headers.insert(-1, "backup")
@@ -237,10 +242,11 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     for o in outcomes:
         row: list[object] = [
             o.name,
+            "" if o.database == CONTROL else o.database,
             o.status.value,
             o.from_revision or "base",
             o.to_revision or "",
-            _how(o),
+            _how(o) if record.command in ("upgrade", "downgrade") else "",
             o.attempts,
             f"{o.duration_s:.2f}s",
         ]

@@ -9,14 +9,15 @@ part way says what was done.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
 from tenantmig.errors import BulkStopped, ExitCode, some_names
-from tenantmig.schema.registry import Tenant, drop_tenant
+from tenantmig.schema.registry import Tenant, drop_schema, drop_tenant, forget_tenant
 from tenantmig.server.config import TenantSource
 from tenantmig.server.database import Database
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.session import Timeouts
 
@@ -32,20 +33,40 @@ def drop_in_batches(
     tenants: Sequence[Tenant],
     timeouts: Timeouts,
     on_batch: BatchCallback | None = None,
+    members: Mapping[str, Database] | None = None,
 ) -> None:
     """Drop ``tenants`` (schemas and registry rows), BATCH per transaction.
 
     Each tenant's advisory lock is taken first (a migration of it waits, or makes this wait at
-    most lock_timeout), so a tenant is never dropped under a runner migrating it.
+    most lock_timeout), so a tenant is never dropped under a runner migrating it. A tenant of
+    another database (``members``, by directory name) has its schema dropped there first, then
+    its registry row here: a failure between the two leaves a registered tenant whose schema
+    is gone (status says missing_schema), and running the drop again finishes it.
     """
     done = 0
     try:
         for start in range(0, len(tenants), BATCH):
             batch = tenants[start : start + BATCH]
+            for name in dict.fromkeys(t.database for t in batch):
+                if name == CONTROL:
+                    continue
+                member = (members or {})[name]
+                with member.engine.begin() as conn:
+                    for tenant in batch:
+                        if tenant.database == name:
+                            member.flavour.prepare_migration(
+                                conn, tenant.schema, timeouts, verify=False
+                            )
+                            drop_schema(conn, tenant)
             with database.engine.begin() as conn:
                 for tenant in batch:
-                    database.flavour.prepare_migration(conn, tenant.schema, timeouts, verify=False)
-                    drop_tenant(conn, source, tenant)
+                    if tenant.database == CONTROL:
+                        database.flavour.prepare_migration(
+                            conn, tenant.schema, timeouts, verify=False
+                        )
+                        drop_tenant(conn, source, tenant)
+                    else:
+                        forget_tenant(conn, source, tenant)
             done += len(batch)
             if on_batch is not None:
                 on_batch(done, len(tenants))

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantmig.backup.dump import BackupPlan, plan_backups
+from tenantmig.backup.dump import plan_backups
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, RunAborted
 from tenantmig.logs import configure_run_log
-from tenantmig.run.executor import Execution, WorkerSpec, run_jobs
+from tenantmig.run.executor import Execution, WorkerSpec, WorkerTarget, run_jobs
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.migrator import SchemaMigrator
@@ -48,10 +49,13 @@ from tenantmig.run.results import (
 )
 from tenantmig.run.triage import triage
 from tenantmig.schema.owned import OWNED
-from tenantmig.schema.registry import Tenant, list_tenants, select_tenants
-from tenantmig.schema.versions import read_versions
-from tenantmig.server.database import Database
+from tenantmig.schema.registry import Tenant, in_databases, list_tenants, select_tenants
+from tenantmig.schema.versions import SchemaVersion, read_versions
+from tenantmig.server.config import Settings
+from tenantmig.server.database import Database, DatabaseSet
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import connection_lost, first_line
+from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
 
 # Ledger writes are batched: one round trip per this many outcomes or seconds, not per tenant.
@@ -80,8 +84,16 @@ class _Coordinator:
         self.shared_schema = plan.settings.shared_schema
         self.result = RunResult(run_id=None, command=plan.direction, target=plan.target)
         self.migrating = False  # some schema may have committed: errors must not say otherwise
+        # The control database and the directory's others, opened as the run needs them.
+        self.databases = DatabaseSet(plan.settings, database)
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            self.databases.close()
+
+    def _run(self) -> RunResult:
         started = time.monotonic()
         plan = self.plan
         try:
@@ -89,8 +101,8 @@ class _Coordinator:
             # back up, must not start.
             with self.database.engine.connect() as conn:
                 check_can_migrate(conn, self.shared_schema, shared_chain=plan.selection.shared)
-            backup = (
-                plan_backups(plan.backup_dir, self.database, plan.policy.timeouts)
+            backup_dir = (
+                plan_backups(plan.backup_dir, self.database, plan.policy.timeouts).directory
                 if plan.backup_dir is not None and plan.tenant_scripts is not None
                 else None
             )
@@ -100,7 +112,7 @@ class _Coordinator:
                     return self._finished(started)
                 self._reference_tables()
             if plan.tenant_scripts is not None:
-                self._migrate_tenants(plan.tenant_scripts, backup)
+                self._migrate_tenants(plan.tenant_scripts, backup_dir)
         except DBAPIError as exc:
             if not self.migrating:
                 raise  # nothing was changed: the CLI reports a plain database error
@@ -167,13 +179,13 @@ class _Coordinator:
             self.result.notices.append(f"made reference tables: {', '.join(made)}")
 
     # -- the tenants --------------------------------------------------------------------------
-    def _migrate_tenants(self, scripts: ChainScripts, backup: BackupPlan | None) -> None:
+    def _migrate_tenants(self, scripts: ChainScripts, backup_dir: Path | None) -> None:
         locks = RunLocks(self.database.engine)
         try:
             with self.database.engine.connect() as conn:
                 if self.plan.selection.every_tenant:
                     acquire_run_lock(locks, conn, self.shared_schema, self.plan.wait_s)
-                self._run_tenants(conn, locks, scripts, backup)
+                self._run_tenants(conn, locks, scripts, backup_dir)
         finally:
             locks.release()
 
@@ -202,7 +214,10 @@ class _Coordinator:
         """
         plan, selection = self.plan, self.plan.selection
         with conn.begin():
-            selected = select_tenants(conn, plan.settings.tenant_source, selection.tenants)
+            selected = in_databases(
+                select_tenants(conn, plan.settings.tenant_source, selection.tenants),
+                selection.databases,
+            )
         if not plan.only_failed and not plan.policy.relative:
             return selected, selected, {}  # an absolute target: repeating it is always safe
         # Only now read the last run's rows: one row per tenant it selected.
@@ -245,7 +260,7 @@ class _Coordinator:
         return selected, taken, dict(unfinished.targets)
 
     def _run_tenants(
-        self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup: BackupPlan | None
+        self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup_dir: Path | None
     ) -> None:
         plan, result = self.plan, self.result
         with conn.begin():
@@ -253,14 +268,15 @@ class _Coordinator:
         ledger = Ledger(conn, self.shared_schema)
         ledger.ensure()
         selected, tenants, recorded = self._select(conn, ledger)
-        with conn.begin():
-            check_privileges(conn, plan.settings, Needs(schemas=[t.schema for t in tenants]))
-        versions = read_versions(conn, [t.schema for t in tenants])
+        places = _Places(self.databases, tenants)
+        places.check_privileges(plan.settings)
+        versions = places.read_versions()
         # Raises (usage, nothing changed yet) when a relative target leads past either end.
         sorted_out = triage(
-            tenants, versions, scripts, plan.direction, plan.target, recorded=recorded
+            places.reachable, versions, scripts, plan.direction, plan.target, recorded=recorded
         )
         jobs = sorted_out.jobs
+        settled = [*places.unreachable_outcomes(), *sorted_out.settled]
 
         run_id = ledger.start_run(
             plan.direction,
@@ -272,7 +288,8 @@ class _Coordinator:
                 "max_failures": plan.stop.max_failures,
                 "only_failed": plan.only_failed,
                 "tenants": len(tenants),
-                "backup_dir": str(backup.directory) if backup else None,
+                "backup_dir": str(backup_dir) if backup_dir else None,
+                "databases": places.names,
             },
         )
         result.run_id = run_id
@@ -280,16 +297,22 @@ class _Coordinator:
         # Every tenant is in the ledger from the start, with its target: the jobs as not run
         # (yet), so even a run killed now can be finished exactly.
         pending = [
-            TenantOutcome(job.name, job.schema, TenantStatus.NOT_RUN, job.seen_revision)
+            TenantOutcome(
+                job.name,
+                job.schema,
+                TenantStatus.NOT_RUN,
+                job.seen_revision,
+                database=job.database,
+            )
             for job in jobs
         ]
-        ledger.record(run_id, [*sorted_out.settled, *pending], sorted_out.targets)
-        result.outcomes.extend(sorted_out.settled)
+        ledger.record(run_id, [*settled, *pending], sorted_out.targets)
+        result.outcomes.extend(settled)
 
-        workers = self._choose_workers(conn, len(jobs)) if jobs else 0
+        caps = self._caps(jobs) if jobs else {}
+        workers = self._choose_workers(conn, len(jobs), caps) if jobs else 0
         conn.commit()
-        replay = plan.replay and len(jobs) > 1 and self._can_compile(conn)
-        compiled = self._compile_steps(conn, scripts, jobs) if replay else ()
+        targets = self._targets(scripts, jobs, caps, backup_dir)
         if self.observer is not None:
             self.observer.started(len(jobs), workers)
         writer = _OutcomeWriter(ledger, run_id, self.observer)
@@ -299,12 +322,9 @@ class _Coordinator:
                 spec = WorkerSpec(
                     policy=plan.policy,
                     settings=plan.settings,
-                    url=self.database.worker_url,
-                    flavour=self.database.flavour,
+                    targets=targets,
                     log_file=plan.log_file,
                     run_id=run_id,
-                    compiled=compiled,
-                    backup=backup,
                 )
                 self.migrating = True
                 outcomes, interrupted = run_jobs(
@@ -320,11 +340,78 @@ class _Coordinator:
             )
         self._add_notices(conn, selected, interrupted)
 
+    def _targets(
+        self,
+        scripts: ChainScripts,
+        jobs: Sequence[TenantJob],
+        caps: Mapping[str, int],
+        backup_dir: Path | None,
+    ) -> tuple[WorkerTarget, ...]:
+        """Each database with jobs: its URL, flavour, cap, backup plan, and the steps compiled
+        once per server version (compiled on the first database of that version)."""
+        by_database: dict[str, list[TenantJob]] = {}
+        for job in jobs:
+            by_database.setdefault(job.database, []).append(job)
+        by_version: dict[tuple[int, str], list[TenantJob]] = {}
+        for name, its_jobs in by_database.items():
+            database = self.databases.get(name)
+            key = (database.server_version_num, database.flavour.name)
+            by_version.setdefault(key, []).extend(its_jobs)
+        compiled: dict[tuple[int, str], tuple[CompiledStep, ...]] = {}
+        replay = self.plan.replay and len(jobs) > 1
+        for key, its_jobs in by_version.items():
+            first = next(n for n in by_database if self._version_key(n) == key)
+            database = self.databases.get(first)
+            compiled[key] = ()
+            if replay:
+                with database.engine.connect() as conn:
+                    if self._can_compile(conn):
+                        compiled[key] = self._compile_steps(
+                            conn, database.flavour, scripts, its_jobs
+                        )
+        targets = []
+        for name in by_database:
+            database = self.databases.get(name)
+            targets.append(
+                WorkerTarget(
+                    database=name,
+                    url=database.worker_url,
+                    flavour=database.flavour,
+                    compiled=compiled[self._version_key(name)],
+                    backup=(
+                        plan_backups(backup_dir, database, self.plan.policy.timeouts)
+                        if backup_dir is not None
+                        else None
+                    ),
+                    cap=caps.get(name, 1 << 30),
+                )
+            )
+        return tuple(targets)
+
+    def _version_key(self, name: str) -> tuple[int, str]:
+        database = self.databases.get(name)
+        return (database.server_version_num, database.flavour.name)
+
+    def _caps(self, jobs: Sequence[TenantJob]) -> dict[str, int]:
+        """Per database: --jobs-per-database, else what its server can take (its free
+        connections less a margin for the application)."""
+        caps: dict[str, int] = {}
+        for name in dict.fromkeys(job.database for job in jobs):
+            if self.plan.jobs_per_database is not None:
+                caps[name] = self.plan.jobs_per_database
+                continue
+            with self.databases.get(name).engine.connect() as conn:
+                caps[name] = max(1, _free_connections(conn) - 2)
+        return caps
+
     def _add_notices(self, conn: Connection, seen: Sequence[Tenant], interrupted: bool) -> None:
         result = self.result
         if self.plan.selection.every_tenant and seen:
             with conn.begin():
-                now = list_tenants(conn, self.plan.settings.tenant_source)
+                now = in_databases(
+                    list_tenants(conn, self.plan.settings.tenant_source),
+                    self.plan.selection.databases,
+                )
             known = {t.name for t in seen}
             newly_registered = sum(1 for t in now if t.name not in known)
             if newly_registered:
@@ -332,11 +419,19 @@ class _Coordinator:
                     f"{newly_registered} tenant(s) were registered during this run and were not "
                     "migrated; run again to include them"
                 )
-        if any(o.lost_connection for o in result.outcomes):
+        lost = sorted({o.database for o in result.outcomes if o.lost_connection})
+        if lost and set(lost) >= {o.database for o in result.outcomes}:
             result.notices.append(
                 "stopped starting tenants: the database stayed unreachable; every tenant is at "
                 "its old or its new revision. When the server is back, finish the run with the "
                 "same command and --only-failed"
+            )
+        elif lost:
+            result.notices.append(
+                f"database(s) {', '.join(lost)} stayed unreachable: their tenants not finished "
+                "are recorded as failed, the other databases' tenants went on; every tenant is "
+                "at its old or its new revision. When it is back, finish the run with the same "
+                "command and --only-failed"
             )
         if interrupted:
             result.notices.append(
@@ -344,22 +439,33 @@ class _Coordinator:
                 "back. Finish the rest with the same command and --only-failed"
             )
 
-    def _choose_workers(self, conn: Connection, pending: int) -> int:
-        """Worker count: requested or the CPU default, capped by pending work and free
-        connections. Each worker holds one connection; leave a margin so the application keeps
-        connecting."""
+    def _choose_workers(self, conn: Connection, pending: int, caps: Mapping[str, int]) -> int:
+        """Worker count: requested or the CPU default, capped by pending work and by what the
+        databases can take together. Each worker holds one connection to the database it is
+        migrating in; leave a margin so the application keeps connecting."""
         wanted = self.plan.jobs if self.plan.jobs is not None else default_jobs()
-        free = _free_connections(conn)
-        allowed = max(1, free - 2)
+        allowed = sum(caps.values()) if caps else max(1, _free_connections(conn) - 2)
         if wanted > allowed:
-            self.result.notices.append(
-                f"--jobs {wanted} reduced to {allowed}: the server has {free} free connections"
-            )
+            if self.plan.jobs_per_database is None and len(caps) == 1:
+                (name,) = caps
+                self.result.notices.append(
+                    f"--jobs {wanted} reduced to {allowed}: the server"
+                    + ("" if name == CONTROL else f" of database {name}")
+                    + f" has {allowed + 2} free connections"
+                )
+            elif self.plan.jobs is not None:
+                self.result.notices.append(
+                    f"--jobs {wanted} reduced to {allowed}: the per-database caps add up to that"
+                )
             wanted = allowed
         return max(1, min(wanted, pending))
 
     def _compile_steps(
-        self, conn: Connection, scripts: ChainScripts, jobs: Sequence[TenantJob]
+        self,
+        conn: Connection,
+        flavour: ServerFlavour,
+        scripts: ChainScripts,
+        jobs: Sequence[TenantJob],
     ) -> tuple[CompiledStep, ...]:
         """Compile each distinct step the jobs need, once, on the coordinator's connection:
         tenants at the same revision with the same resolved target share one (also for a
@@ -395,7 +501,7 @@ class _Coordinator:
                     key,
                     self.plan.direction,
                     self.plan.policy.timeouts,
-                    self.database.flavour,
+                    flavour,
                     self.plan.settings.scratch_schemas,
                 )
             )
@@ -467,3 +573,56 @@ def _free_connections(conn: Connection) -> int:
         )
     ).scalar()
     return int(row or 0)
+
+
+class _Places:
+    """A run's tenants by the database they live in, with those databases opened."""
+
+    def __init__(self, databases: DatabaseSet, tenants: Sequence[Tenant]) -> None:
+        self.databases = databases
+        self.groups: dict[str, list[Tenant]] = {}
+        for tenant in tenants:
+            self.groups.setdefault(tenant.database, []).append(tenant)
+        self.down = {
+            name: why for name in self.groups if (why := databases.unreachable(name)) is not None
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.groups)
+
+    @property
+    def reachable(self) -> list[Tenant]:
+        return [t for name, group in self.groups.items() if name not in self.down for t in group]
+
+    def unreachable_outcomes(self) -> list[TenantOutcome]:
+        """The tenants of databases that cannot be reached: failed, nothing started there."""
+        return [
+            TenantOutcome(
+                t.name,
+                t.schema,
+                TenantStatus.FAILED,
+                error=f"database {name} unreachable: {why}",
+                database=name,
+            )
+            for name, why in self.down.items()
+            for t in self.groups[name]
+        ]
+
+    def check_privileges(self, settings: Settings) -> None:
+        """Every reachable database: the role may migrate its tenants' schemas."""
+        for name, group in self.groups.items():
+            if name in self.down:
+                continue
+            with self.databases.get(name).engine.connect() as conn, conn.begin():
+                check_privileges(conn, settings, Needs(schemas=[t.schema for t in group]))
+
+    def read_versions(self) -> dict[str, SchemaVersion]:
+        """Every reachable tenant's revision, read in bulk in its own database."""
+        versions: dict[str, SchemaVersion] = {}
+        for name, group in self.groups.items():
+            if name in self.down:
+                continue
+            with self.databases.get(name).engine.connect() as conn:
+                versions.update(read_versions(conn, [t.schema for t in group]))
+        return versions

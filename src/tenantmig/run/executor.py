@@ -24,7 +24,7 @@ import queue
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -46,35 +46,123 @@ _POLL_S = 0.2
 
 
 @dataclass(frozen=True)
+class WorkerTarget:
+    """One database a run migrates tenants in: where it is and what is replayed there."""
+
+    database: str  # the directory's name (CONTROL for the control database)
+    url: str = field(repr=False)
+    flavour: ServerFlavour
+    compiled: tuple[CompiledStep, ...] = ()  # compiled on a server of the same version
+    backup: BackupPlan | None = None
+    cap: int = 1 << 30  # at most this many of its tenants in flight at once
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker process needs; pickled to it once at start.
 
     ``policy`` is the plan's per-tenant part; ``settings`` tells the worker where the tenant
     chain's scripts are (each worker loads them once); the rest is what the coordinator learned
-    at run time.
+    at run time, for each database the run's tenants live in.
     """
 
     policy: TenantPolicy
     settings: Settings
-    url: str
-    flavour: ServerFlavour
+    targets: tuple[WorkerTarget, ...]
     log_file: Path | None
     run_id: int | None
-    compiled: tuple[CompiledStep, ...] = ()
-    backup: BackupPlan | None = None
 
-    def migrator(self, logger: logging.Logger, role: str | None = None) -> SchemaMigrator:
+    def target(self, database: str) -> WorkerTarget:
+        return next(t for t in self.targets if t.database == database)
+
+    def migrator(
+        self, logger: logging.Logger, database: str, role: str | None = None
+    ) -> SchemaMigrator:
+        target = self.target(database)
         return SchemaMigrator(
             self.policy,
             ChainScripts(self.settings, "tenant"),
-            self.url,
-            self.flavour,
+            target.url,
+            target.flavour,
             logger=logger,
             role=role,
-            compiled={step.key: step for step in self.compiled},
-            backup=self.backup,
+            compiled={step.key: step for step in target.compiled},
+            backup=target.backup,
             run_id=self.run_id,
         )
+
+
+class _Migrators:
+    """A process's migrator for the database its current tenant lives in.
+
+    One at a time: moving to another database closes the connection to the previous one, so
+    a worker never holds a connection to a database it is not migrating in (the per-database
+    caps are what each server sees in pg_stat_activity).
+    """
+
+    def __init__(self, spec: WorkerSpec, logger: logging.Logger, role: str | None) -> None:
+        self.spec, self.logger, self.role = spec, logger, role
+        self.current: tuple[str, SchemaMigrator] | None = None
+
+    def migrate(self, job: TenantJob) -> TenantOutcome:
+        if self.current is None or self.current[0] != job.database:
+            self.close()
+            self.current = (job.database, self.spec.migrator(self.logger, job.database, self.role))
+        return self.current[1].migrate(job)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[1].close()
+            self.current = None
+
+
+class JobQueue:
+    """The jobs not started yet, handed out within each database's cap.
+
+    A worker is given a job of the database it worked in last when that database has one and
+    room (so it keeps its connection), else one of the database with the fewest in flight.
+    A database that became unreachable is closed: its jobs are taken out and reported.
+    """
+
+    def __init__(self, jobs: Sequence[TenantJob], caps: Mapping[str, int]) -> None:
+        self.pending: dict[str, deque[TenantJob]] = {}
+        for job in jobs:
+            self.pending.setdefault(job.database, deque()).append(job)
+        self.caps = dict(caps)
+        self.running: dict[str, int] = dict.fromkeys(self.pending, 0)
+
+    def __bool__(self) -> bool:
+        return any(self.pending.values())
+
+    def take(self, prefer: str | None = None) -> TenantJob | None:
+        def open_(database: str) -> bool:
+            cap = self.caps.get(database, 1 << 30)
+            return bool(self.pending.get(database)) and self.running[database] < cap
+
+        if prefer is not None and open_(prefer):
+            chosen = prefer
+        else:
+            candidates = [d for d in self.pending if open_(d)]
+            if not candidates:
+                return None
+            chosen = min(candidates, key=lambda d: self.running[d])
+        self.running[chosen] += 1
+        return self.pending[chosen].popleft()
+
+    def finished(self, job: TenantJob) -> None:
+        self.running[job.database] -= 1
+
+    def close(self, database: str) -> list[TenantJob]:
+        """Take out every job of ``database`` not started yet."""
+        left = list(self.pending.get(database, ()))
+        self.pending[database] = deque()
+        return left
+
+    def remaining(self) -> list[TenantJob]:
+        left = [job for jobs in self.pending.values() for job in jobs]
+        for jobs in self.pending.values():
+            jobs.clear()
+        return left
 
 
 def _die_with_parent() -> None:
@@ -97,7 +185,7 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     logger = configure_run_log(spec.log_file, spec.run_id)
-    migrator = spec.migrator(logger, role=f"worker {os.getpid()}")
+    migrators = _Migrators(spec, logger, f"worker {os.getpid()}")
     parent = os.getppid()
     try:
         while True:
@@ -109,10 +197,10 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
                 continue
             if job is None:
                 return
-            outcome = migrator.migrate(job)
+            outcome = migrators.migrate(job)
             results.put((worker_id, outcome))
     finally:
-        migrator.close()
+        migrators.close()
 
 
 @dataclass
@@ -121,6 +209,7 @@ class _Worker:
     tasks: Any
     job: TenantJob | None = None
     started: float = 0.0
+    last_database: str | None = None
 
 
 @dataclass
@@ -130,8 +219,9 @@ class Execution:
     total: int
     done: int = 0
     failures: int = 0
-    lost_connection: bool = False
+    lost_connection: bool = False  # every database the run migrates in stayed unreachable
     started: float = field(default_factory=time.monotonic)
+    unreachable: set[str] = field(default_factory=set)  # databases given up on
 
 
 OutcomeCallback = Callable[[TenantOutcome, Execution], None]
@@ -167,82 +257,109 @@ def run_jobs(
     """Run every job; return (outcomes in completion order, interrupted?)."""
     stop = stop or StopPolicy()
     execution = Execution(total=len(jobs))
+    caps = {t.database: t.cap for t in spec.targets}
+    run = _Run(JobQueue(jobs, caps), execution, on_outcome, {j.database for j in jobs})
     with _trap_signals() as signals:
         if workers <= 1 or len(jobs) <= 1:
-            outcomes = _run_inline(spec, jobs, stop, execution, on_outcome, signals)
+            _run_inline(spec, run, stop, signals)
         else:
-            outcomes = _run_pool(spec, jobs, workers, stop, execution, on_outcome, signals)
-        return outcomes, signals.count > 0
+            _run_pool(spec, run, workers, stop, signals)
+        return run.outcomes, signals.count > 0
 
 
-def _record(
-    outcome: TenantOutcome,
-    outcomes: list[TenantOutcome],
-    execution: Execution,
-    on_outcome: OutcomeCallback | None,
-) -> None:
-    outcomes.append(outcome)
-    execution.done += 1
-    if outcome.status.is_failure:
-        execution.failures += 1
-    execution.lost_connection = execution.lost_connection or outcome.lost_connection
-    if on_outcome is not None:
-        on_outcome(outcome, execution)
+@dataclass
+class _Run:
+    """The state of one run_jobs call: what is left, what came back."""
+
+    queue: JobQueue
+    execution: Execution
+    on_outcome: OutcomeCallback | None
+    databases: set[str]
+    outcomes: list[TenantOutcome] = field(default_factory=list)
+
+    def record(self, outcome: TenantOutcome) -> None:
+        execution = self.execution
+        self.outcomes.append(outcome)
+        execution.done += 1
+        if outcome.status.is_failure:
+            execution.failures += 1
+        if outcome.lost_connection and outcome.database not in execution.unreachable:
+            self._unreachable(outcome.database)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome, execution)
+
+    def _unreachable(self, database: str) -> None:
+        """A tenant gave up on its database (unreachable past the reconnect budget).
+
+        With one database that ends the run: nothing else could be migrated. With several,
+        the other databases go on, and this one's tenants not started yet are recorded as
+        failed, so the printed finishing command takes them when it is back.
+        """
+        execution = self.execution
+        execution.unreachable.add(database)
+        if execution.unreachable >= self.databases:
+            execution.lost_connection = True
+            return
+        for job in self.queue.close(database):
+            self.record(
+                TenantOutcome(
+                    job.name,
+                    job.schema,
+                    TenantStatus.FAILED,
+                    job.seen_revision,
+                    job.seen_revision,
+                    error=f"database {database} unreachable: not started (the run went on "
+                    "with the other databases)",
+                    database=database,
+                )
+            )
+
+    def stopping(self, stop: StopPolicy, signals: _SignalState) -> bool:
+        return (
+            signals.count > 0
+            or self.execution.lost_connection
+            or stop.should_stop(self.execution.failures)
+        )
+
+    def not_run(self) -> None:
+        for job in self.queue.remaining():
+            self.record(
+                TenantOutcome(
+                    job.name,
+                    job.schema,
+                    TenantStatus.NOT_RUN,
+                    error="run stopped before it",
+                    database=job.database,
+                )
+            )
 
 
-def _not_run(jobs: Iterator[TenantJob] | deque[TenantJob]) -> list[TenantOutcome]:
-    return [
-        TenantOutcome(job.name, job.schema, TenantStatus.NOT_RUN, error="run stopped before it")
-        for job in jobs
-    ]
-
-
-def _run_inline(
-    spec: WorkerSpec,
-    jobs: Sequence[TenantJob],
-    stop: StopPolicy,
-    execution: Execution,
-    on_outcome: OutcomeCallback | None,
-    signals: _SignalState,
-) -> list[TenantOutcome]:
+def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalState) -> None:
     """One tenant at a time in this process (--jobs 1 or a single tenant): no start-up cost.
 
     A signal lets the current tenant finish (its transaction commits or rolls back as a unit).
     """
-    outcomes: list[TenantOutcome] = []
-    logger = configure_run_log(spec.log_file, spec.run_id)
-    migrator = spec.migrator(logger)
-    pending = deque(jobs)
+    migrators = _Migrators(spec, configure_run_log(spec.log_file, spec.run_id), None)
     try:
-        while (
-            pending
-            and not signals.count
-            and not execution.lost_connection
-            and not stop.should_stop(execution.failures)
-        ):
-            _record(migrator.migrate(pending.popleft()), outcomes, execution, on_outcome)
+        while not run.stopping(stop, signals):
+            job = run.queue.take(migrators.current[0] if migrators.current else None)
+            if job is None:
+                break
+            outcome = migrators.migrate(job)
+            run.queue.finished(job)
+            run.record(outcome)
     finally:
-        migrator.close()
-    for outcome in _not_run(pending):
-        _record(outcome, outcomes, execution, on_outcome)
-    return outcomes
+        migrators.close()
+    run.not_run()
 
 
 def _run_pool(
-    spec: WorkerSpec,
-    jobs: Sequence[TenantJob],
-    workers: int,
-    stop: StopPolicy,
-    execution: Execution,
-    on_outcome: OutcomeCallback | None,
-    signals: _SignalState,
-) -> list[TenantOutcome]:
+    spec: WorkerSpec, run: _Run, workers: int, stop: StopPolicy, signals: _SignalState
+) -> None:
     # spawn, not fork: the coordinator holds open connections and (in tests) threads; a forked
     # copy of a libpq connection shared by two processes corrupts the protocol stream.
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    pending = deque(jobs)
-    outcomes: list[TenantOutcome] = []
     pool: dict[int, _Worker] = {}
     next_id = 0
     log = configure_run_log(spec.log_file, spec.run_id)
@@ -260,20 +377,20 @@ def _run_pool(
         pool[next_id] = _Worker(process, tasks)
         next_id += 1
 
-    def stopping() -> bool:
-        return (
-            signals.count > 0 or execution.lost_connection or stop.should_stop(execution.failures)
-        )
-
     def assign(worker: _Worker) -> None:
-        if pending and not stopping():
-            worker.job = pending.popleft()
+        worker.job = None if run.stopping(stop, signals) else run.queue.take(worker.last_database)
+        if worker.job is not None:
             worker.started = time.monotonic()
+            worker.last_database = worker.job.database
             worker.tasks.put(worker.job)
-        else:
-            worker.job = None
 
-    for _ in range(min(workers, len(jobs))):
+    def assign_idle() -> None:
+        # A finished job may have made room in a database an idle worker could not take.
+        for worker in pool.values():
+            if worker.job is None and worker.process.is_alive():
+                assign(worker)
+
+    for _ in range(min(workers, run.execution.total)):
         start_worker()
     for worker in pool.values():
         assign(worker)
@@ -291,16 +408,16 @@ def _run_pool(
             try:
                 worker_id, outcome = results.get(timeout=_POLL_S)
             except queue.Empty:
-                _reap_dead_workers(
-                    pool, outcomes, execution, on_outcome, log, terminated, start_worker, assign
-                )
+                _reap_dead_workers(pool, run, log, terminated, start_worker, assign)
                 continue
             owner = pool.get(worker_id)
-            if owner is None:
+            if owner is None or owner.job is None:
                 continue  # already recorded as died; its late result is stale
+            run.queue.finished(owner.job)
             owner.job = None
-            _record(outcome, outcomes, execution, on_outcome)
+            run.record(outcome)
             assign(owner)
+            assign_idle()
     finally:
         for worker in pool.values():
             if worker.process.is_alive():
@@ -311,16 +428,12 @@ def _run_pool(
             if worker.process.is_alive():
                 worker.process.kill()
         results.close()
-    for outcome in _not_run(pending):
-        _record(outcome, outcomes, execution, on_outcome)
-    return outcomes
+    run.not_run()
 
 
 def _reap_dead_workers(
     pool: dict[int, _Worker],
-    outcomes: list[TenantOutcome],
-    execution: Execution,
-    on_outcome: OutcomeCallback | None,
+    run: _Run,
     log: logging.Logger,
     terminated: bool,
     start_worker: Callable[[], None],
@@ -349,9 +462,11 @@ def _reap_dead_workers(
             attempts=1,
             duration_s=time.monotonic() - worker.started,
             error=reason,
+            database=job.database,
         )
         del pool[worker_id]
-        _record(outcome, outcomes, execution, on_outcome)
+        run.queue.finished(job)
+        run.record(outcome)
         if not terminated:
             start_worker()
             assign(pool[max(pool)])

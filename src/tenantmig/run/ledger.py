@@ -35,6 +35,7 @@ from tenantmig.run.results import (
 )
 from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
 from tenantmig.schema.status import LastOutcome
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import qualified, quote_ident
 from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 
@@ -46,6 +47,7 @@ _ADDED_COLUMNS = {
     "backup_path": "text",
     "replayed": "boolean NOT NULL DEFAULT false",
     "target_revision": "text",  # Target.to_ledger(): a revision id, or "base"
+    "database": "text",  # the directory's name of the tenant's database (NULL: control)
 }
 
 
@@ -272,14 +274,15 @@ class Ledger:
             sa.text(
                 f"INSERT INTO {self.run_tenants} "
                 "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
-                " duration_s, error, backup_path, replayed, target_revision) VALUES (:run_id,"
-                " :tenant, :schema, :from_rev, :to_rev, :status, :attempts, :duration, :error,"
-                " :backup, :replayed, :target)"
+                " duration_s, error, backup_path, replayed, target_revision, database)"
+                " VALUES (:run_id, :tenant, :schema, :from_rev, :to_rev, :status, :attempts,"
+                " :duration, :error, :backup, :replayed, :target, :database)"
                 " ON CONFLICT (run_id, tenant) DO UPDATE"
                 " SET from_revision = EXCLUDED.from_revision, to_revision = EXCLUDED.to_revision,"
                 " status = EXCLUDED.status, attempts = EXCLUDED.attempts,"
                 " duration_s = EXCLUDED.duration_s, error = EXCLUDED.error,"
                 " backup_path = EXCLUDED.backup_path, replayed = EXCLUDED.replayed,"
+                " database = EXCLUDED.database,"
                 f" target_revision = coalesce(EXCLUDED.target_revision, {RUN_TENANTS}"
                 ".target_revision), recorded_at = now()"
             ),
@@ -297,6 +300,7 @@ class Ledger:
                     "backup": o.backup,
                     "replayed": o.replayed,
                     "target": targets[o.name].to_ledger() if o.name in targets else None,
+                    "database": None if o.database == CONTROL else o.database,
                 }
                 for o in outcomes
             ],
@@ -314,8 +318,14 @@ class Ledger:
 
     def record_restore(self, archive: Path, outcome: TenantOutcome) -> int:
         """Record a ``tenantmig restore`` of one tenant as a run of its own; return its id."""
+        return self.record_single("restore", str(archive), {"file": str(archive)}, outcome)
+
+    def record_single(
+        self, command: str, target: str, options: dict[str, Any], outcome: TenantOutcome
+    ) -> int:
+        """Record a one-tenant operation (restore, move) as a run of its own; return its id."""
         self.ensure()
-        run_id = self.start_run("restore", RunScope.TENANTS, str(archive), {"file": str(archive)})
+        run_id = self.start_run(command, RunScope.TENANTS, target, options)
         self.record(run_id, [outcome])
         self.finish_run(
             run_id,
@@ -431,6 +441,7 @@ class Ledger:
                 # A ledger from before these columns (read before any run added them).
                 backup=getattr(t, "backup_path", None),
                 replayed=bool(getattr(t, "replayed", False)),
+                database=getattr(t, "database", None) or CONTROL,
             )
             for t in tenants
         ]

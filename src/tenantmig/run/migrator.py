@@ -246,6 +246,7 @@ class SchemaMigrator:
             error=error,
             backup=progress.backup[1] if progress.backup else None,
             replayed=status is TenantStatus.OK and progress.replayed,
+            database=job.database,
         )
 
     def _attempt(self, job: TenantJob, progress: _Progress) -> Step:

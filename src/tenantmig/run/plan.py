@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
@@ -28,6 +28,12 @@ class Selection:
     shared: bool = False
     tenants: tuple[str, ...] | None = None  # None with include_tenants: every tenant
     include_tenants: bool = False
+    # Only tenants living in these databases (directory names; None: wherever they live).
+    databases: tuple[str, ...] | None = None
+
+    def in_databases(self, databases: Sequence[str] | None) -> Selection:
+        """The same selection, narrowed to tenants living in ``databases`` (None: all)."""
+        return replace(self, databases=tuple(databases) if databases else None)
 
     @classmethod
     def everything(cls) -> Selection:
@@ -72,6 +78,8 @@ class RunOptions:
     would pick. Timeouts and retries come from Settings (flags, environment, alembic.ini)."""
 
     jobs: int | None = None  # None: min(CPU-based default, what the server can take)
+    # At most this many tenants of one database at once (None: what that server can take).
+    jobs_per_database: int | None = None
     fail_fast: bool = False
     max_failures: int | None = None
     only_failed: bool = False
@@ -127,6 +135,7 @@ class RunPlan:
     policy: TenantPolicy
     stop: StopPolicy
     jobs: int | None
+    jobs_per_database: int | None
     only_failed: bool
     wait_s: float
     replay: bool
@@ -157,6 +166,8 @@ def check_options(selection: Selection, options: RunOptions) -> None:
     """Reject options that make no sense, whatever the database holds."""
     if options.jobs is not None and options.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
+    if options.jobs_per_database is not None and options.jobs_per_database < 1:
+        raise ConfigError("--jobs-per-database must be at least 1")
     if options.max_failures is not None and options.max_failures < 1:
         raise ConfigError("--max-failures must be at least 1")
     if options.wait_s < 0:
@@ -186,6 +197,7 @@ def build_plan(
         )
     check_options(selection, options)
     check_tenant_names(selection.tenants or (), settings.tenant_source)
+    settings.check_database_names(selection.databases or ())
     shared_scripts = ChainScripts(settings, "shared") if selection.shared else None
     tenant_scripts = ChainScripts(settings, "tenant") if selection.include_tenants else None
     for scripts in (shared_scripts, tenant_scripts):
@@ -204,6 +216,7 @@ def build_plan(
         ),
         stop=StopPolicy(options.fail_fast, options.max_failures),
         jobs=options.jobs,
+        jobs_per_database=options.jobs_per_database,
         only_failed=options.only_failed,
         wait_s=options.wait_s,
         replay=options.replay,

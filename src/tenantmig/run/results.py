@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from tenantmig.server.directory import CONTROL
+
 
 class TenantStatus(str, Enum):
     OK = "ok"  # migrated and committed
@@ -73,6 +75,7 @@ class TenantJob:
     seen_version_table: bool | None = None
     # None: resolve from the run's target under the tenant's lock (its revision was unknown).
     target: Target | None = None
+    database: str = CONTROL  # the directory's name of the database holding the schema
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class TenantOutcome:
     lost_connection: bool = False
     backup: str | None = None  # the pg_dump file taken before migrating (--backup)
     replayed: bool = False  # migrated by replaying a compiled step, not by running Alembic
+    database: str = CONTROL  # the directory's name of the database holding the schema
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ class TenantOutcome:
             "error": self.error,
             "backup": self.backup,
             "replayed": self.replayed,
+            "database": self.database,
         }
 
 

@@ -8,16 +8,17 @@ no SQL. Nothing is changed and nothing is recorded in the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tenantmig.chains.offline import offline_sql
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.plan import Selection
-from tenantmig.schema.registry import Tenant, select_tenants
-from tenantmig.schema.versions import read_versions
+from tenantmig.schema.registry import Tenant, in_databases, select_tenants
+from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import Database
+from tenantmig.server.database import Database, DatabaseSet
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,15 @@ def schema_sql(
             chains.append(("shared", [Tenant(shared, shared, "active")]))
         if selection.include_tenants:
             with conn.begin():
-                tenants = select_tenants(conn, settings.tenant_source, selection.tenants)
+                tenants = in_databases(
+                    select_tenants(conn, settings.tenant_source, selection.tenants),
+                    selection.databases,
+                )
             chains.append(("tenant", tenants))
         for chain, schemas in chains:
             scripts = ChainScripts(settings, chain)
             start = None if explicit_start is None else scripts.resolve_target(explicit_start)
-            versions = read_versions(conn, [t.schema for t in schemas])
+            versions = _versions(settings, database, schemas)
             for tenant in schemas:
                 current = start if explicit_start is not None else versions[tenant.schema].revision
                 found.append(
@@ -94,3 +98,20 @@ def _one(
         settings, chain, tenant.schema, direction, current, destination, for_citus=for_citus
     )
     return SchemaSQL(tenant.name, tenant.schema, chain, current, destination, sql)
+
+
+def _versions(
+    settings: Settings, control: Database, tenants: Sequence[Tenant]
+) -> dict[str, SchemaVersion]:
+    """Each tenant's revision, read in the database it lives in (one that cannot be reached
+    stops the command: the SQL is the starting point of a review, so it must be complete)."""
+    databases = DatabaseSet(settings, control)
+    try:
+        versions: dict[str, SchemaVersion] = {}
+        for name in dict.fromkeys(t.database for t in tenants):
+            schemas = [t.schema for t in tenants if t.database == name]
+            with databases.get(name).engine.connect() as conn:
+                versions.update(read_versions(conn, schemas))
+        return versions
+    finally:
+        databases.close()

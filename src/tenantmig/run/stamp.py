@@ -13,7 +13,8 @@ schemas really match the stamped revision.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,10 +31,11 @@ from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.plan import Selection
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
-from tenantmig.schema.registry import Tenant, select_tenants
+from tenantmig.schema.registry import Tenant, in_databases, select_tenants
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
-from tenantmig.server.database import Database
+from tenantmig.server.database import Database, DatabaseSet
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.identifiers import qualified
 
@@ -78,8 +80,13 @@ def stamp(
             if selection.shared:
                 schemas = [Tenant(settings.shared_schema, settings.shared_schema, "active")]
             else:
-                schemas = select_tenants(conn, settings.tenant_source, selection.tenants)
-            check_privileges(conn, settings, Needs(schemas=[t.schema for t in schemas]))
+                schemas = in_databases(
+                    select_tenants(conn, settings.tenant_source, selection.tenants),
+                    selection.databases,
+                )
+            here = [t.schema for t in schemas if t.database == CONTROL]
+            check_privileges(conn, settings, Needs(schemas=here))
+        databases = DatabaseSet(settings, database)
         try:
             if selection.every_tenant:
                 locks = RunLocks(database.engine)
@@ -90,24 +97,54 @@ def stamp(
             if locks is not None:
                 locks.mark_alive(run_id)
             result.run_id = run_id
-            before = read_versions(conn, [t.schema for t in schemas])
+            groups: dict[str, list[Tenant]] = {}
             for tenant in schemas:
-                outcome = _stamp_one(
-                    conn, database, settings, scripts, tenant, target_text,
-                    before[tenant.schema].revision,
-                )  # fmt: skip
-                result.outcomes.append(outcome)
-                ledger.record(run_id, [outcome])
-                if on_stamped is not None:
-                    on_stamped(outcome)
+                groups.setdefault(tenant.database, []).append(tenant)
+            for name, group in groups.items():
+                for outcome in _stamp_in(databases, name, group, settings, scripts, target_text):
+                    result.outcomes.append(outcome)
+                    ledger.record(run_id, [outcome])
+                    if on_stamped is not None:
+                        on_stamped(outcome)
             ledger.finish_run(run_id, result.outcome, result.totals())
         finally:
+            databases.close()
             if locks is not None:
                 locks.release()
     result.duration_s = time.monotonic() - started
     if selection.shared and result.outcomes:
         result.shared = result.outcomes.pop()
     return result
+
+
+def _stamp_in(
+    databases: DatabaseSet,
+    name: str,
+    tenants: list[Tenant],
+    settings: Settings,
+    scripts: ChainScripts,
+    target: str,
+) -> Iterator[TenantOutcome]:
+    """Stamp the tenants living in database ``name``, each in its own transaction there."""
+    why = databases.unreachable(name)
+    if why is not None:
+        for tenant in tenants:
+            yield TenantOutcome(
+                tenant.name, tenant.schema, TenantStatus.FAILED, None, None, 0, 0.0,
+                f"database {name} unreachable: {why}", database=name,
+            )  # fmt: skip
+        return
+    database = databases.get(name)
+    with database.engine.connect() as conn:
+        if name != CONTROL:
+            with conn.begin():
+                check_privileges(conn, settings, Needs(schemas=[t.schema for t in tenants]))
+        before = read_versions(conn, [t.schema for t in tenants])
+        for tenant in tenants:
+            outcome = _stamp_one(
+                conn, database, settings, scripts, tenant, target, before[tenant.schema].revision
+            )
+            yield replace(outcome, database=name)
 
 
 def _stamp_one(

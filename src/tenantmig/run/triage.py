@@ -56,6 +56,7 @@ def triage(
                     tenant.schema,
                     TenantStatus.MISSING,
                     error=f"schema {tenant.schema!r} does not exist",
+                    database=tenant.database,
                 )
             )
             continue
@@ -74,11 +75,25 @@ def triage(
             and scripts.already_there(direction, current, resolved.revision)
         ):
             settled.append(
-                TenantOutcome(tenant.name, tenant.schema, TenantStatus.SKIPPED, current, current)
+                TenantOutcome(
+                    tenant.name,
+                    tenant.schema,
+                    TenantStatus.SKIPPED,
+                    current,
+                    current,
+                    database=tenant.database,
+                )
             )
             continue
         jobs.append(
-            TenantJob(tenant.name, tenant.schema, current, version.has_version_table, resolved)
+            TenantJob(
+                tenant.name,
+                tenant.schema,
+                current,
+                version.has_version_table,
+                resolved,
+                tenant.database,
+            )
         )
     if out_of_range:
         raise UnknownRevision(

@@ -35,6 +35,7 @@ from tenantmig.schema.registry import Tenant
 from tenantmig.schema.state import SchemaState, classify
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
 
@@ -51,13 +52,19 @@ class ReferenceBuilder:
     """Expected structures per revision, built once each by running the migrations."""
 
     def __init__(
-        self, settings: Settings, conn: Connection, flavour: ServerFlavour, chain: Chain
+        self,
+        settings: Settings,
+        conn: Connection,
+        flavour: ServerFlavour,
+        chain: Chain,
+        cache: dict[str | None, SchemaStructure] | None = None,
     ) -> None:
         self.settings = settings
         self.conn = conn
         self.flavour = flavour
         self.scripts = ChainScripts(settings, chain)
-        self._cache: dict[str | None, SchemaStructure] = {}
+        # Shared by the databases of one server version and kind: built once for all of them.
+        self._cache: dict[str | None, SchemaStructure] = {} if cache is None else cache
 
     def expected(self, revision: str | None) -> SchemaStructure:
         if revision not in self._cache:
@@ -133,8 +140,13 @@ def check(
     *,
     include_shared: bool = True,
     database: str = "",
+    database_name: str = CONTROL,
+    reference_cache: dict[str | None, SchemaStructure] | None = None,
 ) -> DriftReport:
-    tenant_refs = ReferenceBuilder(settings, conn, flavour, "tenant")
+    """Drift of ``tenants`` (all in the database of ``conn``, the directory's
+    ``database_name``) and, with ``include_shared``, of the shared schema. References come
+    from ``reference_cache`` where another database of the same server version built them."""
+    tenant_refs = ReferenceBuilder(settings, conn, flavour, "tenant", reference_cache)
     scripts = tenant_refs.scripts
     ignore = settings.drift_ignore
     report = DriftReport(
@@ -197,6 +209,7 @@ def check(
                     differences=differences,
                     detail=detail,
                     behind_by=_behind_by(version, scripts) if state == "behind" else None,
+                    database=database_name,
                 )
             )
     return report

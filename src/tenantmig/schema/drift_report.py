@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tenantmig.server.directory import CONTROL
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -54,6 +56,7 @@ class SchemaDrift:
     differences: tuple[Difference, ...] = ()
     detail: str | None = None
     behind_by: int | None = None  # revisions behind head, when behind
+    database: str = CONTROL  # the directory's name of the database holding the schema
 
     def headline(self) -> str:
         """What is wrong with this schema, most serious first, in a few words."""
@@ -83,6 +86,7 @@ class SchemaDrift:
             "behind_by": self.behind_by,
             "detail": self.detail,
             "differences": [d.to_json() for d in self.differences],
+            "database": self.database,
         }
 
 
@@ -132,6 +136,12 @@ class DriftReport:
     database: str = ""  # host/database, password masked
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     ignored: tuple[str, ...] = ()  # kinds left out (drift_ignore)
+    databases: tuple[str, ...] = ()  # the directory's databases checked besides the control one
+
+    def merge(self, other: DriftReport) -> None:
+        """Add the tenants another database's check found (same chains, same ignores)."""
+        self.tenants_checked += other.tenants_checked
+        self.drifted.extend(other.drifted)
 
     @property
     def any_drift(self) -> bool:
@@ -165,6 +175,7 @@ class DriftReport:
             "shared_head": self.shared_head or "base",
             "tenants_checked": self.tenants_checked,
             "ignored": list(self.ignored),
+            "databases": list(self.databases),
             "shared": self.shared.to_json() if self.shared else None,
             "groups": [g.to_json() for g in self.groups()],
             "drifted": [d.to_json() for d in self.drifted],

@@ -1,4 +1,4 @@
-"""Objects tenantmig itself owns in the shared schema: the run ledger's tables and index.
+"""Objects tenantmig itself owns in the shared schema: the run ledger and the placements.
 
 No migration makes them, so drift leaves them out of the shared schema's comparison.
 """
@@ -6,4 +6,6 @@ No migration makes them, so drift leaves them out of the shared schema's compari
 RUNS = "tenantmig_runs"
 RUN_TENANTS = "tenantmig_run_tenants"
 RUN_TENANTS_INDEX = "tenantmig_run_tenants_tenant_idx"
-OWNED = (RUNS, RUN_TENANTS, RUN_TENANTS_INDEX)
+PLACEMENTS = "tenantmig_placements"  # the database of each tenant outside the control one
+PLACEMENTS_KEY = "tenantmig_placements_pkey"
+OWNED = (RUNS, RUN_TENANTS, RUN_TENANTS_INDEX, PLACEMENTS, PLACEMENTS_KEY)

@@ -27,7 +27,9 @@ from tenantmig.errors import (
     UnknownTenant,
     some_names,
 )
+from tenantmig.schema.placement import place, read_placements
 from tenantmig.server.config import TenantSource
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_ident, validate_tenant_name
@@ -41,6 +43,7 @@ class Tenant:
     schema: str
     status: str
     created_at: datetime | None = None
+    database: str = CONTROL  # the directory's name of the database holding the schema
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class Tenant:
             "schema": self.schema,
             "status": self.status,
             "created_at": self.created_at.isoformat() if self.created_at else None,
+            "database": self.database,
         }
 
 
@@ -90,9 +94,21 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
                 "WHERE status <> 'deleted' ORDER BY name"
             )
         ).all()
-        tenants = [Tenant(r.name, r.schema_name, r.status, r.created_at) for r in rows]
+        placed = read_placements(conn, source.shared_schema)
+        tenants = [
+            Tenant(r.name, r.schema_name, r.status, r.created_at, placed.get(r.name, CONTROL))
+            for r in rows
+        ]
     _check_schema_names(tenants, source)
     return tenants
+
+
+def in_databases(tenants: Sequence[Tenant], databases: Sequence[str] | None) -> list[Tenant]:
+    """The tenants living in one of ``databases`` (None: all of them)."""
+    if databases is None:
+        return list(tenants)
+    wanted = set(databases)
+    return [t for t in tenants if t.database in wanted]
 
 
 def _from_query(conn: Connection, source: TenantSource) -> list[Tenant]:
@@ -232,7 +248,9 @@ def _registered(conn: Connection, source: TenantSource, values: Sequence[str]) -
     )
 
 
-def _insert(conn: Connection, source: TenantSource, name: str, schema: str) -> Tenant:
+def _insert(
+    conn: Connection, source: TenantSource, name: str, schema: str, database: str = CONTROL
+) -> Tenant:
     row = conn.execute(
         sa.text(
             f"INSERT INTO {qualified(source.shared_schema, TENANTS_TABLE)} (name, schema_name) "
@@ -240,7 +258,7 @@ def _insert(conn: Connection, source: TenantSource, name: str, schema: str) -> T
         ),
         {"name": name, "schema": schema},
     ).one()
-    return Tenant(name, schema, row.status, row.created_at)
+    return Tenant(name, schema, row.status, row.created_at, database)
 
 
 def create_tenants(
@@ -250,17 +268,22 @@ def create_tenants(
     flavour: ServerFlavour,
     *,
     distribute: bool = True,
+    database: str = CONTROL,
+    schema_conn: Connection | None = None,
 ) -> list[Tenant]:
-    """Create each tenant's schema (and its registry row), all or nothing, in the caller's
-    transaction. Every name is checked before the first write: one bad name creates none.
-    ``distribute``: on a Citus cluster, make each a distributed schema (else a local one)."""
+    """Create each tenant's schema (and its registry row), all or nothing, in the callers'
+    transactions: the registry's in ``conn`` (the control database), the schemas' in
+    ``schema_conn`` (the tenants' ``database``; default ``conn``). Every name is checked
+    before the first write: one bad name creates none. ``distribute``: on a Citus cluster,
+    make each a distributed schema (else a local one)."""
     require_registry(source, "create tenants")
     _check_new(source, [(n, n) for n in names])
+    where = schema_conn or conn
     if source.is_registry:
         taken = _registered(conn, source, names)
         if taken:
             raise TenantExists(f"{len(taken)} tenant(s) already registered: {some_names(taken)}")
-    clashing = sorted(existing_schemas(conn, names))
+    clashing = sorted(existing_schemas(where, names))
     if clashing:
         raise TenantExists(
             f"{len(clashing)} schema(s) already exist: {some_names(clashing)}; to adopt an "
@@ -269,36 +292,59 @@ def create_tenants(
     created: list[Tenant] = []
     for name in names:
         if source.is_registry:
-            created.append(_insert(conn, source, name, name))
+            created.append(_insert(conn, source, name, name, database))
         else:
             created.append(Tenant(name, name, "active"))
-        flavour.create_schema(conn, name, distribute=distribute)
+        flavour.create_schema(where, name, distribute=distribute)
+    if database != CONTROL:
+        place(conn, source.shared_schema, names, database)
     return created
 
 
 def register_existing(
-    conn: Connection, source: TenantSource, pairs: Sequence[tuple[str, str]]
+    conn: Connection,
+    source: TenantSource,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    database: str = CONTROL,
+    schema_conn: Connection | None = None,
 ) -> list[Tenant]:
-    """Register existing schemas as tenants, changing nothing in them, all or nothing."""
+    """Register existing schemas as tenants, changing nothing in them, all or nothing. The
+    schemas are looked for in ``schema_conn`` (the tenants' ``database``; default ``conn``)."""
     require_registry(source, "register tenants")
     _check_new(source, pairs)
     taken = _registered(conn, source, [v for pair in pairs for v in pair])
     if taken:
         raise TenantExists(f"{len(taken)} tenant(s) already registered: {some_names(taken)}")
     schemas = [s for _, s in pairs]
-    present = existing_schemas(conn, schemas)
+    present = existing_schemas(schema_conn or conn, schemas)
     missing = [s for s in schemas if s not in present]
     if missing:
         raise SchemaMissing(
             f"{len(missing)} schema(s) do not exist: {some_names(missing)}; `tenants register` "
             "adopts existing schemas (`tenants create` makes new ones); nothing was registered"
         )
-    return [_insert(conn, source, name, schema) for name, schema in pairs]
+    registered = [_insert(conn, source, name, schema, database) for name, schema in pairs]
+    if database != CONTROL:
+        place(conn, source.shared_schema, [name for name, _ in pairs], database)
+    return registered
 
 
 def drop_tenant(conn: Connection, source: TenantSource, tenant: Tenant) -> None:
-    """Drop a tenant's schema (CASCADE) and its registry row, in the caller's transaction."""
+    """Drop a tenant's schema (CASCADE) and its registry row, in the caller's transaction
+    (a tenant in another database: ``forget_tenant`` here, ``drop_schema`` there)."""
+    drop_schema(conn, tenant)
+    forget_tenant(conn, source, tenant)
+
+
+def drop_schema(conn: Connection, tenant: Tenant) -> None:
     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
+
+
+def forget_tenant(conn: Connection, source: TenantSource, tenant: Tenant) -> None:
+    """The tenant's registry row and placement, in the control database."""
+    if tenant.database != CONTROL:
+        place(conn, source.shared_schema, [tenant.name], CONTROL)
     if source.is_registry:
         conn.execute(
             sa.text(

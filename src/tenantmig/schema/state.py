@@ -18,6 +18,7 @@ class SchemaState(str, Enum):
     DIVERGED = "diverged"  # several version rows
     # INVALID indexes left by a failed CREATE INDEX CONCURRENTLY; status only, drift lists them
     NEEDS_ATTENTION = "needs_attention"
+    UNREACHABLE = "unreachable"  # its database (of the directory) cannot be reached
 
 
 @dataclass(frozen=True)

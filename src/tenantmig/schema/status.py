@@ -11,6 +11,7 @@ from tenantmig.chains.scripts import ChainScripts
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.state import SchemaState, classify
 from tenantmig.schema.versions import SchemaVersion
+from tenantmig.server.directory import CONTROL
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TenantState:
     # The node holding the schema on a Citus cluster (host:port, or "coordinator"); None on
     # a single server, and for a distributed schema that has no table yet.
     node: str | None = None
+    database: str = CONTROL  # the directory's name of the database holding the schema
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class TenantState:
             "last_run_id": self.last_run_id,
             "invalid_indexes": list(self.invalid_indexes),
             "node": self.node,
+            "database": self.database,
         }
 
 
@@ -82,13 +85,32 @@ def tenant_states(
     invalid: Mapping[str, Sequence[str]],
     last: Mapping[str, LastOutcome],
     nodes: Mapping[str, str] | None = None,
+    down: Mapping[str, str] | None = None,
 ) -> list[TenantState]:
+    """``down``: databases that could not be reached, with why; their tenants' revisions
+    are unknown."""
     """One TenantState per tenant, from what the bulk reads and the ledger returned."""
     states = []
     for tenant in tenants:
         version = versions.get(tenant.schema)
         previous = last.get(tenant.name)
         broken = tuple(invalid.get(tenant.schema, ()))
+        unreachable = (down or {}).get(tenant.database)
+        if unreachable is not None:
+            states.append(
+                TenantState(
+                    name=tenant.name,
+                    schema=tenant.schema,
+                    revision=None,
+                    head=scripts.head,
+                    state=SchemaState.UNREACHABLE,
+                    last_status=previous.status if previous else None,
+                    last_error=unreachable,
+                    last_run_id=previous.run_id if previous else None,
+                    database=tenant.database,
+                )
+            )
+            continue
         states.append(
             TenantState(
                 name=tenant.name,
@@ -101,6 +123,7 @@ def tenant_states(
                 last_run_id=previous.run_id if previous else None,
                 invalid_indexes=broken,
                 node=(nodes or {}).get(tenant.schema),
+                database=tenant.database,
             )
         )
     return states

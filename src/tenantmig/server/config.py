@@ -18,6 +18,13 @@ from typing import Literal
 from alembic.config import Config as AlembicConfig
 
 from tenantmig.errors import ConfigError
+from tenantmig.server.directory import (
+    CONTROL,
+    ENV_DATABASES,
+    DirectoryEntry,
+    directory_from,
+    validate_database_name,
+)
 from tenantmig.server.identifiers import validate_schema_name
 from tenantmig.server.session import Timeouts
 
@@ -134,6 +141,27 @@ class Settings:
     # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
     # ("none", "all", or table names separated by commas).
     citus_reference_tables: str = "none"
+    # The other databases tenant schemas live in (the database directory); URLs may hold
+    # passwords, so kept out of repr().
+    databases: tuple[DirectoryEntry, ...] = field(default=(), repr=False)
+
+    def database_entry(self, name: str) -> DirectoryEntry:
+        """The directory entry of a database other than the control one."""
+        for entry in self.databases:
+            if entry.name == name:
+                return entry
+        known = ", ".join(e.name for e in self.databases) or "none"
+        raise ConfigError(
+            f"database {name!r} is not in the directory ([databases] in alembic.ini or "
+            f"${ENV_DATABASES}; known: {CONTROL}, {known})"
+        )
+
+    def check_database_names(self, names: Sequence[str]) -> None:
+        """Every name is the control database or in the directory (before anything runs)."""
+        for name in names:
+            validate_database_name(name)
+            if name != CONTROL:
+                self.database_entry(name)
 
     @property
     def reference_tables(self) -> tuple[str, ...] | None:
@@ -299,6 +327,13 @@ def load_settings(
         or ini.get_main_option("citus_reference_tables")
         or "none"
     )
+    parser = ini.file_config
+    section = (
+        {k: v for k, v in parser.items("databases") if k not in parser.defaults()}
+        if parser.has_section("databases")
+        else {}
+    )
+    directory = directory_from(section, os.environ.get(ENV_DATABASES))
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
         config_file=path,
@@ -316,6 +351,7 @@ def load_settings(
         drift_ignore=ignored,
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
+        databases=directory,
     )
     settings.validate()
     return settings

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from tenantmig.errors import ConfigError, DatabaseUnavailable
 from tenantmig.server import citus, embedded
 from tenantmig.server.config import Settings
+from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
@@ -156,3 +157,55 @@ def open_database(settings: Settings, *, notice: bool = True) -> Iterator[Databa
         engine.dispose()
         if server is not None:
             server.cleanup()
+
+
+def connect_database(url: str) -> Database:
+    """An open Database for ``url`` (a directory entry's); the caller disposes its engine.
+    DatabaseUnavailable when it cannot be reached, ConfigError when the URL is malformed."""
+    parsed = normalise_url(url)
+    engine = create_engine(parsed)
+    try:
+        version, flavour = _inspect_server(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Database(url=parsed, engine=engine, server_version_num=version, flavour=flavour)
+
+
+class DatabaseSet:
+    """The control database and the directory's others, each opened on first use.
+
+    A database that cannot be reached is remembered as such (its error), so a run asks once
+    and carries on with the others; ``close()`` disposes every engine opened.
+    """
+
+    def __init__(self, settings: Settings, control: Database) -> None:
+        self.settings = settings
+        self.control = control
+        self._opened: dict[str, Database | DatabaseUnavailable] = {CONTROL: control}
+
+    def get(self, name: str) -> Database:
+        """The database ``name``; DatabaseUnavailable if it cannot be reached."""
+        if name not in self._opened:
+            entry = self.settings.database_entry(name)
+            try:
+                self._opened[name] = connect_database(entry.url)
+            except DatabaseUnavailable as exc:
+                self._opened[name] = exc
+        found = self._opened[name]
+        if isinstance(found, DatabaseUnavailable):
+            raise found
+        return found
+
+    def unreachable(self, name: str) -> str | None:
+        """Why ``name`` cannot be reached (None: it can)."""
+        try:
+            self.get(name)
+        except DatabaseUnavailable as exc:
+            return str(exc)
+        return None
+
+    def close(self) -> None:
+        for name, found in self._opened.items():
+            if name != CONTROL and isinstance(found, Database):
+                found.engine.dispose()
