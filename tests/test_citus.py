@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -207,17 +206,28 @@ def test_a_lock_held_on_a_worker_times_out_names_the_blocker_and_is_retried(
     assert f"on {node}" in output and "holds AccessShareLock on t000.inventory_items_" in output
     assert version(citus_engine, "t000") == OLD
 
-    # The same lock released while the run retries: a later attempt succeeds.
+    # The same lock released while the run retries: a later attempt succeeds. Released 1.5 s
+    # after the first attempt is seen waiting in the worker's lock queue: by then that attempt
+    # (lock_timeout 1 s) has given up, whenever it was seen, and the retries (6, about 1 s
+    # each) are far from spent.
+    worker = worker_engine(citus_url, node)
     with holding_shard(citus_url, node, shard) as reader:
-        release = threading.Timer(2.5, reader.rollback)
-        release.start()
+        run = start_cli(
+            "upgrade", "--tenant", "t000", "--lock-timeout", "1", "--retries", "6", "--json",
+            url=citus_url,
+        )  # fmt: skip
         try:
-            retried = run_cli(
-                "upgrade", "--tenant", "t000", "--lock-timeout", "1", "--retries", "6", "--json",
-                url=citus_url,
-            )  # fmt: skip
+            waiting = (
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.application_name LIKE 'citus_internal%'"
+            )
+            wait_for(lambda: count(worker, waiting) == 1)
+            time.sleep(1.5)
         finally:
-            release.join()
+            reader.rollback()
+            worker.dispose()
+        out, err = run.communicate(timeout=120)
+    retried = subprocess.CompletedProcess(run.args, run.returncode, out, err)
     assert retried.returncode == 0, retried.stderr
     (outcome,) = json.loads(retried.stdout)["tenants"]
     assert outcome["status"] == "ok" and outcome["attempts"] > 1

@@ -244,7 +244,8 @@ class Citus(PostgreSQL):
             if missing:
                 raise ConfigError(
                     f"citus_reference_tables names {', '.join(missing)}, which the shared "
-                    f"schema {schema} does not have"
+                    f"schema {schema} does not have (after its migrations ran); no table was "
+                    "made a reference table"
                 )
             chosen = list(wanted)
         ordered: list[str] = []
