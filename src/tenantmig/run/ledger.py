@@ -270,13 +270,32 @@ class Ledger:
         if not outcomes:
             return
         targets = targets or {}
+        # One statement for the whole batch (arrays unnested), not one round trip per tenant:
+        # a run records every tenant at its start, thousands at once. The last outcome of a
+        # tenant wins, as with row-by-row upserts (ON CONFLICT may touch a row once).
+        latest = list({o.name: o for o in outcomes}.values())
+        columns = {
+            "tenant": ("text", [o.name for o in latest]),
+            "schema_name": ("text", [o.schema for o in latest]),
+            "from_revision": ("text", [o.from_revision for o in latest]),
+            "to_revision": ("text", [o.to_revision for o in latest]),
+            "status": ("text", [o.status.value for o in latest]),
+            "attempts": ("integer", [o.attempts for o in latest]),
+            "duration_s": ("double precision", [o.duration_s for o in latest]),
+            "error": ("text", [o.error for o in latest]),
+            "backup_path": ("text", [o.backup for o in latest]),
+            "replayed": ("boolean", [o.replayed for o in latest]),
+            "target_revision": (
+                "text",
+                [targets[o.name].to_ledger() if o.name in targets else None for o in latest],
+            ),
+            "database": ("text", [None if o.database == CONTROL else o.database for o in latest]),
+        }
+        arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, (kind, _) in columns.items())
         self.conn.execute(
             sa.text(
-                f"INSERT INTO {self.run_tenants} "
-                "(run_id, tenant, schema_name, from_revision, to_revision, status, attempts,"
-                " duration_s, error, backup_path, replayed, target_revision, database)"
-                " VALUES (:run_id, :tenant, :schema, :from_rev, :to_rev, :status, :attempts,"
-                " :duration, :error, :backup, :replayed, :target, :database)"
+                f"INSERT INTO {self.run_tenants} (run_id, {', '.join(columns)})"
+                f" SELECT :run_id, * FROM unnest({arrays})"
                 " ON CONFLICT (run_id, tenant) DO UPDATE"
                 " SET from_revision = EXCLUDED.from_revision, to_revision = EXCLUDED.to_revision,"
                 " status = EXCLUDED.status, attempts = EXCLUDED.attempts,"
@@ -286,24 +305,7 @@ class Ledger:
                 f" target_revision = coalesce(EXCLUDED.target_revision, {RUN_TENANTS}"
                 ".target_revision), recorded_at = now()"
             ),
-            [
-                {
-                    "run_id": run_id,
-                    "tenant": o.name,
-                    "schema": o.schema,
-                    "from_rev": o.from_revision,
-                    "to_rev": o.to_revision,
-                    "status": o.status.value,
-                    "attempts": o.attempts,
-                    "duration": o.duration_s,
-                    "error": o.error,
-                    "backup": o.backup,
-                    "replayed": o.replayed,
-                    "target": targets[o.name].to_ledger() if o.name in targets else None,
-                    "database": None if o.database == CONTROL else o.database,
-                }
-                for o in outcomes
-            ],
+            {"run_id": run_id, **{name: values for name, (_, values) in columns.items()}},
         )
 
     @_committed
