@@ -86,8 +86,18 @@ def stamp(
                 )
             here = [t.schema for t in schemas if t.database == CONTROL]
             check_privileges(conn, settings, Needs(schemas=here))
+        groups: dict[str, list[Tenant]] = {}
+        for tenant in schemas:
+            groups.setdefault(tenant.database, []).append(tenant)
         databases = DatabaseSet(settings, database)
         try:
+            # Before anything is recorded: the role may stamp in every reachable database (an
+            # unreachable one fails its tenants below, as a run does).
+            for name, group in groups.items():
+                if name != CONTROL and databases.unreachable(name) is None:
+                    with databases.get(name).engine.connect() as member, member.begin():
+                        needs = Needs(schemas=[t.schema for t in group])
+                        check_privileges(member, settings, needs)
             if selection.every_tenant:
                 locks = RunLocks(database.engine)
                 acquire_run_lock(locks, conn, settings.shared_schema, wait_s)
@@ -97,9 +107,6 @@ def stamp(
             if locks is not None:
                 locks.mark_alive(run_id)
             result.run_id = run_id
-            groups: dict[str, list[Tenant]] = {}
-            for tenant in schemas:
-                groups.setdefault(tenant.database, []).append(tenant)
             for name, group in groups.items():
                 for outcome in _stamp_in(databases, name, group, settings, scripts, target_text):
                     result.outcomes.append(outcome)
@@ -136,9 +143,6 @@ def _stamp_in(
         return
     database = databases.get(name)
     with database.engine.connect() as conn:
-        if name != CONTROL:
-            with conn.begin():
-                check_privileges(conn, settings, Needs(schemas=[t.schema for t in tenants]))
         before = read_versions(conn, [t.schema for t in tenants])
         for tenant in tenants:
             outcome = _stamp_one(
