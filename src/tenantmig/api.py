@@ -267,9 +267,7 @@ def _by_database(
     settings: Settings, control: Database, tenants: Sequence[Tenant]
 ) -> Iterator[_Places]:
     """The databases ``tenants`` live in, opened for the block, then closed."""
-    groups: dict[str, list[Tenant]] = {}
-    for tenant in tenants:
-        groups.setdefault(tenant.database, []).append(tenant)
+    groups = registry.by_database(tenants)
     opened = DatabaseSet(settings, control)
     try:
         places = _Places([], {})

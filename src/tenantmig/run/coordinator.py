@@ -50,7 +50,13 @@ from tenantmig.run.results import (
 )
 from tenantmig.run.triage import triage
 from tenantmig.schema.owned import OWNED
-from tenantmig.schema.registry import Tenant, in_databases, list_tenants, select_tenants
+from tenantmig.schema.registry import (
+    Tenant,
+    by_database,
+    in_databases,
+    list_tenants,
+    select_tenants,
+)
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -581,9 +587,7 @@ class _Places:
 
     def __init__(self, databases: DatabaseSet, tenants: Sequence[Tenant]) -> None:
         self.databases = databases
-        self.groups: dict[str, list[Tenant]] = {}
-        for tenant in tenants:
-            self.groups.setdefault(tenant.database, []).append(tenant)
+        self.groups = by_database(tenants)
         self.down = {
             name: why for name in self.groups if (why := databases.unreachable(name)) is not None
         }

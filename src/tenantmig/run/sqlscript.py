@@ -15,7 +15,7 @@ from typing import Any
 from tenantmig.chains.offline import offline_sql
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.plan import Selection
-from tenantmig.schema.registry import Tenant, in_databases, select_tenants
+from tenantmig.schema.registry import Tenant, by_database, in_databases, select_tenants
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -108,10 +108,9 @@ def _versions(
     databases = DatabaseSet(settings, control)
     try:
         versions: dict[str, SchemaVersion] = {}
-        for name in dict.fromkeys(t.database for t in tenants):
-            schemas = [t.schema for t in tenants if t.database == name]
+        for name, group in by_database(tenants).items():
             with databases.get(name).engine.connect() as conn:
-                versions.update(read_versions(conn, schemas))
+                versions.update(read_versions(conn, [t.schema for t in group]))
         return versions
     finally:
         databases.close()

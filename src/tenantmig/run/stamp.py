@@ -31,7 +31,7 @@ from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.plan import Selection
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
-from tenantmig.schema.registry import Tenant, in_databases, select_tenants
+from tenantmig.schema.registry import Tenant, by_database, in_databases, select_tenants
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -86,9 +86,7 @@ def stamp(
                 )
             here = [t.schema for t in schemas if t.database == CONTROL]
             check_privileges(conn, settings, Needs(schemas=here))
-        groups: dict[str, list[Tenant]] = {}
-        for tenant in schemas:
-            groups.setdefault(tenant.database, []).append(tenant)
+        groups = by_database(schemas)
         databases = DatabaseSet(settings, database)
         try:
             # Before anything is recorded: the role may stamp in every reachable database (an

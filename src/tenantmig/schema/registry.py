@@ -103,6 +103,14 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
     return tenants
 
 
+def by_database(tenants: Sequence[Tenant]) -> dict[str, list[Tenant]]:
+    """``tenants`` grouped by the database they live in, in the order first seen."""
+    groups: dict[str, list[Tenant]] = {}
+    for tenant in tenants:
+        groups.setdefault(tenant.database, []).append(tenant)
+    return groups
+
+
 def in_databases(tenants: Sequence[Tenant], databases: Sequence[str] | None) -> list[Tenant]:
     """The tenants living in one of ``databases`` (None: all of them)."""
     if databases is None:
