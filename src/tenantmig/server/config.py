@@ -3,11 +3,19 @@
 Precedence for every value: explicit argument (a CLI flag) > environment variable > alembic.ini >
 built-in default. The object is validated when built and then passed explicitly; nothing reads
 the environment later.
+
+alembic.ini is read as Alembic reads it: in the sections Alembic reads ([DEFAULT], [shared],
+[tenant]) ``%(here)s`` is the file's directory and a ``%`` itself is written ``%%`` (so
+``sqlalchemy.url`` and ``tenants_from`` mean the same to plain ``alembic`` and to tenantmig).
+[databases] is tenantmig's own and is read as written: a URL's ``%40`` is ``@``. A file that
+cannot be read, and every URL that is malformed, is a one-line ConfigError that never quotes
+the value (configparser's own messages quote whole lines, passwords included).
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import re
 from collections.abc import Sequence
@@ -27,6 +35,7 @@ from tenantmig.server.directory import (
 )
 from tenantmig.server.identifiers import validate_schema_name
 from tenantmig.server.session import Timeouts
+from tenantmig.server.urls import check_url
 
 Chain = Literal["shared", "tenant"]
 CHAINS: tuple[Chain, ...] = ("shared", "tenant")
@@ -197,7 +206,7 @@ class Settings:
         cfg = AlembicConfig(
             str(self.config_file), ini_section=chain, cmd_opts=argparse.Namespace(quiet=True)
         )
-        if not cfg.get_main_option("script_location"):
+        if not _option(_parsed(cfg, self.config_file), self.config_file, chain, "script_location"):
             raise ConfigError(f"{self.config_file} has no [{chain}] section with a script_location")
         return cfg
 
@@ -260,11 +269,88 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def url_from_ini(config_file: Path) -> str | None:
-    """sqlalchemy.url from alembic.ini ([DEFAULT], [shared] or [tenant]), if set."""
+def _ini_problem(exc: configparser.Error) -> str:
+    """What configparser found wrong, by line and option: its own text quotes the lines."""
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"[{exc.section}] sets {exc.option!r} twice (line {exc.lineno}); keep one"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"section [{exc.section}] appears twice (line {exc.lineno}); keep one"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(number) for number, _line in exc.errors)
+        return f"line {lines} cannot be read: a setting is written NAME = VALUE"
+    if isinstance(exc, configparser.InterpolationError):
+        return (
+            f"[{exc.section}] {exc.option} cannot be read: in the sections Alembic reads, "
+            "%(here)s is this file's directory and a % itself is written %% "
+            "([databases] URLs are read as written, %40 meaning @)"
+        )
+    return f"cannot be read ({type(exc).__name__})"
+
+
+def _parsed(cfg: AlembicConfig, path: Path) -> configparser.ConfigParser:
+    """The file as Alembic parses it, or a ConfigError that quotes no line of it."""
+    try:
+        return cfg.file_config
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot be read as text in this system's encoding") from None
+
+
+def _option(parser: configparser.ConfigParser, path: Path, section: str, name: str) -> str | None:
+    """One value with Alembic's interpolation; None when the section or option is missing."""
+    try:
+        return parser.get(section, name, fallback=None)
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    """alembic.ini, every value written in a chain's section interpolated once, so that a bad
+    ``%`` there is reported here rather than as a traceback from inside Alembic. [DEFAULT]'s
+    own keys are left to whoever reads them (another tool's ``%(asctime)s`` may sit there);
+    tenantmig's reads go through ``_option``."""
+    parser = _parsed(AlembicConfig(str(path), ini_section=CHAINS[0]), path)
+    defaults = parser.defaults()
     for chain in CHAINS:
-        url = AlembicConfig(str(config_file), ini_section=chain).get_main_option("sqlalchemy.url")
+        if parser.has_section(chain):
+            for name in parser.options(chain):
+                if name not in defaults:
+                    _option(parser, path, chain, name)
+    return parser
+
+
+def _databases_section(parser: configparser.ConfigParser) -> dict[str, str]:
+    """[databases] as written (raw: no ``%`` interpolation), without [DEFAULT]'s keys."""
+    if not parser.has_section("databases"):
+        return {}
+    defaults = parser.defaults()
+    return {k: v for k, v in parser.items("databases", raw=True) if k not in defaults}
+
+
+def url_from_ini(config_file: Path, parser: configparser.ConfigParser | None = None) -> str | None:
+    """sqlalchemy.url from alembic.ini ([DEFAULT], [shared] or [tenant]), if set."""
+    parser = parser or _read_ini(config_file)
+    for chain in CHAINS:
+        url = _option(parser, config_file, chain, "sqlalchemy.url")
         if url:
+            return url
+    return None
+
+
+def _database_url(
+    explicit: str | None, path: Path, parser: configparser.ConfigParser
+) -> str | None:
+    """The control database's URL, first found wins, checked and named by where it came from."""
+    for url, where in (
+        (explicit, "--database-url"),
+        (os.environ.get(ENV_DATABASE_URL), ENV_DATABASE_URL),
+        (url_from_ini(path, parser), f"sqlalchemy.url in {path}"),
+    ):
+        if url:
+            check_url(url, where)
             return url
     return None
 
@@ -286,30 +372,28 @@ def load_settings(
 ) -> Settings:
     """Build and validate Settings from arguments, environment and alembic.ini."""
     path = find_config_file(config_file)
-    ini = AlembicConfig(str(path), ini_section="shared")
-    url = database_url or os.environ.get(ENV_DATABASE_URL) or url_from_ini(path)
+    parser = _read_ini(path)
+
+    def ini_option(name: str) -> str | None:
+        return _option(parser, path, "shared", name)
+
+    url = _database_url(database_url, path, parser)
     schema = (
         shared_schema
         or os.environ.get(ENV_SHARED_SCHEMA)
-        or ini.get_main_option("shared_schema")
+        or ini_option("shared_schema")
         or "public"
     )
     source = (
-        tenants_from
-        or os.environ.get(ENV_TENANTS_FROM)
-        or ini.get_main_option("tenants_from")
-        or "registry"
+        tenants_from or os.environ.get(ENV_TENANTS_FROM) or ini_option("tenants_from") or "registry"
     )
     scratch = (
-        scratch_schema
-        or os.environ.get(ENV_SCRATCH_SCHEMA)
-        or ini.get_main_option("scratch_schema")
-        or None
+        scratch_schema or os.environ.get(ENV_SCRATCH_SCHEMA) or ini_option("scratch_schema") or None
     )
     ignore_text = (
         ",".join(drift_ignore)
         if drift_ignore is not None
-        else os.environ.get(ENV_DRIFT_IGNORE) or ini.get_main_option("drift_ignore") or ""
+        else os.environ.get(ENV_DRIFT_IGNORE) or ini_option("drift_ignore") or ""
     )
     ignored = frozenset(
         {"owners": "owner", "comments": "comment"}.get(k, k)
@@ -319,21 +403,13 @@ def load_settings(
     citus = (
         citus_schemas
         or os.environ.get(ENV_CITUS_SCHEMAS)
-        or ini.get_main_option("citus_schemas")
+        or ini_option("citus_schemas")
         or "distributed"
     )
     reference_tables = (
-        os.environ.get(ENV_CITUS_REFERENCE_TABLES)
-        or ini.get_main_option("citus_reference_tables")
-        or "none"
+        os.environ.get(ENV_CITUS_REFERENCE_TABLES) or ini_option("citus_reference_tables") or "none"
     )
-    parser = ini.file_config
-    section = (
-        {k: v for k, v in parser.items("databases") if k not in parser.defaults()}
-        if parser.has_section("databases")
-        else {}
-    )
-    directory = directory_from(section, os.environ.get(ENV_DATABASES))
+    directory = directory_from(_databases_section(parser), os.environ.get(ENV_DATABASES))
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
         config_file=path,

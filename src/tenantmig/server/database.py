@@ -16,29 +16,22 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tenantmig.errors import ConfigError, DatabaseUnavailable
+from tenantmig.errors import DatabaseUnavailable
 from tenantmig.server import citus, embedded
 from tenantmig.server.config import Settings
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.urls import check_url
+from tenantmig.server.urls import mask_url as mask_url  # re-exported: the CLI imports it here
 
 EMBEDDED_DATABASE = "tenantmig"
 _notice_shown = False  # the embedded-server notice is printed once per process
 APPLICATION_NAME = "tenantmig"
-
-
-def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by ***, safe for logs, errors and the ledger."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
 
 
 def client_url(url: URL, *, show_password: bool) -> str:
@@ -48,19 +41,9 @@ def client_url(url: URL, *, show_password: bool) -> str:
 
 
 def normalise_url(url: str) -> URL:
-    """Parse a URL and pin the psycopg2 driver; reject what is not PostgreSQL."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(
-            f"malformed database URL {mask_url(url)!r}: expected "
-            "postgresql://user:password@host:port/database"
-        ) from exc
-    if parsed.get_backend_name() not in ("postgresql", "postgres"):
-        raise ConfigError(
-            f"database URL {mask_url(parsed)} is not PostgreSQL; tenantmig needs PostgreSQL"
-        )
-    return parsed.set(drivername="postgresql+psycopg2")
+    """Parse a URL and pin the psycopg2 driver; reject what is not PostgreSQL (``check_url``;
+    Settings built by load_settings were checked already, naming where each URL came from)."""
+    return check_url(url, "database URL").set(drivername="postgresql+psycopg2")
 
 
 def create_engine(url: str | URL, *, role: str | None = None, **kwargs: Any) -> Engine:
