@@ -85,6 +85,8 @@ def _finish_run(result: RunResult, args: argparse.Namespace, rerun: list[str]) -
         print(render.run_summary(result, finish))
     if result.interrupted:
         return ExitCode.INTERRUPTED
+    if result.stopped is not None:
+        return ExitCode.LOCKED  # it lost the run lock: the same code as finding it held
     return ExitCode.OK if result.succeeded else ExitCode.TENANTS_FAILED
 
 

@@ -26,7 +26,8 @@ exit codes:
   1    usage or configuration error (nothing was changed)
   2    drift found
   3    some tenants failed (the others finished; failed ones were rolled back)
-  4    another all-tenants run holds the run lock
+  4    another all-tenants run holds the run lock, or this run lost it (it started no
+       tenant after that; its last line is the command that finishes it)
   5    a database error stopped a run after it had started migrating (schemas it reached
        may have committed; each is at its old or new revision): see `tenantmig status`
   130  interrupted (SIGINT/SIGTERM); in-flight tenants committed or rolled back

@@ -230,6 +230,8 @@ def runs_text(records: Sequence[RunRecord]) -> str:
 
 def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     head = runs_text([record])
+    if record.reason:
+        head += f"\nstopped before its end: {record.reason}"
     if not outcomes:
         return head
     headers = [

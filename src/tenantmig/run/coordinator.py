@@ -11,6 +11,7 @@ transaction never touches a shared table and a failure's record survives its rol
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from tenantmig.errors import ConfigError, RunAborted
 from tenantmig.logs import configure_run_log
 from tenantmig.run.executor import Execution, WorkerSpec, WorkerTarget, run_jobs
 from tenantmig.run.ledger import Ledger
-from tenantmig.run.locks import RunLocks, acquire_run_lock
+from tenantmig.run.locks import Clearance, RunLocks, RunLockWatch, acquire_run_lock
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges, missing_privileges
@@ -301,6 +302,11 @@ class _Coordinator:
         )
         result.run_id = run_id
         locks.mark_alive(run_id)
+        watch = (
+            RunLockWatch(locks, self.shared_schema, run_id, plan.policy.reconnect_timeout_s)
+            if plan.selection.every_tenant
+            else None
+        )
         # Every tenant is in the ledger from the start, with its target: the jobs as not run
         # (yet), so even a run killed now can be finished exactly.
         pending = [
@@ -334,16 +340,25 @@ class _Coordinator:
                     run_id=run_id,
                 )
                 self.migrating = True
+                log = configure_run_log(plan.log_file, run_id)
+                gate = _NotedGate(watch, ledger, log) if watch is not None else None
                 outcomes, interrupted = run_jobs(
-                    spec, jobs, workers, stop=plan.stop, on_outcome=writer
+                    spec, jobs, workers, stop=plan.stop, on_outcome=writer, gate=gate
                 )
                 result.outcomes.extend(outcomes)
         finally:
             result.interrupted = interrupted
+            if watch is not None:
+                result.stopped = watch.reason
+                result.notices.extend(watch.notices)
             reconnect = plan.policy.reconnect_timeout_s
             _durably(conn, reconnect, writer.flush)
             _durably(
-                conn, reconnect, lambda: ledger.finish_run(run_id, result.outcome, result.totals())
+                conn,
+                reconnect,
+                lambda: ledger.finish_run(
+                    run_id, result.outcome, result.totals(), reason=result.stopped
+                ),
             )
         self._add_notices(conn, selected, interrupted)
 
@@ -445,6 +460,12 @@ class _Coordinator:
                 f"run {result.run_id} was interrupted; in-flight tenants committed or rolled "
                 "back. Finish the rest with the same command and --only-failed"
             )
+        elif result.stopped is not None:
+            result.notices.append(
+                f"run {result.run_id} stopped starting tenants: {result.stopped}. The tenants "
+                "in flight then finished (each committed or rolled back); those not started "
+                "are recorded as not run"
+            )
 
     def _choose_workers(self, conn: Connection, pending: int, caps: Mapping[str, int]) -> int:
         """Worker count: requested or the CPU default, capped by pending work and by what the
@@ -521,6 +542,28 @@ class _Coordinator:
             self.result.notices.append(message)
             log.info("%s", message)
         return tuple(compiled)
+
+
+class _NotedGate:
+    """The run lock's watch as the worker pool asks it. Its first STOP goes to the run log and
+    the ledger at once (best effort), not only when the run ends: a run whose in-flight tenants
+    take long, or whose runner is killed meanwhile, already says why it stopped."""
+
+    def __init__(self, watch: RunLockWatch, ledger: Ledger, log: logging.Logger) -> None:
+        self.watch = watch
+        self.ledger = ledger
+        self.log = log
+        self.noted = False
+
+    def clearance(self) -> Clearance:
+        clearance = self.watch.clearance()
+        if clearance is Clearance.STOP and not self.noted:
+            self.noted = True
+            reason = self.watch.reason or "the run lock was lost"
+            self.log.error("starting no more tenants: %s", reason)
+            with contextlib.suppress(DBAPIError):
+                self.ledger.note_reason(self.watch.run_id, reason)
+        return clearance
 
 
 class _OutcomeWriter:

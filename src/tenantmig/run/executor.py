@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from tenantmig.backup.dump import BackupPlan
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.logs import configure_run_log
+from tenantmig.run.locks import Clearance
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import StopPolicy, TenantPolicy
 from tenantmig.run.replay import CompiledStep
@@ -227,6 +228,13 @@ class Execution:
 OutcomeCallback = Callable[[TenantOutcome, Execution], None]
 
 
+class Gate(Protocol):
+    """Asked before each tenant is handed out whether the run may start it (the run lock's
+    watch, ``locks.RunLockWatch``); it answers cheaply, asking the server only now and then."""
+
+    def clearance(self) -> Clearance: ...
+
+
 class _SignalState:
     def __init__(self) -> None:
         self.count = 0
@@ -253,12 +261,17 @@ def run_jobs(
     *,
     stop: StopPolicy | None = None,
     on_outcome: OutcomeCallback | None = None,
+    gate: Gate | None = None,
 ) -> tuple[list[TenantOutcome], bool]:
-    """Run every job; return (outcomes in completion order, interrupted?)."""
+    """Run every job; return (outcomes in completion order, interrupted?).
+
+    ``gate`` STOP: no tenant starts any more, those in flight finish, the rest are recorded
+    as not run; WAIT: none starts until it says GO again.
+    """
     stop = stop or StopPolicy()
     execution = Execution(total=len(jobs))
     caps = {t.database: t.cap for t in spec.targets}
-    run = _Run(JobQueue(jobs, caps), execution, on_outcome, {j.database for j in jobs})
+    run = _Run(JobQueue(jobs, caps), execution, on_outcome, {j.database for j in jobs}, gate)
     with _trap_signals() as signals:
         if workers <= 1 or len(jobs) <= 1:
             _run_inline(spec, run, stop, signals)
@@ -275,7 +288,9 @@ class _Run:
     execution: Execution
     on_outcome: OutcomeCallback | None
     databases: set[str]
+    gate: Gate | None = None
     outcomes: list[TenantOutcome] = field(default_factory=list)
+    gate_stopped: bool = False
 
     def record(self, outcome: TenantOutcome) -> None:
         execution = self.execution
@@ -314,21 +329,33 @@ class _Run:
                 )
             )
 
-    def stopping(self, stop: StopPolicy, signals: _SignalState) -> bool:
-        return (
+    def clearance(self, stop: StopPolicy, signals: _SignalState) -> Clearance:
+        """May the next tenant start? The gate is asked only while some tenant has not
+        started: once every one has, a lost run lock protects nothing more."""
+        if (
             signals.count > 0
             or self.execution.lost_connection
             or stop.should_stop(self.execution.failures)
-        )
+        ):
+            return Clearance.STOP
+        if self.gate is None or not self.queue:
+            return Clearance.GO
+        clearance = self.gate.clearance()
+        self.gate_stopped = clearance is Clearance.STOP
+        return clearance
 
     def not_run(self) -> None:
+        error = "run stopped before it"
+        if self.gate_stopped:
+            error = "not started: the run lost its run lock"
         for job in self.queue.remaining():
             self.record(
                 TenantOutcome(
                     job.name,
                     job.schema,
                     TenantStatus.NOT_RUN,
-                    error="run stopped before it",
+                    job.seen_revision,  # untouched: still where the run found it
+                    error=error,
                     database=job.database,
                 )
             )
@@ -341,7 +368,10 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
     """
     migrators = _Migrators(spec, configure_run_log(spec.log_file, spec.run_id), None)
     try:
-        while not run.stopping(stop, signals):
+        while (clearance := run.clearance(stop, signals)) is not Clearance.STOP:
+            if clearance is Clearance.WAIT:
+                time.sleep(_POLL_S)
+                continue
             job = run.queue.take(migrators.current[0] if migrators.current else None)
             if job is None:
                 break
@@ -378,7 +408,8 @@ def _run_pool(
         next_id += 1
 
     def assign(worker: _Worker) -> None:
-        worker.job = None if run.stopping(stop, signals) else run.queue.take(worker.last_database)
+        go = run.clearance(stop, signals) is Clearance.GO
+        worker.job = run.queue.take(worker.last_database) if go else None
         if worker.job is not None:
             worker.started = time.monotonic()
             worker.last_database = worker.job.database
@@ -395,9 +426,14 @@ def _run_pool(
     for worker in pool.values():
         assign(worker)
 
+    def waiting() -> bool:
+        # Nothing in flight, but the run lock may come back (the server restarting): the
+        # run is not over until the gate says go (the idle workers get tenants) or stop.
+        return run.clearance(stop, signals) is Clearance.WAIT
+
     terminated = False
     try:
-        while any(w.job is not None for w in pool.values()):
+        while any(w.job is not None for w in pool.values()) or waiting():
             if signals.count >= 2 and not terminated:
                 # Second signal: abort in-flight tenants. Killing the worker closes its
                 # connection; PostgreSQL rolls the open transaction back.
@@ -409,6 +445,10 @@ def _run_pool(
                 worker_id, outcome = results.get(timeout=_POLL_S)
             except queue.Empty:
                 _reap_dead_workers(pool, run, log, terminated, start_worker, assign)
+                # Asked while every worker is busy too: a lost run lock is known (and taken
+                # again, see RunLockWatch) within about a second, not only when one finishes.
+                assign_idle()
+                run.clearance(stop, signals)
                 continue
             owner = pool.get(worker_id)
             if owner is None or owner.job is None:

@@ -49,6 +49,10 @@ _ADDED_COLUMNS = {
     "target_revision": "text",  # Target.to_ledger(): a revision id, or "base"
     "database": "text",  # the directory's name of the tenant's database (NULL: control)
 }
+# Columns of the runs table added after its first release.
+_ADDED_RUN_COLUMNS = {
+    "reason": "text",  # why the run stopped before its end (it lost its run lock)
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class RunRecord:
     finished_at: datetime | None
     outcome: str
     totals: dict[str, int]
+    reason: str | None = None  # why it stopped before its end
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,7 @@ class RunRecord:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "outcome": self.outcome,
             "totals": self.totals,
+            "reason": self.reason,
         }
 
 
@@ -139,6 +145,8 @@ class Ledger:
                     "SELECT to_regclass(:runs) IS NOT NULL AND to_regclass(:index) IS NOT NULL"
                     " AND (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(:t)"
                     "  AND attname = ANY(:added) AND NOT attisdropped) = :n"
+                    " AND (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(:runs)"
+                    "  AND attname = ANY(:run_added) AND NOT attisdropped) = :run_n"
                 ),
                 {
                     "runs": self.runs,
@@ -146,6 +154,8 @@ class Ledger:
                     "t": self.run_tenants,
                     "added": list(_ADDED_COLUMNS),
                     "n": len(_ADDED_COLUMNS),
+                    "run_added": list(_ADDED_RUN_COLUMNS),
+                    "run_n": len(_ADDED_RUN_COLUMNS),
                 },
             ).scalar()
         return bool(row)
@@ -168,18 +178,19 @@ class Ledger:
             # Added after the first release: older ledgers get the columns on first use. Checked
             # first: ALTER TABLE takes ACCESS EXCLUSIVE even when IF NOT EXISTS finds the column,
             # which would block every reader of the ledger (`tenantmig runs`) on every run.
-            present = set(
-                self.conn.execute(
-                    sa.text(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t)"
-                        " AND attnum > 0 AND NOT attisdropped"
-                    ),
-                    {"t": self.run_tenants},
-                ).scalars()
-            )
-            for column, definition in _ADDED_COLUMNS.items():
-                if column not in present:
-                    self.conn.exec_driver_sql(self._add_column_sql(column, definition))
+            for table, added in _added_columns(self.runs, self.run_tenants):
+                present = set(
+                    self.conn.execute(
+                        sa.text(
+                            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t)"
+                            " AND attnum > 0 AND NOT attisdropped"
+                        ),
+                        {"t": table},
+                    ).scalars()
+                )
+                for column, definition in added.items():
+                    if column not in present:
+                        self.conn.exec_driver_sql(_add_column_sql(table, column, definition))
             self.conn.exec_driver_sql(self._create_index_sql())
 
     def creation_sql(self) -> list[str]:
@@ -188,7 +199,11 @@ class Ledger:
         return [
             self._create_runs_sql(),
             self._create_run_tenants_sql(),
-            *(self._add_column_sql(c, d) for c, d in _ADDED_COLUMNS.items()),
+            *(
+                _add_column_sql(table, c, d)
+                for table, added in _added_columns(self.runs, self.run_tenants)
+                for c, d in added.items()
+            ),
             self._create_index_sql(),
         ]
 
@@ -215,12 +230,6 @@ class Ledger:
             " attempts integer NOT NULL DEFAULT 0, duration_s double precision,"
             " error text, recorded_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (run_id, tenant))"
-        )
-
-    def _add_column_sql(self, column: str, definition: str) -> str:
-        return (
-            f"ALTER TABLE {self.run_tenants} ADD COLUMN IF NOT EXISTS "
-            f"{quote_ident(column)} {definition}"
         )
 
     def _create_index_sql(self) -> str:
@@ -309,13 +318,35 @@ class Ledger:
         )
 
     @_committed
-    def finish_run(self, run_id: int, outcome: RunOutcome, totals: dict[str, Any]) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        totals: dict[str, Any],
+        *,
+        reason: str | None = None,
+    ) -> None:
+        """``reason``: why the run stopped before its end (kept if written earlier)."""
         self.conn.execute(
             sa.text(
                 f"UPDATE {self.runs} SET finished_at = now(), outcome = :outcome,"
-                " totals = CAST(:totals AS jsonb) WHERE id = :id"
+                " totals = CAST(:totals AS jsonb), reason = coalesce(:reason, reason)"
+                " WHERE id = :id"
             ),
-            {"id": run_id, "outcome": outcome.value, "totals": json.dumps(totals)},
+            {
+                "id": run_id,
+                "outcome": outcome.value,
+                "totals": json.dumps(totals),
+                "reason": reason,
+            },
+        )
+
+    @_committed
+    def note_reason(self, run_id: int, reason: str) -> None:
+        """Why a run is stopping, written as soon as it is known (the run is still running)."""
+        self.conn.execute(
+            sa.text(f"UPDATE {self.runs} SET reason = :reason WHERE id = :id"),
+            {"id": run_id, "reason": reason},
         )
 
     def record_restore(self, archive: Path, outcome: TenantOutcome) -> int:
@@ -466,4 +497,14 @@ def _run_record(row: Any, alive: set[int]) -> RunRecord:
         finished_at=row.finished_at,
         outcome=outcome,
         totals=dict(row.totals or {}),
+        reason=getattr(row, "reason", None),  # a ledger from before the column
     )
+
+
+def _added_columns(runs: str, run_tenants: str) -> list[tuple[str, dict[str, str]]]:
+    """(table, its columns added after the first release) for both ledger tables."""
+    return [(runs, _ADDED_RUN_COLUMNS), (run_tenants, _ADDED_COLUMNS)]
+
+
+def _add_column_sql(table: str, column: str, definition: str) -> str:
+    return f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {definition}"

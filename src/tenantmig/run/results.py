@@ -45,6 +45,7 @@ class RunOutcome(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    STOPPED = "stopped"  # it lost its run lock: started no tenant after that (reason recorded)
     ABANDONED = "abandoned"
 
 
@@ -121,6 +122,7 @@ class RunResult:
     outcomes: list[TenantOutcome] = field(default_factory=list)
     shared: TenantOutcome | None = None
     interrupted: bool = False
+    stopped: str | None = None  # why it stopped starting tenants: it lost its run lock
     duration_s: float = 0.0
     notices: list[str] = field(default_factory=list)
 
@@ -134,12 +136,14 @@ class RunResult:
     @property
     def succeeded(self) -> bool:
         shared_ok = self.shared is None or self.shared.status.is_done
-        return shared_ok and not self.failed and not self.interrupted
+        return shared_ok and not self.failed and not self.interrupted and self.stopped is None
 
     @property
     def outcome(self) -> RunOutcome:
         if self.interrupted:
             return RunOutcome.INTERRUPTED
+        if self.stopped is not None:
+            return RunOutcome.STOPPED
         return RunOutcome.FAILED if self.failed else RunOutcome.SUCCEEDED
 
     def totals(self) -> dict[str, int]:
@@ -153,6 +157,7 @@ class RunResult:
             "command": self.command,
             "target": self.target,
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
             "duration_s": round(self.duration_s, 3),
             "shared": self.shared.to_json() if self.shared else None,
             "tenants": [o.to_json() for o in self.outcomes],
