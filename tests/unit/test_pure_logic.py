@@ -226,6 +226,7 @@ def test_status_predicates() -> None:
         TenantStatus.FAILED,
         TenantStatus.MISSING,
         TenantStatus.INTERRUPTED,
+        TenantStatus.MOVED,  # not taken where the run was asked to: exit 3, --only-failed
     }
     # not_run is neither: unfinished (``--only-failed`` takes it) but not counted as a failure.
     assert not TenantStatus.NOT_RUN.is_done and not TenantStatus.NOT_RUN.is_failure
@@ -239,7 +240,9 @@ def test_run_result_outcome_and_exit_relevant_properties() -> None:
     result.outcomes.append(TenantOutcome("c", "c", TenantStatus.MISSING))
     assert not result.succeeded and result.outcome.value == "failed"
     assert [o.name for o in result.failed] == ["c"]
-    result.interrupted = True
+    result.stopped = "the run lock was lost"
+    assert not result.succeeded and result.outcome.value == "stopped"
+    result.interrupted = True  # a signal as well: that is what the exit code says
     assert result.outcome.value == "interrupted"
     assert result.totals()["total"] == 3 and result.totals()["not_run"] == 1
 

@@ -92,7 +92,14 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
                     keep=("status", "revision"),
                 )
             )
-            lines.append("the failed tenants were rolled back to their previous revision")
+            moved = sum(1 for o in result.failed if o.status is TenantStatus.MOVED)
+            if moved < len(result.failed):
+                lines.append("the failed tenants were rolled back to their previous revision")
+            if moved:
+                lines.append(
+                    "the moved tenants were left as they are, in their new database, where the "
+                    "finishing command below migrates them"
+                )
     backups = [o.backup for o in result.outcomes if o.backup]
     if backups:
         folder = os.path.dirname(backups[0])

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from tenantmig.backup.dump import plan_backups
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
-from tenantmig.errors import ConfigError, RunAborted
+from tenantmig.errors import ConfigError, DatabaseUnavailable, RunAborted
 from tenantmig.logs import configure_run_log
 from tenantmig.run.executor import Execution, WorkerSpec, WorkerTarget, run_jobs
 from tenantmig.run.ledger import Ledger
@@ -51,6 +52,7 @@ from tenantmig.run.results import (
 )
 from tenantmig.run.triage import triage
 from tenantmig.schema.owned import OWNED
+from tenantmig.schema.placement import read_placements
 from tenantmig.schema.registry import (
     Tenant,
     by_database,
@@ -346,6 +348,7 @@ class _Coordinator:
                     spec, jobs, workers, stop=plan.stop, on_outcome=writer, gate=gate
                 )
                 result.outcomes.extend(outcomes)
+            writer.buffer.extend(self._follow_moves(conn))
         finally:
             result.interrupted = interrupted
             if watch is not None:
@@ -361,6 +364,58 @@ class _Coordinator:
                 ),
             )
         self._add_notices(conn, selected, interrupted)
+
+    def _follow_moves(self, conn: Connection) -> list[TenantOutcome]:
+        """The tenants found missing that the directory now places in another database.
+
+        ``tenants move`` holds a tenant's lock while it copies the schema, switches the
+        directory and drops the old schema, so a worker that waited for that lock finds no
+        schema (and one that read versions after the move found none either). Those tenants
+        were moved during the run, not lost: their outcome says so, with the revision they have
+        where they live now, and stays unfinished, so the run's finishing command
+        (--only-failed, which reads the directory afresh) migrates them there. Returns the new
+        outcomes (also put in the result), for the ledger. Best effort: a database that cannot
+        be read leaves "missing", which the finishing command takes as well.
+        """
+        missing = {o.name: o for o in self.result.outcomes if o.status is TenantStatus.MISSING}
+        if not missing or not self.plan.settings.tenant_source.is_registry:
+            return []
+        try:
+            with conn.begin():
+                placed = read_placements(conn, self.shared_schema)
+        except DBAPIError:
+            return []
+        now_in: dict[str, list[TenantOutcome]] = {}
+        for name, outcome in missing.items():
+            database = placed.get(name, CONTROL)
+            if database != outcome.database:
+                now_in.setdefault(database, []).append(outcome)
+        moved: dict[str, TenantOutcome] = {}
+        for database, outcomes in now_in.items():
+            versions, unread = self._versions_in(database, [o.schema for o in outcomes])
+            for o in outcomes:
+                found = versions.get(o.schema)
+                revision = found.revision if found is not None else None
+                moved[o.name] = replace(
+                    o,
+                    status=TenantStatus.MOVED,
+                    from_revision=revision,
+                    to_revision=revision,
+                    error=f"moved to {database} during this run, not migrated{unread}",
+                    database=database,
+                )
+        self.result.outcomes = [moved.get(o.name, o) for o in self.result.outcomes]
+        return list(moved.values())
+
+    def _versions_in(
+        self, database: str, schemas: list[str]
+    ) -> tuple[dict[str, SchemaVersion], str]:
+        """(versions of ``schemas`` in ``database``, "" or why they could not be read)."""
+        try:
+            with self.databases.get(database).engine.connect() as conn:
+                return read_versions(conn, schemas), ""
+        except (DBAPIError, DatabaseUnavailable) as exc:
+            return {}, f" (its revision there could not be read: {first_line(exc)})"
 
     def _targets(
         self,

@@ -16,6 +16,9 @@ class TenantStatus(str, Enum):
     MISSING = "missing"  # registered, but its schema does not exist
     INTERRUPTED = "interrupted"  # stopped mid-migration by a signal; rolled back
     NOT_RUN = "not_run"  # never started: the run stopped scheduling first
+    # Moved to another database during the run (``tenants move``), not migrated; the outcome's
+    # database and revision are where it is now. The finishing command migrates it there.
+    MOVED = "moved"
 
     @property
     def is_done(self) -> bool:
@@ -24,8 +27,17 @@ class TenantStatus(str, Enum):
 
     @property
     def is_failure(self) -> bool:
-        """Counts as a failure (exit code, --max-failures); NOT_RUN is unfinished, not failed."""
-        return self in (TenantStatus.FAILED, TenantStatus.MISSING, TenantStatus.INTERRUPTED)
+        """Counts as a failure (exit code, --max-failures); NOT_RUN is unfinished, not failed.
+
+        MOVED counts: the run did not take the tenant where it was asked to (exit 3, and the
+        finishing command), though nothing went wrong in it.
+        """
+        return self in (
+            TenantStatus.FAILED,
+            TenantStatus.MISSING,
+            TenantStatus.INTERRUPTED,
+            TenantStatus.MOVED,
+        )
 
 
 class RunScope(str, Enum):
