@@ -31,13 +31,12 @@ from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import (
     BackupFailed,
     ConfigError,
-    DatabaseUnavailable,
     NoTargetMetadata,
     SharedSchemaNotReady,
     TenantmigError,
 )
 from tenantmig.run import coordinator
-from tenantmig.run.bulk import BatchCallback, drop_in_batches
+from tenantmig.run.bulk import BatchCallback, DropResult, drop_in_batches, plan_drop
 from tenantmig.run.coordinator import RunObserver
 from tenantmig.run.grants import GrantResult
 from tenantmig.run.grants import grant as grant_role
@@ -203,16 +202,15 @@ def create_tenants(
     registry.check_tenant_names(names, source)
     settings.check_database_names([database])
     with open_database(settings) as control, _member(settings, control, database) as where:
-        with control.engine.begin() as conn, where.engine.begin() as schema_conn:
+        with control.engine.connect() as conn, where.engine.connect() as schema_conn:
+            conn.begin()
+            schemas = schema_conn.begin()
             if database == CONTROL:  # one message naming everything the role lacks
                 needs = Needs(ledger=migrate, write_registry=True, create_schemas=True)
                 check_privileges(conn, settings, needs)
             else:
                 check_privileges(conn, settings, Needs(ledger=migrate, write_registry=True))
                 check_privileges(schema_conn, settings, Needs(create_schemas=True))
-            # The schemas commit first (inner transaction), then the registry: a failure in
-            # between leaves unregistered empty schemas (`tenants register` adopts them),
-            # never registered tenants without a schema.
             created = registry.create_tenants(
                 conn,
                 source,
@@ -222,6 +220,11 @@ def create_tenants(
                 database=database,
                 schema_conn=schema_conn if database != CONTROL else None,
             )
+            # The schemas commit first, then the registry: a failure in between leaves
+            # unregistered empty schemas (`tenants register` adopts them), never registered
+            # tenants without a schema, and the error says so.
+            schemas.commit()
+            registry.commit_created(conn, control.engine, source, created, database)
     if not migrate:
         return created, None
     selection = Selection.named([t.name for t in created])
@@ -297,26 +300,30 @@ def _member(settings: Settings, control: Database, name: str) -> Iterator[Databa
 
 def drop_tenants(
     settings: Settings, names: Sequence[str], on_batch: BatchCallback | None = None
-) -> None:
-    """Drop tenant schemas and their registry rows, in bounded batches (each atomic). Every
-    name is checked first: one unknown name drops nothing."""
+) -> DropResult:
+    """Drop tenant schemas and their registry rows in bounded batches, and say where each
+    named tenant stands in each database, also after a failure (``run.bulk`` orders the work
+    so that a failed or killed drop is finished by the same command). Every name is checked
+    first: one that is not registered drops nothing, unless it is gone from every database
+    and an earlier drop named it; then it is reported as already gone."""
     source = settings.tenant_source
     registry.require_registry(source, "drop tenants")
     registry.check_tenant_names(names, source)
-    with open_database(settings) as database:
-        with database.engine.begin() as conn:
-            selected = _select_tenants(conn, source, names)
-            here = [t.schema for t in selected if t.database == CONTROL]
-            check_privileges(conn, settings, Needs(write_registry=True, schemas=here))
-        elsewhere = [t for t in selected if t.database != CONTROL]
-        with _by_database(settings, database, elsewhere) as places:
-            if places.down:
-                raise DatabaseUnavailable("nothing was dropped: " + "; ".join(places.down.values()))
-            for _name, member, group in places.reachable:
-                with member.engine.begin() as conn:
-                    check_privileges(conn, settings, Needs(schemas=[t.schema for t in group]))
-            members = {name: member for name, member, _group in places.reachable}
-            drop_in_batches(database, source, selected, settings.timeouts, on_batch, members)
+    with open_database(settings) as control, control.engine.connect() as conn:
+        databases = DatabaseSet(settings, control)
+        try:
+            ledger = Ledger(conn, settings.shared_schema)
+            plan = plan_drop(databases, source, ledger, names)
+            groups = registry.by_database(plan.tenants)
+            for name in dict.fromkeys([CONTROL, *groups]):
+                needs = Needs(schemas=[t.schema for t in groups.get(name, [])])
+                if name == CONTROL:  # the registry, and the run's record in the ledger
+                    needs = replace(needs, ledger=True, write_registry=True)
+                with databases.get(name).engine.begin() as member_conn:
+                    check_privileges(member_conn, settings, needs)
+            return drop_in_batches(databases, source, plan, settings.timeouts, ledger, on_batch)
+        finally:
+            databases.close()
 
 
 # -- status / history / revision ----------------------------------------------------------------

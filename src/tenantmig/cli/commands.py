@@ -19,9 +19,11 @@ from tenantmig.cli import render
 from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
+from tenantmig.run.bulk import DropResult
 from tenantmig.run.results import RunResult
 from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
+from tenantmig.server.directory import CONTROL
 
 
 def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Settings:
@@ -339,9 +341,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             if total > BATCH_SHOWN and (done == total or done % 250 == 0):
                 print(f"dropped {done}/{total} tenant(s)", file=sys.stderr, flush=True)
 
-        api.drop_tenants(settings, args.names, on_batch)
-        print(f"dropped {len(args.names)} tenant(s): {some_names(args.names, BATCH_SHOWN)}")
-        return ExitCode.OK
+        return _dropped(api.drop_tenants(settings, args.names, on_batch), args)
     if args.tenants_command == "move":
         moved = api.move_tenant(settings, args.name, args.to)
         if args.json:
@@ -361,7 +361,10 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         else:
             shown = [t.name if t.name == t.schema else f"{t.name} (schema {t.schema})"
                      for t in registered]  # fmt: skip
-            print(f"registered {len(registered)} tenant(s): {some_names(shown, BATCH_SHOWN)}")
+            print(
+                f"registered {len(registered)} tenant(s){_in_database(args.database)}: "
+                f"{some_names(shown, BATCH_SHOWN)}"
+            )
             print(
                 "next: record their revision with `tenantmig stamp --tenant NAME REVISION` "
                 "(or --all-tenants), then check them with `tenantmig drift`"
@@ -379,13 +382,17 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"created": [t.name for t in created], "run": result.to_json() if result else None},
+                {
+                    "created": [t.name for t in created],
+                    "database": args.database,
+                    "run": result.to_json() if result else None,
+                },
                 indent=2,
             )
         )
     else:
         print(
-            f"registered {len(created)} tenant(s): "
+            f"registered {len(created)} tenant(s){_in_database(args.database)}: "
             f"{some_names([t.name for t in created], BATCH_SHOWN)}"
         )
         if result is not None:
@@ -396,6 +403,24 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if result is not None and not result.succeeded:
         return ExitCode.TENANTS_FAILED
     return ExitCode.OK
+
+
+def _in_database(database: str) -> str:
+    """Where new tenants' schemas are, when it is not the control database."""
+    return "" if database == CONTROL else f" (schemas in database {database})"
+
+
+def _dropped(result: DropResult, args: argparse.Namespace) -> int:
+    """Print what a drop did in each database; when it stopped part way, why (stderr) and the
+    exit code of the cause (a failed batch: 3, an interrupt: 130)."""
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render.drop_text(result))
+    if result.succeeded:
+        return ExitCode.OK
+    print(f"tenantmig: error: {render.drop_stopped(result)}", file=sys.stderr)
+    return ExitCode.INTERRUPTED if result.interrupted else ExitCode.TENANTS_FAILED
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -419,9 +419,25 @@ def build_parser() -> argparse.ArgumentParser:
     _json(register)
     listing = _action(tsub, "list", "list the tenants (from the configured tenant source)")
     _json(listing)
-    drop = _action(tsub, "drop", "drop tenant schemas (CASCADE) and unregister them")
+    drop = _action(
+        tsub,
+        "drop",
+        "drop tenant schemas (CASCADE) and unregister them",
+        "Drop tenant schemas (CASCADE) and unregister them, 25 tenants per batch. The report "
+        "says per database what was dropped and what is untouched, also after a failure; the "
+        "same command again finishes a drop that failed or was killed, and names the tenants "
+        "already gone that an earlier drop named.",
+    )
     drop.add_argument("names", nargs="+", metavar="NAME", help="the tenants to drop")
     _yes(drop)
+    drop.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest to wait for a tenant's locks; a batch that waits longer is rolled back "
+        "in every database (default: 5)",
+    )
+    _json(drop)
     move = _action(
         tsub,
         "move",

@@ -88,6 +88,16 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Selected:
+    """A tenant as a run found it when it started: its schema and database then."""
+
+    run_id: int
+    tenant: str
+    schema: str
+    database: str
+
+
+@dataclass(frozen=True)
 class Unfinished:
     """The tenants a run did not finish, and where it meant to take them.
 
@@ -479,6 +489,28 @@ class Ledger:
             for t in tenants
         ]
         return _run_record(row, live_runs(self.conn)), outcomes
+
+    @_committed
+    def last_selected_by(self, command: str, tenants: Sequence[str]) -> dict[str, Selected]:
+        """The latest run of ``command`` that selected each of ``tenants``, whether it finished
+        or not (a run records every tenant it selected before it changes anything)."""
+        if not tenants or not self._has_tables():
+            return {}
+        rows = self.conn.execute(
+            sa.text(
+                # to_jsonb: a ledger from before the database column reads as NULL (control).
+                "SELECT DISTINCT ON (t.tenant) t.tenant, t.run_id, t.schema_name,"
+                " to_jsonb(t) ->> 'database' AS database"
+                f" FROM {self.run_tenants} t JOIN {self.runs} r ON r.id = t.run_id"
+                " WHERE r.command = :command AND t.tenant = ANY(:names)"
+                " ORDER BY t.tenant, t.run_id DESC"
+            ),
+            {"command": command, "names": list(tenants)},
+        ).all()
+        return {
+            r.tenant: Selected(r.run_id, r.tenant, r.schema_name, r.database or CONTROL)
+            for r in rows
+        }
 
 
 def _run_record(row: Any, alive: set[int]) -> RunRecord:

@@ -15,12 +15,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tenantmig.errors import (
     ConfigError,
     InvalidTenantName,
+    RunAborted,
     SchemaMissing,
     SharedSchemaNotReady,
     TenantExists,
@@ -307,6 +308,39 @@ def create_tenants(
     if database != CONTROL:
         place(conn, source.shared_schema, names, database)
     return created
+
+
+def commit_created(
+    conn: Connection, control: Engine, source: TenantSource, created: list[Tenant], database: str
+) -> None:
+    """Commit ``conn``, the registry rows of tenants whose schemas ``database`` has committed
+    already. If that fails, RunAborted saying what is there, read back from the registry on
+    ``control`` (a COMMIT whose answer was lost may have happened)."""
+    try:
+        conn.commit()
+    except DBAPIError as exc:
+        if database == CONTROL:  # the schemas were in this transaction: nothing is left
+            raise
+        names = [t.name for t in created]
+        try:
+            with control.begin() as check:
+                registered: set[str] | None = {t.name for t in list_tenants(check, source)}
+        except DBAPIError:
+            registered = None
+        if registered is not None and set(names) <= registered:
+            return
+        state = (
+            "their schemas exist, empty; whether they were registered could not be read back "
+            "(see `tenantmig tenants list`)"
+            if registered is None
+            else "their schemas exist, empty and unregistered"
+        )
+        raise RunAborted(
+            f"created the schemas of {len(names)} tenant(s) in database {database}, but "
+            f"registering them failed: {first_line(exc)}; {state}: {some_names(names)}; "
+            f"`tenantmig tenants register NAME ... --database {database}` adopts them (then "
+            "`tenantmig upgrade --tenant NAME`)"
+        ) from exc
 
 
 def register_existing(
