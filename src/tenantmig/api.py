@@ -65,6 +65,7 @@ from tenantmig.server.database import (
 )
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import validate_schema_name
+from tenantmig.server.reads import own_reads
 
 __all__ = [
     "DEMO_TENANTS",
@@ -232,8 +233,9 @@ def create_tenants(
 
 
 def tenants(settings: Settings) -> list[Tenant]:
-    with open_database(settings, notice=False) as database, database.engine.begin() as conn:
-        return list_tenants(conn, settings.tenant_source)
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        with own_reads(conn, settings.statement_timeout_s):
+            return list_tenants(conn, settings.tenant_source)
 
 
 def register_tenants(
@@ -338,10 +340,12 @@ def status(
     tenant_scripts = ChainScripts(settings, "tenant")
     shared_schema = settings.shared_schema
     settings.check_database_names(databases or ())
+    limit = settings.statement_timeout_s  # bounds every read below (None: no limit)
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        shared_version = read_versions(conn, [shared_schema])[shared_schema]
+        shared = read_versions(conn, [shared_schema], statement_timeout_s=limit)
+        shared_version = shared[shared_schema]
         try:
-            with conn.begin():
+            with own_reads(conn, limit):
                 selected = _select_tenants(conn, settings.tenant_source, names)
         except SharedSchemaNotReady:
             if names:
@@ -355,12 +359,13 @@ def status(
             for _name, member, group in places.reachable:
                 schemas = [t.schema for t in group]
                 with member.engine.connect() as member_conn:
-                    versions.update(read_versions(member_conn, schemas))
-                    with member_conn.begin():
+                    versions.update(read_versions(member_conn, schemas, statement_timeout_s=limit))
+                    with own_reads(member_conn, limit):
                         invalid.update(invalid_indexes(member_conn, schemas))
                         nodes.update(member.flavour.placements(member_conn, schemas))
         down = places.down
-        last = Ledger(conn, shared_schema).last_outcomes([t.name for t in selected])
+        ledger = Ledger(conn, shared_schema, statement_timeout_s=limit)
+        last = ledger.last_outcomes([t.name for t in selected])
     return StatusReport(
         shared_schema=shared_schema,
         shared_revision=shared_version.revision,
@@ -481,7 +486,7 @@ def drift(
     registry.check_tenant_names(names or (), settings.tenant_source)
     settings.check_database_names(databases or ())
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        with conn.begin():
+        with own_reads(conn, settings.statement_timeout_s):
             # Everything the control database lacks, in one message: the registry, and the
             # scratch schemas the shared schema's and its tenants' references are built in.
             check_privileges(conn, settings, Needs(read_registry=True, scratch=True))
@@ -544,7 +549,7 @@ def _drift_in(
     """Drift of the tenants of one database, on a connection of its own."""
     here = [t for t in tenants if t.database == name]
     with database.engine.connect() as conn:
-        with conn.begin():
+        with own_reads(conn, settings.statement_timeout_s):
             check_privileges(conn, settings, Needs(scratch=True))
             check_privileges(
                 conn, settings, Needs(schemas=[t.schema for t in here], change_schemas=False)
@@ -651,12 +656,18 @@ def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
 
 def runs(settings: Settings, limit: int = 20) -> list[RunRecord]:
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        return Ledger(conn, settings.shared_schema).runs_list(limit)
+        ledger = Ledger(
+            conn, settings.shared_schema, statement_timeout_s=settings.statement_timeout_s
+        )
+        return ledger.runs_list(limit)
 
 
 def run_details(settings: Settings, run_id: int) -> tuple[RunRecord, list[TenantOutcome]]:
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        found = Ledger(conn, settings.shared_schema).run(run_id)
+        ledger = Ledger(
+            conn, settings.shared_schema, statement_timeout_s=settings.statement_timeout_s
+        )
+        found = ledger.run(run_id)
     if found is None:
         raise ConfigError(f"no run {run_id} in the ledger; see `tenantmig runs`")
     return found

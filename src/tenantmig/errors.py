@@ -73,6 +73,11 @@ class SchemaMissing(TenantmigError):
     """A tenant is registered (or named) but its schema does not exist."""
 
 
+class ReadTimedOut(TenantmigError):
+    """One of tenantmig's own reads (catalogs, versions, registry, ledger) ran longer than the
+    --statement-timeout the user gave and was cancelled; nothing was changed."""
+
+
 class RunLocked(TenantmigError):
     """Another tenantmig run holds the run lock."""
 

@@ -228,6 +228,19 @@ def _database_filter(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _read_timeout(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """For commands that only read: their reads ignore the role's statement_timeout (a
+    production setting meant for the application) unless this bounds them."""
+    parser.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help="longest any one of tenantmig's reads may run (default: no limit, whatever the "
+        "role's or database's statement_timeout)",
+    )
+
+
 def _chain(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--shared", action="store_true", help="the shared chain (migrations/shared)")
@@ -306,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("current", "Show the current revision of the shared schema and tenants.")
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     _json(p)
+    _read_timeout(p)
 
     p = add(
         "status",
@@ -314,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     _database_filter(p)
     _json(p)
+    _read_timeout(p)
 
     p = add("history", "List the revisions of the shared and tenant chains.")
     chain = p.add_mutually_exclusive_group()
@@ -419,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json(register)
     listing = _action(tsub, "list", "list the tenants (from the configured tenant source)")
     _json(listing)
+    _read_timeout(listing)
     drop = _action(
         tsub,
         "drop",
@@ -481,16 +497,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out a kind of object managed outside the migrations: privileges, owner, "
         "comment (repeatable; default: drift_ignore in alembic.ini)",
     )
+    _read_timeout(p)
 
     p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
     p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
     _json(p)
+    _read_timeout(p)
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
     show = _action(rsub, "show", "one run with every tenant's outcome")
     show.add_argument("run_id", type=int, help="a run id from `tenantmig runs`")
     show.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
     )
+    _read_timeout(show, argparse.SUPPRESS)
 
     p = add(
         "restore",

@@ -37,10 +37,14 @@ from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
 from tenantmig.schema.status import LastOutcome
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import qualified, quote_ident
+from tenantmig.server.reads import own_reads
 from tenantmig.server.session import LOCK_NAMESPACE, lock_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Tenants looked up in the ledger per statement (see Ledger.last_outcomes).
+_NAMES_CHUNK = 500
 
 # Columns of the per-tenant table added after its first release (name -> type).
 _ADDED_COLUMNS = {
@@ -133,11 +137,29 @@ def _committed(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _read(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a Ledger read in its own transaction on the ledger connection, bounded by the
+    ledger's statement timeout rather than the role's (see server.reads)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        ledger = args[0]
+        assert isinstance(ledger, Ledger)
+        with own_reads(ledger.conn, ledger.statement_timeout_s):
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class Ledger:
-    def __init__(self, conn: Connection, shared_schema: str) -> None:
+    def __init__(
+        self, conn: Connection, shared_schema: str, *, statement_timeout_s: float | None = None
+    ) -> None:
         """``conn`` is the coordinator's own connection; every method commits before returning,
-        so each write is durable at once and no transaction is left open between calls."""
+        so each write is durable at once and no transaction is left open between calls.
+        ``statement_timeout_s`` bounds each statement of the reads (None: no limit)."""
         self.conn = conn
+        self.statement_timeout_s = statement_timeout_s
         self.runs = qualified(shared_schema, RUNS)
         self.run_tenants = qualified(shared_schema, RUN_TENANTS)
         self.shared_schema = shared_schema
@@ -149,7 +171,7 @@ class Ledger:
         when the table is there, and a role that may only write the ledger (set up once by an
         administrator with ``tenantmig grant``) has no such privilege.
         """
-        with self.conn.begin():
+        with own_reads(self.conn, self.statement_timeout_s):
             row = self.conn.execute(
                 sa.text(
                     "SELECT to_regclass(:runs) IS NOT NULL AND to_regclass(:index) IS NOT NULL"
@@ -377,19 +399,37 @@ class Ledger:
         )
         return run_id
 
-    @_committed
+    @_read
     def last_outcomes(self, tenants: Iterable[str] | None = None) -> dict[str, LastOutcome]:
-        """Each tenant's most recent recorded outcome."""
+        """Each tenant's most recent recorded outcome (of every tenant in the ledger: None).
+
+        Named tenants are read in chunks, each tenant's newest row found through the
+        (tenant, run_id DESC) index: no statement grows with the fleet or with the ledger's
+        history. (One DISTINCT ON over every row of 10,000 tenants with 50 runs each took
+        0.2 s, and more with every run; a chunk of 500 takes a few milliseconds.)
+        """
         if not self._has_tables():
             return {}
-        where = "" if tenants is None else "WHERE tenant = ANY(:names)"
-        rows = self.conn.execute(
-            sa.text(
-                f"SELECT DISTINCT ON (tenant) tenant, run_id, status, error, recorded_at "
-                f"FROM {self.run_tenants} {where} ORDER BY tenant, run_id DESC"
-            ),
-            {} if tenants is None else {"names": list(tenants)},
-        ).all()
+        if tenants is None:
+            rows = self.conn.execute(
+                sa.text(
+                    f"SELECT DISTINCT ON (tenant) tenant, run_id, status, error, recorded_at "
+                    f"FROM {self.run_tenants} ORDER BY tenant, run_id DESC"
+                )
+            ).all()
+        else:
+            names = list(tenants)
+            rows = []
+            for start in range(0, len(names), _NAMES_CHUNK):
+                rows += self.conn.execute(
+                    sa.text(
+                        "SELECT last.* FROM unnest(CAST(:names AS text[])) AS named(tenant)"
+                        " CROSS JOIN LATERAL (SELECT tenant, run_id, status, error, recorded_at"
+                        f" FROM {self.run_tenants} t WHERE t.tenant = named.tenant"
+                        " ORDER BY t.run_id DESC LIMIT 1) AS last"
+                    ),
+                    {"names": names[start : start + _NAMES_CHUNK]},
+                ).all()
         return {
             r.tenant: LastOutcome(
                 r.tenant,
@@ -402,7 +442,7 @@ class Ledger:
             for r in rows
         }
 
-    @_committed
+    @_read
     def unfinished_in_last_run(self, scopes: Sequence[RunScope], command: str) -> Unfinished | None:
         """What the latest run of this kind left to do, for ``--only-failed``.
 
@@ -446,7 +486,7 @@ class Ledger:
             },
         )
 
-    @_committed
+    @_read
     def runs_list(self, limit: int = 20) -> list[RunRecord]:
         if not self._has_tables():
             return []
@@ -457,7 +497,7 @@ class Ledger:
         alive = live_runs(self.conn)
         return [_run_record(r, alive) for r in rows]
 
-    @_committed
+    @_read
     def run(self, run_id: int) -> tuple[RunRecord, list[TenantOutcome]] | None:
         if not self._has_tables():
             return None

@@ -38,6 +38,7 @@ from tenantmig.server.config import Chain, Settings
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
+from tenantmig.server.reads import own_reads
 
 REFERENCE_SCHEMA = "tenantmig_reference"
 _CHUNK = 500
@@ -166,7 +167,8 @@ def check(
     # distinct (revision, fingerprint) and read only those samples' catalogs in full.
     samples: dict[tuple[str | None, str], str] = {}
     keyed: list[tuple[Tenant, SchemaVersion | None, str | None]] = []
-    for chunk, versions, fingerprints in _read_chunks(conn.engine, tenants):
+    limit = settings.statement_timeout_s
+    for chunk, versions, fingerprints in _read_chunks(conn.engine, tenants, limit):
         for tenant in chunk:
             version = versions.get(tenant.schema)
             fingerprint = fingerprints.get(tenant.schema)
@@ -178,13 +180,13 @@ def check(
 
     # One cheap query for the whole server: a failed CREATE INDEX CONCURRENTLY leaves an
     # INVALID index whose definition may match the expected one exactly.
-    with conn.begin():
+    with own_reads(conn, limit):
         invalid = invalid_indexes(conn, None)
     compared: dict[tuple[str | None, str], tuple[Difference, ...]] = {}
     sample_keys = list(samples.items())
     for start in range(0, len(sample_keys), _CHUNK):
         part = sample_keys[start : start + _CHUNK]
-        with conn.begin():
+        with own_reads(conn, limit):
             structures = read_structures(conn, [schema for _, schema in part])
         for key, schema in part:
             compared[key] = compare(tenant_refs.expected(key[0]), structures[schema], ignore)
@@ -219,9 +221,10 @@ _READERS = 2  # connections reading catalogs at once: the server does the work, 
 
 
 def _read_chunks(
-    engine: Engine, tenants: Sequence[Tenant]
+    engine: Engine, tenants: Sequence[Tenant], statement_timeout_s: float | None
 ) -> Iterator[tuple[Sequence[Tenant], dict[str, SchemaVersion], dict[str, str]]]:
-    """(chunk, versions, fingerprints) for every chunk of ``tenants``, in order.
+    """(chunk, versions, fingerprints) for every chunk of ``tenants``, in order; each
+    statement runs for at most ``statement_timeout_s`` (None: no limit).
 
     The queries are all server work (catalog scans, deparsing); two connections keep two server
     cores busy, so 1,000 tenants are read as two chunks of 500 at once, 10,000 as four of 2,500.
@@ -232,8 +235,8 @@ def _read_chunks(
     def read(chunk: Sequence[Tenant]) -> tuple[dict[str, SchemaVersion], dict[str, str]]:
         schemas = [t.schema for t in chunk]
         with engine.connect() as conn:
-            versions = read_versions(conn, schemas)
-            with conn.begin():
+            versions = read_versions(conn, schemas, statement_timeout_s=statement_timeout_s)
+            with own_reads(conn, statement_timeout_s):
                 return versions, read_fingerprints(conn, schemas)
 
     if len(chunks) <= 1:
@@ -258,8 +261,9 @@ def _comparable(version: SchemaVersion, scripts: ChainScripts) -> bool:
 
 def _check_shared(settings: Settings, conn: Connection, refs: ReferenceBuilder) -> SchemaDrift:
     schema = settings.shared_schema
-    version = read_versions(conn, [schema])[schema]
-    with conn.begin():
+    limit = settings.statement_timeout_s
+    version = read_versions(conn, [schema], statement_timeout_s=limit)[schema]
+    with own_reads(conn, limit):
         structure = read_structures(conn, [schema])[schema] if version.schema_exists else None
     state, detail = version_drift(version, refs.scripts)
     differences: tuple[Difference, ...] = ()

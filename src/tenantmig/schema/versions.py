@@ -1,8 +1,9 @@
 """Read many schemas' alembic_version rows in a few bulk queries.
 
 Asking Alembic per tenant costs a connection setup and an inspector round-trip each: with
-thousands of tenants that alone takes minutes. Here one catalog query finds which schemas exist
-and have a version table, and UNION ALL queries read the version rows in chunks.
+thousands of tenants that alone takes minutes. Here schemas are read in chunks: per chunk, one
+catalog query finds which exist and have a version table, and one UNION ALL query reads their
+version rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.server.identifiers import qualified
+from tenantmig.server.reads import own_reads
 
 _CHUNK = 500
 
@@ -37,30 +39,40 @@ class SchemaVersion:
         return len(self.revisions) > 1
 
 
-def read_versions(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaVersion]:
-    """Versions of ``schemas``. Call outside a transaction: each chunk runs in its own.
+def read_versions(
+    conn: Connection, schemas: Sequence[str], *, statement_timeout_s: float | None = None
+) -> dict[str, SchemaVersion]:
+    """Versions of ``schemas``. Call outside a transaction: each chunk runs in its own, whose
+    statements run for at most ``statement_timeout_s`` each (None: no limit, whatever the role
+    sets; see server.reads).
 
     Reading a table takes an ACCESS SHARE lock held to the end of the transaction, and the
     server's lock table is sized max_locks_per_transaction x max_connections (6,400 slots by
     default). Reading 10,000 version tables in one transaction exhausts it ("out of shared
-    memory"), so every chunk commits and releases its locks.
+    memory"), so every chunk commits and releases its locks. The catalog is asked about each
+    chunk's schemas alone, in the same transaction, so no statement grows with the fleet.
     """
-    if not schemas:
-        return {}
-    with conn.begin():
-        rows = _catalog_rows(conn, schemas)
-    found: dict[str, list[str]] = {}
+    found: dict[str, SchemaVersion] = {}
+    for start in range(0, len(schemas), _CHUNK):
+        with own_reads(conn, statement_timeout_s):
+            found.update(_read_chunk(conn, schemas[start : start + _CHUNK]))
+    return found
+
+
+def _read_chunk(conn: Connection, schemas: Sequence[str]) -> dict[str, SchemaVersion]:
+    """Which of ``schemas`` exist and have a version table (one catalog query), then the
+    version rows of those that have one (one UNION ALL query)."""
+    rows = _catalog_rows(conn, schemas)
     with_table = [r.name for r in rows if r.has_table]
-    for start in range(0, len(with_table), _CHUNK):
-        chunk = with_table[start : start + _CHUNK]
+    found: dict[str, list[str]] = {}
+    if with_table:
         parts = [
             f"SELECT :s{i} AS schema, version_num FROM {qualified(name, VERSION_TABLE)}"
-            for i, name in enumerate(chunk)
+            for i, name in enumerate(with_table)
         ]
-        params = {f"s{i}": name for i, name in enumerate(chunk)}
-        with conn.begin():
-            for schema, version in conn.execute(sa.text(" UNION ALL ".join(parts)), params):
-                found.setdefault(schema, []).append(version)
+        params = {f"s{i}": name for i, name in enumerate(with_table)}
+        for schema, version in conn.execute(sa.text(" UNION ALL ".join(parts)), params):
+            found.setdefault(schema, []).append(version)
     return {
         r.name: SchemaVersion(
             schema=r.name,
