@@ -24,16 +24,14 @@ from alembic.script import Script
 from tenantmig.backup.dump import LibpqConnection, find_pg_tools
 from tenantmig.backup.move import MoveResult
 from tenantmig.backup.move import move_tenant as move_schema
-from tenantmig.backup.restore import RestoreResult, restore_tenant
+from tenantmig.backup.restore import RestoreResult, check_archive, restore_tenant
 from tenantmig.chains.autogen import CheckResult, autogenerate_revision, check_chain
 from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import (
-    BackupFailed,
     ConfigError,
     NoTargetMetadata,
     SharedSchemaNotReady,
-    TenantmigError,
 )
 from tenantmig.run import coordinator
 from tenantmig.run.bulk import BatchCallback, DropResult, drop_in_batches, plan_drop
@@ -44,12 +42,14 @@ from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.run.single import SingleRun
 from tenantmig.run.sqlscript import SchemaSQL, schema_sql
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
 from tenantmig.schema.catalog import SchemaStructure, invalid_indexes
 from tenantmig.schema.drift import check as check_drift
 from tenantmig.schema.drift_report import DriftReport, SchemaDrift
+from tenantmig.schema.moves import read_moves
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.state import classify
@@ -366,12 +366,15 @@ def status(
         down = places.down
         ledger = Ledger(conn, shared_schema, statement_timeout_s=limit)
         last = ledger.last_outcomes([t.name for t in selected])
+        with own_reads(conn, limit):
+            moves = read_moves(conn, shared_schema, [t.name for t in selected])
     return StatusReport(
         shared_schema=shared_schema,
         shared_revision=shared_version.revision,
         shared_head=shared_scripts.head,
         shared_state=classify(shared_version, shared_scripts).state,
         tenants=tenant_states(selected, versions, tenant_scripts, invalid, last, nodes, down),
+        moves=list(moves.values()),
     )
 
 
@@ -535,6 +538,9 @@ def drift(
                         database=tenant.database,
                     )
                 )
+        with own_reads(conn, settings.statement_timeout_s):
+            moves = read_moves(conn, settings.shared_schema, [t.name for t in selected])
+        report.moves = list(moves.values())
         return report
 
 
@@ -566,50 +572,47 @@ def _drift_in(
         )
 
 
-# -- restore and the ledger ----------------------------------------------------------------------
+# -- restore, move and the ledger ---------------------------------------------------------------
 def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
-    """Replace one tenant's schema with a ``--backup`` dump, atomically; recorded in the ledger."""
+    """Replace one tenant's schema with a ``--backup`` dump, atomically, in the database the
+    directory names (read again under the tenant's lock). A run in the ledger from its start:
+    a killed restore reads as abandoned there, a failed or interrupted one says why."""
     registry.check_tenant_names([tenant], settings.tenant_source)
-    with open_database(settings) as database:
-        with database.engine.begin() as conn:
+    if not archive.is_file():
+        raise ConfigError(f"backup file {str(archive)!r} does not exist or is not a file")
+    with open_database(settings) as control:
+        with control.engine.begin() as conn:
             (target,) = _select_tenants(conn, settings.tenant_source, [tenant])
-        try:
-            with _member(settings, database, target.database) as where:
-                result = restore_tenant(settings, where, target, archive)
-        except BackupFailed as exc:
-            failed = TenantOutcome(
-                tenant,
-                target.schema,
-                TenantStatus.FAILED,
-                attempts=1,
-                error=str(exc),
-                backup=str(archive),
-                database=target.database,
-            )
-            with database.engine.connect() as conn:
-                Ledger(conn, settings.shared_schema).record_restore(archive, failed)
-            raise
-        done = TenantOutcome(
-            name=tenant,
-            schema=result.schema,
-            status=TenantStatus.OK,
-            from_revision=result.from_revision,
-            to_revision=result.to_revision,
-            attempts=1,
-            duration_s=result.duration_s,
-            backup=str(archive),
+        started = TenantOutcome(
+            tenant, target.schema, TenantStatus.NOT_RUN, backup=str(archive),
             database=target.database,
-        )
-        with database.engine.connect() as conn:
-            run_id = Ledger(conn, settings.shared_schema).record_restore(archive, done)
-    return replace(result, run_id=run_id)
+        )  # fmt: skip
+        options = {"file": str(archive), "database": target.database}
+        with _member(settings, control, target.database) as where:
+            tools = check_archive(where, target, archive)  # refused before the run starts
+            with SingleRun(
+                control.engine, settings.shared_schema, "restore", str(archive), options, started
+            ) as run:
+                result = restore_tenant(settings, control, where, target, archive, tools)
+                run.finish(
+                    replace(
+                        started,
+                        status=TenantStatus.OK,
+                        from_revision=result.from_revision,
+                        to_revision=result.to_revision,
+                        attempts=1,
+                        duration_s=result.duration_s,
+                    )
+                )
+    return replace(result, run_id=run.run_id)
 
 
 def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
-    """Move ``tenant``'s schema to database ``to`` of the directory: copied under its lock with
-    writes to it blocked, verified (rows and structure), the directory switched, the old
-    schema dropped; any failure before the switch leaves it where it was. Recorded in the
-    ledger as a run."""
+    """Move ``tenant``'s schema to database ``to`` of the directory, or finish its unfinished
+    move there: copied under its lock with writes to it blocked, verified (rows and structure),
+    the source fenced, the directory switched, the fenced source dropped. Every application
+    write lands in the copy the directory finally names, or fails (see ``backup.move``). A run
+    in the ledger from its start."""
     source = settings.tenant_source
     registry.require_registry(source, "move tenants")
     registry.check_tenant_names([tenant], source)
@@ -618,40 +621,43 @@ def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
         with control.engine.begin() as conn:
             (found,) = _select_tenants(conn, source, [tenant])
             check_privileges(conn, settings, Needs(ledger=True, write_registry=True))
-        if found.database == to:
+            pending = read_moves(conn, settings.shared_schema, [tenant]).get(tenant)
+        # An unfinished move is finished from where it started, wherever the directory points.
+        origin_name = pending.source if pending else found.database
+        if pending is None and found.database == to:
             raise ConfigError(f"tenant {tenant} already lives in database {to}; nothing moved")
         with (
-            _member(settings, control, found.database) as origin,
+            _member(settings, control, origin_name) as origin,
             _member(settings, control, to) as target,
         ):
             with origin.engine.begin() as conn:
-                check_privileges(conn, settings, Needs(schemas=[found.schema]))
+                schemas = [] if pending else [found.schema]
+                check_privileges(conn, settings, Needs(schemas=schemas))
             with target.engine.begin() as conn:
                 check_privileges(conn, settings, Needs(create_schemas=True))
-            options = {"from": found.database, "to": to}
-            try:
-                result = move_schema(settings, control, found, origin, target, to)
-            except TenantmigError as exc:
-                failed = TenantOutcome(
-                    tenant, found.schema, TenantStatus.FAILED, attempts=1, error=str(exc),
-                    database=found.database,
+            options = {"from": origin_name, "to": to}
+            started = TenantOutcome(
+                tenant, found.schema, TenantStatus.NOT_RUN, database=origin_name
+            )
+            with SingleRun(
+                control.engine, settings.shared_schema, "move", to, options, started
+            ) as run:
+                result = move_schema(
+                    settings, control, replace(found, database=origin_name), origin, target, to,
+                    run.run_id,
                 )  # fmt: skip
-                with control.engine.connect() as conn:
-                    Ledger(conn, settings.shared_schema).record_single("move", to, options, failed)
-                raise
-        done = TenantOutcome(
-            name=tenant,
-            schema=found.schema,
-            status=TenantStatus.OK,
-            from_revision=result.revision,
-            to_revision=result.revision,
-            attempts=1,
-            duration_s=result.duration_s,
-            database=to,
-        )
-        with control.engine.connect() as conn:
-            run_id = Ledger(conn, settings.shared_schema).record_single("move", to, options, done)
-    return replace(result, run_id=run_id)
+                run.finish(
+                    replace(
+                        started,
+                        status=TenantStatus.OK,
+                        from_revision=result.revision,
+                        to_revision=result.revision,
+                        attempts=1,
+                        duration_s=result.duration_s,
+                        database=to,
+                    )
+                )
+    return replace(result, run_id=run.run_id)
 
 
 def runs(settings: Settings, limit: int = 20) -> list[RunRecord]:

@@ -84,6 +84,13 @@ class RunLocked(TenantmigError):
     exit_code = ExitCode.LOCKED
 
 
+class TenantBusy(TenantmigError):
+    """Another tenantmig operation holds the tenant (a run migrating it, a move, a restore),
+    or a move of it is unfinished; nothing was changed."""
+
+    exit_code = ExitCode.LOCKED
+
+
 class RunAborted(TenantmigError):
     """A database error ended a run after it had started changing schemas.
 
@@ -98,18 +105,6 @@ class BackupFailed(TenantmigError):
     """pg_dump or a restore failed for one tenant; that tenant was left unchanged."""
 
     exit_code = ExitCode.TENANTS_FAILED
-
-
-class BulkStopped(TenantmigError):
-    """A bulk operation stopped part way: the batches before committed, the rest is untouched.
-
-    The message says how far it got; the exit code is that of the cause (a failed batch: 3,
-    an interrupt: 130).
-    """
-
-    def __init__(self, message: str, exit_code: ExitCode) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def some_names(names: Sequence[str], shown: int = 5) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from psycopg2.extensions import make_dsn
 from sqlalchemy.engine import URL
 
+from tenantmig.backup import children
 from tenantmig.errors import BackupFailed, ConfigError
 from tenantmig.server import embedded
 from tenantmig.server.database import Database
@@ -173,9 +174,11 @@ class BackupPlan:
             f"--lock-wait-timeout={self.timeouts.lock_timeout_ms}",
             f"--dbname={self.connection.dsn}",
         ]
-        done = subprocess.run(
-            command, capture_output=True, text=True, env=self.connection.environment()
-        )
+        try:
+            done = children.run(command, env=self.connection.environment())
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         if done.returncode != 0:
             partial.unlink(missing_ok=True)
             raise BackupFailed(f"backup failed, not migrated: {error_line(done.stderr)}")

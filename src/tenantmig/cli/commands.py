@@ -164,6 +164,18 @@ def live_progress(progress: Progress) -> Iterator[Progress]:
         progress.close()
 
 
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`) stops the block like Ctrl-C: KeyboardInterrupt,
+    which kills the block's client programs before they commit, records the operation as
+    interrupted, and exits 130."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     direction: Direction = "upgrade" if args.command == "upgrade" else "downgrade"
     scripts = api.sql(settings, _selection(args), direction, args.revision)
@@ -343,15 +355,17 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
         return _dropped(api.drop_tenants(settings, args.names, on_batch), args)
     if args.tenants_command == "move":
-        moved = api.move_tenant(settings, args.name, args.to)
+        with sigterm_interrupts():
+            moved = api.move_tenant(settings, args.name, args.to)
         if args.json:
             print(json.dumps(moved.to_json(), indent=2))
         else:
+            finished = f", finishing run {moved.finished_run}'s move" if moved.finished_run else ""
             print(
                 f"moved tenant {moved.tenant} from database {moved.from_database} to "
                 f"{moved.to_database}: {moved.tables} table(s), {moved.rows} row(s) copied and "
                 f"verified, at revision {moved.revision or 'base'}, in {moved.duration_s:.1f}s "
-                f"(run {moved.run_id})"
+                f"(run {moved.run_id}{finished})"
             )
         return ExitCode.OK
     if args.tenants_command == "register":
@@ -493,8 +507,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         print("tenantmig: serving the embedded database; Ctrl-C stops it", file=sys.stderr)
 
     # SIGTERM (a service manager, `kill`) ends the wait like Ctrl-C: the server is stopped.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    api.serve(settings, ready)
+    with sigterm_interrupts():
+        api.serve(settings, ready)
     return ExitCode.OK
 
 
@@ -548,7 +562,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restoring tenant {args.tenant} from {args.file} replaces its schema: rows written "
         "since the dump are lost",
     )
-    result = api.restore(settings, args.tenant, args.file)
+    with sigterm_interrupts():
+        result = api.restore(settings, args.tenant, args.file)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -40,6 +40,7 @@ def _header(report: DriftReport) -> list[str]:
         + (f"{drifted} drifted" if drifted else "no drift")
         + (f" (ignoring {', '.join(report.ignored)})" if report.ignored else "")
     )
+    lines.extend(f"unfinished move: {move.describe()}" for move in report.moves)
     return lines
 
 

@@ -152,6 +152,7 @@ def status_text(report: StatusReport) -> str:
     for t in report.tenants:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1
     lines.append(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    lines.extend(f"unfinished move: {move.describe()}" for move in report.moves)
     return "\n".join(lines)
 
 

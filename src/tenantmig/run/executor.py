@@ -16,7 +16,6 @@ rolls their open transactions back. If the coordinator itself dies, the kernel k
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from tenantmig.backup.children import die_with_parent
 from tenantmig.backup.dump import BackupPlan
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.logs import configure_run_log
@@ -42,7 +42,6 @@ from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
 from tenantmig.server.config import Settings
 from tenantmig.server.flavour import ServerFlavour
 
-_PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
 
 
@@ -166,21 +165,12 @@ class JobQueue:
         return left
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker if the coordinator dies (e.g. it is SIGKILLed).
-
-    Otherwise an orphaned worker would finish its tenant unobserved and then wait forever. Its
-    connection closes with it, so an open transaction rolls back and its locks are released.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    # A worker orphaned by a killed coordinator would finish its tenant unobserved and then
+    # wait forever; killed with it, its connection closes and its transaction rolls back.
+    die_with_parent()
     # stdout belongs to the coordinator (its JSON result): whatever a migration writes to file
     # descriptor 1 from below Python (a subprocess, a C library) goes to stderr instead.
     with contextlib.suppress(OSError):

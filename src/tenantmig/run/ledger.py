@@ -19,7 +19,6 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -380,24 +379,6 @@ class Ledger:
             sa.text(f"UPDATE {self.runs} SET reason = :reason WHERE id = :id"),
             {"id": run_id, "reason": reason},
         )
-
-    def record_restore(self, archive: Path, outcome: TenantOutcome) -> int:
-        """Record a ``tenantmig restore`` of one tenant as a run of its own; return its id."""
-        return self.record_single("restore", str(archive), {"file": str(archive)}, outcome)
-
-    def record_single(
-        self, command: str, target: str, options: dict[str, Any], outcome: TenantOutcome
-    ) -> int:
-        """Record a one-tenant operation (restore, move) as a run of its own; return its id."""
-        self.ensure()
-        run_id = self.start_run(command, RunScope.TENANTS, target, options)
-        self.record(run_id, [outcome])
-        self.finish_run(
-            run_id,
-            RunOutcome.SUCCEEDED if outcome.status.is_done else RunOutcome.FAILED,
-            {outcome.status.value: 1},
-        )
-        return run_id
 
     @_read
     def last_outcomes(self, tenants: Iterable[str] | None = None) -> dict[str, LastOutcome]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tenantmig.schema.moves import PendingMove
 from tenantmig.server.directory import CONTROL
 
 
@@ -137,6 +138,8 @@ class DriftReport:
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     ignored: tuple[str, ...] = ()  # kinds left out (drift_ignore)
     databases: tuple[str, ...] = ()  # the directory's databases checked besides the control one
+    # Unfinished `tenants move`s: a fenced or leftover copy outside the directory is drift.
+    moves: list[PendingMove] = field(default_factory=list)
 
     def merge(self, other: DriftReport) -> None:
         """Add the tenants another database's check found (same chains, same ignores)."""
@@ -145,7 +148,8 @@ class DriftReport:
 
     @property
     def any_drift(self) -> bool:
-        return bool(self.drifted) or (self.shared is not None and self.shared.drifted)
+        shared = self.shared is not None and self.shared.drifted
+        return bool(self.drifted) or shared or bool(self.moves)
 
     def groups(self) -> list[DriftGroup]:
         """Tenants grouped by identical drift, most serious first (version drift, then missing
@@ -179,4 +183,5 @@ class DriftReport:
             "shared": self.shared.to_json() if self.shared else None,
             "groups": [g.to_json() for g in self.groups()],
             "drifted": [d.to_json() for d in self.drifted],
+            "unfinished_moves": [m.to_json() for m in self.moves],
         }

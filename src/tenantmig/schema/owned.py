@@ -1,4 +1,5 @@
-"""Objects tenantmig itself owns in the shared schema: the run ledger and the placements.
+"""Objects tenantmig itself owns in the shared schema: the run ledger, the placements and
+the moves under way.
 
 No migration makes them, so drift leaves them out of the shared schema's comparison.
 """
@@ -8,4 +9,6 @@ RUN_TENANTS = "tenantmig_run_tenants"
 RUN_TENANTS_INDEX = "tenantmig_run_tenants_tenant_idx"
 PLACEMENTS = "tenantmig_placements"  # the database of each tenant outside the control one
 PLACEMENTS_KEY = "tenantmig_placements_pkey"
-OWNED = (RUNS, RUN_TENANTS, RUN_TENANTS_INDEX, PLACEMENTS, PLACEMENTS_KEY)
+MOVES = "tenantmig_moves"  # moves under way (schema/moves.py)
+MOVES_KEY = "tenantmig_moves_pkey"
+OWNED = (RUNS, RUN_TENANTS, RUN_TENANTS_INDEX, PLACEMENTS, PLACEMENTS_KEY, MOVES, MOVES_KEY)

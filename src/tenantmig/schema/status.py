@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from tenantmig.chains.scripts import ChainScripts
+from tenantmig.schema.moves import PendingMove
 from tenantmig.schema.registry import Tenant
 from tenantmig.schema.state import SchemaState, classify
 from tenantmig.schema.versions import SchemaVersion
@@ -65,9 +66,11 @@ class StatusReport:
     shared_head: str | None
     shared_state: SchemaState
     tenants: list[TenantState] = field(default_factory=list)
+    moves: list[PendingMove] = field(default_factory=list)  # unfinished `tenants move`s
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "unfinished_moves": [m.to_json() for m in self.moves],
             "shared": {
                 "schema": self.shared_schema,
                 "revision": self.shared_revision or "base",

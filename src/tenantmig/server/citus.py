@@ -181,7 +181,9 @@ class Citus(PostgreSQL):
             ).scalar()
         )
 
-    def restore_script(self, schema: str, timeouts: Timeouts, *, distribute: bool) -> RestoreScript:
+    def restore_script(
+        self, schema: str, timeouts: Timeouts, *, distribute: bool, lock: bool = True
+    ) -> RestoreScript:
         """The schema is restored as a local schema and then distributed again.
 
         pg_dump writes identity columns as CREATE TABLE followed by ALTER TABLE ... ADD
@@ -191,7 +193,7 @@ class Citus(PostgreSQL):
         DROP's lock waits on the worker are bounded too; the dump's own plain ``SET
         lock_timeout = 0`` reaches the coordinator only, and is undone before distributing.
         """
-        plain = super().restore_script(schema, timeouts, distribute=distribute)
+        plain = super().restore_script(schema, timeouts, distribute=distribute, lock=lock)
         before = (
             "SET LOCAL citus.propagate_set_commands = 'local';\n"
             f"SET LOCAL statement_timeout = '{timeouts.statement_timeout_ms}ms';\n"

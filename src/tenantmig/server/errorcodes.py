@@ -35,6 +35,10 @@ def retry_reason(exc: DBAPIError) -> str | None:
     return _RETRYABLE.get(sqlstate(exc) or "")
 
 
+def is_lock_timeout(exc: DBAPIError) -> bool:
+    return sqlstate(exc) == errorcodes.LOCK_NOT_AVAILABLE
+
+
 def connection_lost(exc: DBAPIError) -> bool:
     """True for errors that mean the connection or the server is gone, not the statement."""
     if exc.connection_invalidated:

@@ -103,7 +103,7 @@ class ServerFlavour(Protocol):
     ) -> list[str]: ...
 
     def restore_script(
-        self, schema: str, timeouts: Timeouts, *, distribute: bool
+        self, schema: str, timeouts: Timeouts, *, distribute: bool, lock: bool = True
     ) -> RestoreScript: ...
 
 
@@ -188,12 +188,21 @@ class PostgreSQL:
         """Reference tables are a cluster's; a single server has nothing to do."""
         return []
 
-    def restore_script(self, schema: str, timeouts: Timeouts, *, distribute: bool) -> RestoreScript:
+    def restore_script(
+        self, schema: str, timeouts: Timeouts, *, distribute: bool, lock: bool = True
+    ) -> RestoreScript:
         # lock_timeout bounds both waits: for a tenantmig runner migrating this tenant (the
         # advisory lock) and for the application's transactions on its tables (DROP needs
         # ACCESS EXCLUSIVE). The dump's own "SET lock_timeout = 0" comes after both.
+        # lock=False: the caller holds the tenant's lock in a session of its own already (the
+        # script's session would wait for it forever).
+        # client_connection_check_interval (PostgreSQL 14+): a psql killed with tenantmig
+        # while its statement waits in a lock queue ends that wait at once, not at lock_timeout.
+        take_lock = f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
         return RestoreScript(
             f"SET LOCAL lock_timeout = '{timeouts.lock_timeout_ms}ms';\n"
-            f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)});\n"
-            f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000 THEN"
+            " set_config('client_connection_check_interval', '1000', true) END;\n"
+            + (take_lock if lock else "")
+            + f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
         )

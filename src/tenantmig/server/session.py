@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from tenantmig.errors import SchemaMissing
 from tenantmig.server.identifiers import quote_ident
@@ -97,3 +98,30 @@ def prepare_migration_transaction(
     ).scalar()
     if verify and current != schema:
         raise SchemaMissing(f"schema {schema!r} does not exist")
+
+
+# A transaction tenantmig keeps open on purpose while other work goes on (a move's locks on the
+# source while the copy is made, a restore's tenant lock while psql runs) sits idle in
+# transaction, often for longer than a production server allows: idle_in_transaction_
+# session_timeout (and, from PostgreSQL 17, transaction_timeout) would end it, silently
+# releasing the locks it exists to hold. These settings are switched off for that transaction
+# alone; its own statements keep their lock_timeout.
+_HOLD_OPEN = """
+SELECT set_config('idle_in_transaction_session_timeout', '0', true),
+       set_config('statement_timeout', '0', true),
+       CASE WHEN current_setting('server_version_num')::int >= 170000
+            THEN set_config('transaction_timeout', '0', true) END
+"""
+
+
+def hold_open(conn: Connection) -> None:
+    """Keep the caller's transaction alive however long it stays idle (see ``_HOLD_OPEN``)."""
+    conn.exec_driver_sql(_HOLD_OPEN)
+
+
+def still_open(conn: Connection) -> bool:
+    """Whether a held transaction is still alive on the server (a round trip)."""
+    try:
+        return conn.exec_driver_sql("SELECT 1").scalar() == 1
+    except DBAPIError:
+        return False
