@@ -41,10 +41,11 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantmig.errors import DatabaseUnavailable, UnknownTenant, some_names
+from tenantmig.errors import DatabaseUnavailable, TenantBusy, UnknownTenant, some_names
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import RunLocks
 from tenantmig.run.results import RunOutcome, RunScope, TenantOutcome, TenantStatus
+from tenantmig.schema.moves import read_moves
 from tenantmig.schema.registry import (
     Tenant,
     by_database,
@@ -160,9 +161,16 @@ def plan_drop(
     """Registered tenants to drop, and names already gone that an earlier drop named. UnknownTenant
     (nothing dropped) for any other name; DatabaseUnavailable (nothing dropped) when a
     tenant's database cannot be reached."""
+    wanted = list(dict.fromkeys(names))
     with databases.control.engine.begin() as conn:
         live = {t.name: t for t in list_tenants(conn, source)}
-    wanted = list(dict.fromkeys(names))
+        moving = read_moves(conn, source.shared_schema, wanted)
+    if moving:
+        # A tenant half way through a move has two copies (or a fenced one): dropping the one
+        # the directory names would leave the other behind. The move is finished first.
+        raise TenantBusy(
+            "; ".join(move.describe() for move in moving.values()) + "; nothing was dropped"
+        )
     tenants = [live[name] for name in wanted if name in live]
     _require_reachable(databases, tenants)
     present = _with_schema(databases, tenants)

@@ -51,6 +51,7 @@ from tenantmig.run.results import (
     TenantStatus,
 )
 from tenantmig.run.triage import triage
+from tenantmig.schema.moves import read_moves
 from tenantmig.schema.owned import OWNED
 from tenantmig.schema.placement import read_placements
 from tenantmig.schema.registry import (
@@ -383,11 +384,16 @@ class _Coordinator:
         try:
             with conn.begin():
                 placed = read_placements(conn, self.shared_schema)
+                # A move between its fence and its switch: the source schema is renamed, the
+                # directory not switched yet; the copy in the target is the tenant.
+                moving = read_moves(conn, self.shared_schema, list(missing))
         except DBAPIError:
             return []
         now_in: dict[str, list[TenantOutcome]] = {}
         for name, outcome in missing.items():
             database = placed.get(name, CONTROL)
+            if name in moving and database == outcome.database:
+                database = moving[name].target
             if database != outcome.database:
                 now_in.setdefault(database, []).append(outcome)
         moved: dict[str, TenantOutcome] = {}
