@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,11 +16,56 @@ from tenantmig.errors import ExitCode
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 1, as every other bad input does, not argparse's 2: exit code 2 means
-    "drift found", and a mistyped option must not look like drift to a CI gate."""
+    "drift found", and a mistyped option must not look like drift to a CI gate.
+
+    A usage error is reported by the (sub)command it belongs to, with that command's usage and
+    the nearest command or option it knows ("did you mean --all-tenants?").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The destination that takes every argument untouched (``db psql``), or None.
+        self.passthrough: str | None = None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.passthrough is not None:
+            # Everything after the command belongs to the program it runs: its -c is not
+            # tenantmig's --config, and an option tenantmig does not know is not a usage error.
+            namespace = namespace if namespace is not None else argparse.Namespace()
+            setattr(namespace, self.passthrough, list(args or ()))
+            return namespace, []
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            # Here, not in the top-level parser (argparse's default), so that the usage shown
+            # is the command's own.
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggest(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
+        invalid = re.search(r"invalid choice: '([^']*)'", message)
+        if invalid is not None:
+            message += self._suggest([invalid.group(1)])
         self.print_usage(sys.stderr)
         self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
+
+    def _suggest(self, words: Sequence[str]) -> str:
+        """``; did you mean X?`` for the first word close to an option or a choice (a command
+        name) of this parser, else nothing."""
+        options = list(self._option_string_actions)
+        choices = [
+            str(choice)
+            for action in self._actions
+            if action.choices is not None
+            for choice in action.choices
+        ]
+        for word in words:
+            known = options if word.startswith("-") else choices
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 EPILOG = """\
@@ -262,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    def add(
+        name: str, help_text: str, description: str | None = None, **kwargs: Any
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_text,
-            description=help_text,
+            description=description or help_text,
             epilog=SEE_EXIT_CODES,
             allow_abbrev=False,
             **kwargs,
@@ -385,7 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rev-id", help="revision id to use instead of a generated one")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = add("tenants", "Register, list and drop tenants.")
+    p = add(
+        "tenants",
+        "Create, register, list, move and drop tenants.",
+        description="Create, register, list, move and drop tenants: `create` registers new "
+        "tenants, creates their schemas and migrates them to head; `register` adopts existing "
+        "schemas; `list` shows them; `move` moves one to another database of the directory; "
+        "`drop` drops their schemas and unregisters them.",
+    )
     tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
     create = _action(
         tsub, "create", "register tenants, create their schemas and migrate them to head"
@@ -499,11 +556,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _read_timeout(p)
 
-    p = add("runs", "Show past runs from the ledger (`runs show RUN_ID` for one run).")
+    p = add(
+        "runs",
+        "Show past runs from the ledger: the last runs, one line each (`runs list`, the "
+        "default), or one run with every tenant's outcome (`runs show RUN_ID`).",
+    )
     p.add_argument("--limit", type=int, default=20, help="how many recent runs (default 20)")
     _json(p)
     _read_timeout(p)
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    # `runs list` says what bare `runs` does, as `tenants list` does for tenants.
+    runs_list = _action(rsub, "list", "the last runs, one line each (what `tenantmig runs` prints)")
+    runs_list.add_argument(
+        "--limit",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="how many recent runs (default 20)",
+    )
+    runs_list.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
+    )
+    _read_timeout(runs_list, argparse.SUPPRESS)
     show = _action(rsub, "show", "one run with every tenant's outcome")
     show.add_argument("run_id", type=int, help="a run id from `tenantmig runs`")
     show.add_argument(
@@ -551,16 +624,20 @@ def build_parser() -> argparse.ArgumentParser:
     psql = _action(
         dsub,
         "psql",
-        "run psql on the database (arguments after -- go to psql)",
+        "run psql on the database (every argument after psql goes to psql)",
         "Run psql on the configured database, keeping the embedded server running meanwhile; "
-        "the password goes through the environment. Exits with psql's exit code.",
+        "the password goes through the environment. Every argument after `psql` goes to psql "
+        "untouched (`tenantmig db psql -c 'select 1'`); tenantmig's own options go before "
+        "`db`. Exits with psql's exit code.",
     )
     psql.add_argument(
         "psql_args",
         nargs=argparse.REMAINDER,
-        metavar="-- PSQL_ARGS",
-        help="arguments for psql, after --",
+        metavar="PSQL_ARGS",
+        help="arguments for psql",
     )
+    assert isinstance(psql, _Parser)
+    psql.passthrough = "psql_args"
     _action(
         dsub,
         "serve",
