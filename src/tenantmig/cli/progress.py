@@ -35,6 +35,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def _reached(outcome: TenantOutcome) -> str:
+    """Where a tenant ended, as its JSON says it: ``base`` when it is done at base (a downgrade
+    to base), ``-`` when the run took it nowhere."""
+    return outcome.to_revision or ("base" if outcome.status.is_done else "-")
+
+
 class _Counts:
     """What a person wants to know, counted from the outcomes themselves: tenants a run did not
     get to (reported as not run after an interrupt) are not "done"."""
@@ -120,7 +126,7 @@ class Progress:
         error = f": {outcome.error}" if outcome.error else ""
         print(
             f"[{execution.done}/{execution.total}] {outcome.status.value:<11} {outcome.name} "
-            f"{outcome.from_revision or 'base'} -> {outcome.to_revision or '-'} "
+            f"{outcome.from_revision or 'base'} -> {_reached(outcome)} "
             f"({outcome.duration_s:.2f}s){error}",
             file=self.stream,
         )

@@ -257,7 +257,7 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
             "" if o.database == CONTROL else o.database,
             o.status.value,
             o.from_revision or "base",
-            o.to_revision or "",
+            _reached(o),
             _how(o) if record.command in ("upgrade", "downgrade") else "",
             o.attempts,
             f"{o.duration_s:.2f}s",
@@ -267,6 +267,12 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
         row.append(o.error or "")
         rows.append(row)
     return head + "\n\n" + table(headers, rows, keep=("status",))
+
+
+def _reached(outcome: TenantOutcome) -> str:
+    """The revision a tenant ended at, as its JSON says it: ``base`` for a tenant done at base
+    (a downgrade to base), nothing for one the run did not take anywhere."""
+    return outcome.to_revision or ("base" if outcome.status.is_done else "")
 
 
 def _how(outcome: TenantOutcome) -> str:

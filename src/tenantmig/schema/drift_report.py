@@ -176,7 +176,9 @@ class DriftReport:
             "database": self.database,
             "generated_at": self.generated_at.isoformat(timespec="seconds"),
             "head": self.head or "base",
-            "shared_head": self.shared_head or "base",
+            # null when the shared schema was not checked (--tenant, --database): "base"
+            # would claim its chain has no revisions.
+            "shared_head": (self.shared_head or "base") if self.shared is not None else None,
             "tenants_checked": self.tenants_checked,
             "ignored": list(self.ignored),
             "databases": list(self.databases),
