@@ -41,13 +41,15 @@ class CheckResult:
     """Differences between each chain's models and its migrations (empty: they agree)."""
 
     differences: dict[str, list[str]] = field(default_factory=dict)
+    # Chains with no models (target_metadata) to compare: nothing to check, so no difference.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def agree(self) -> bool:
         return not any(self.differences.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {"agree": self.agree, "differences": self.differences}
+        return {"agree": self.agree, "differences": self.differences, "skipped": self.skipped}
 
 
 @contextmanager

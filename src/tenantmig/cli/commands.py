@@ -293,6 +293,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                   "migrations (write a revision: tenantmig revision --autogenerate)")  # fmt: skip
             for line in differences:
                 print(f"  {line}")
+        for chain in result.skipped:
+            print(f"{chain}: skipped, no models to compare (set target_metadata in the "
+                  f"chain's env.py or its alembic.ini section to check it)")  # fmt: skip
     return ExitCode.OK if result.agree else ExitCode.DRIFT
 
 
