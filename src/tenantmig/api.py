@@ -197,7 +197,9 @@ def create_tenants(
     database: str = CONTROL,
 ) -> tuple[list[Tenant], RunResult | None]:
     """Register tenants and create their schemas (all or nothing), then migrate them to head.
-    ``database``: the directory's database to create them in (default: the control one)."""
+    ``database``: the directory's database to create them in (default: the control one).
+    The run is None when there was nothing to migrate: ``migrate=False``, or a tenant chain
+    with no revisions yet."""
     source = settings.tenant_source
     registry.require_registry(source, "create tenants")
     registry.check_tenant_names(names, source)
@@ -226,7 +228,9 @@ def create_tenants(
             # tenants without a schema, and the error says so.
             schemas.commit()
             registry.commit_created(conn, control.engine, source, created, database)
-    if not migrate:
+    if not migrate or ChainScripts(settings, "tenant").head is None:
+        # An empty chain (a new project) has no head to migrate to: a run would record every
+        # new tenant as "skipped, already at the target", which says nothing true.
         return created, None
     selection = Selection.named([t.name for t in created])
     return created, upgrade(settings, selection, "head", options, observer)
@@ -721,12 +725,20 @@ class DemoResult:
     status: StatusReport
 
 
-def demo(settings: Settings, observer: RunObserver | None = None) -> DemoResult:
-    """Shared upgrade, register the demo tenants (if new), then upgrade --all-tenants."""
+def demo(
+    settings: Settings,
+    observer: RunObserver | None = None,
+    prepared: Callable[[list[str], RunResult], None] | None = None,
+) -> DemoResult:
+    """Shared upgrade, register the demo tenants (if new), then upgrade --all-tenants.
+    ``prepared`` is told (new tenants, shared run) before the tenants' upgrade starts, so that
+    what introduces that upgrade is shown before its progress."""
     shared = upgrade(settings, Selection.shared_only(), "head")
     existing = {t.name for t in tenants(settings)}
     new = [n for n in DEMO_TENANTS if n not in existing]
     if new:
         create_tenants(settings, new, migrate=False)
+    if prepared is not None:
+        prepared(new, shared)
     result = upgrade(settings, Selection.all_tenants(), "head", observer=observer)
     return DemoResult(created=new, shared=shared, tenants=result, status=status(settings))

@@ -412,6 +412,12 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             f"registered {len(created)} tenant(s){_in_database(args.database)}: "
             f"{some_names([t.name for t in created], BATCH_SHOWN)}"
         )
+        if result is None and not args.no_migrate:
+            print(
+                "the tenant chain has no revisions yet: nothing to migrate (write the first "
+                "with `tenantmig revision --tenant-chain -m MESSAGE`, then `tenantmig upgrade "
+                "--all-tenants`)"
+            )
         if result is not None:
             rerun = [*_connection_flags(args), "upgrade"]
             for tenant in created:
@@ -472,12 +478,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "(`tenantmig init --demo` writes it out)",
             file=sys.stderr,
         )
+
+    def prepared(created: list[str], shared: RunResult) -> None:
+        # Printed (and flushed) before the tenants' upgrade starts: its progress goes to
+        # stderr, and must come after the line that introduces it, on a terminal or not.
+        if created:
+            print(f"registered demo tenants: {', '.join(created)}")
+        print(render.run_summary(shared))
+        print("$ tenantmig upgrade --all-tenants", flush=True)
+
     with live_progress(Progress()) as progress:
-        result = api.demo(settings, progress)
-    if result.created:
-        print(f"registered demo tenants: {', '.join(result.created)}")
-    print(render.run_summary(result.shared))
-    print("$ tenantmig upgrade --all-tenants")
+        result = api.demo(settings, progress, prepared)
     rerun = [*_connection_flags(args), "upgrade", "--all-tenants"]
     print(render.run_summary(result.tenants, finish_command(result.tenants, rerun)))
     print()
