@@ -109,7 +109,11 @@ def test_a_step_that_cannot_be_replayed_is_reported_once_and_not_compiled_again(
     assert not any(t["replayed"] for t in document["tenants"])
     notices = [n for n in document["notices"] if "runs through Alembic" in n]
     assert len(notices) == 3, document["notices"]  # one per distinct step, each with its reason
-    assert sum("revision 004_reads reads from the database" in n for n in notices) == 3
+    # The revision by id and title, the statement that read, and what its author can do.
+    named = 'revision 004_reads "Reads data to decide (not replayable)."'
+    assert sum(n.startswith(named) for n in notices) == 3, notices
+    assert sum("reads from the database (SELECT count(*) FROM users)" in n for n in notices) == 3
+    assert all("do the work in SQL alone" in n for n in notices), notices
     assert sum("not compiled again" in n for n in notices) == 2
     shown = run_cli(
         "runs", "show", str(document["run_id"]), "--config", str(config), url=database_url

@@ -578,11 +578,7 @@ class _Coordinator:
             runs = step_revisions(scripts, key, self.plan.direction)
             known = next((ruled_out[r] for r in runs if r in ruled_out), None)
             found: CompiledStep | NotReplayable = (
-                NotReplayable(
-                    key,
-                    f"{known.reason}; known from step {known.key.describe()}, not compiled again",
-                    known.revision,
-                )
+                known.again(key)
                 if known is not None
                 else compile_or_explain(
                     conn,
@@ -599,7 +595,7 @@ class _Coordinator:
                 continue
             if found.revision is not None and known is None:
                 ruled_out[found.revision] = found
-            message = f"{found.describe()} ({waiting[key]} tenant(s))"
+            message = found.describe(waiting[key])
             self.result.notices.append(message)
             log.info("%s", message)
         return tuple(compiled)

@@ -66,7 +66,7 @@ class StepKey:
     has_version_table: bool
 
     def describe(self) -> str:
-        start = self.from_revision or ("base" if self.has_version_table else "no version table")
+        start = self.from_revision or ("base" if self.has_version_table else "a new schema")
         return f"{start} -> {self.to_revision or 'base'}"
 
 
@@ -84,14 +84,28 @@ class CompiledStep:
 
 @dataclass(frozen=True)
 class NotReplayable:
-    """Why a step runs through Alembic for each tenant instead."""
+    """Why a step runs through Alembic for each tenant instead. Said to the author of the
+    migration: which revision (id and title), what in it (the statement, the setting), and,
+    where it is in their hands, what to change."""
 
     key: StepKey
-    reason: str
+    reason: str  # a clause about the revision ("it reads from the database (...)")
     revision: str | None = None  # the revision that made it so, when one did
+    title: str | None = None  # that revision's message (the first line of its docstring)
 
-    def describe(self) -> str:
-        return f"step {self.key.describe()} runs through Alembic per tenant: {self.reason}"
+    def describe(self, tenants: int | None = None) -> str:
+        if self.revision is not None:
+            title = f' "{self.title}"' if self.title else ""
+            subject = f"revision {self.revision}{title} (step {self.key.describe()})"
+        else:
+            subject = f"step {self.key.describe()}"
+        who = f" for each of its {tenants} tenant(s)" if tenants is not None else " per tenant"
+        return f"{subject} runs through Alembic{who}, not replayed: {self.reason}"
+
+    def again(self, key: StepKey) -> NotReplayable:
+        """The same verdict for another step that runs the same revision (not compiled again)."""
+        reason = f"{self.reason} (found in step {self.key.describe()}, not compiled again)"
+        return NotReplayable(key, reason, self.revision, self.title)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,9 @@ class _Recorded:
 
 
 class _NotReplayable(Exception):
+    """Raised while compiling; ``reason`` is a clause whose subject is the revision ("it
+    ...") when ``revision`` is known, else the step."""
+
     def __init__(self, reason: str, revision: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -145,6 +162,28 @@ def compile_step(
     return found if isinstance(found, CompiledStep) else None
 
 
+def _title(scripts: ChainScripts, revision: str | None) -> str | None:
+    """The first line of ``revision``'s message, to name it in words as well as by id."""
+    if revision is None:
+        return None
+    try:
+        script = scripts.script.get_revision(revision)
+    except Exception:  # an id the chain cannot resolve: the id alone names it
+        return None
+    doc = (script.doc or "").strip() if script is not None else ""
+    return doc.splitlines()[0] if doc else None
+
+
+# Longest a statement quoted in a notice may be: it names the statement, the log has it whole.
+_QUOTED_SQL = 100
+
+
+def _shortened(sql: str) -> str:
+    """``sql`` on one line, cut to ``_QUOTED_SQL`` characters."""
+    line = " ".join(sql.split())
+    return line if len(line) <= _QUOTED_SQL else line[: _QUOTED_SQL - 3] + "..."
+
+
 def compile_or_explain(
     conn: Connection,
     scripts: ChainScripts,
@@ -164,20 +203,32 @@ def compile_or_explain(
     flavour = flavour or PostgreSQL()
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
-        return NotReplayable(key, f"{opted_out} sets tenantmig_replay = False", opted_out)
+        return NotReplayable(
+            key,
+            "it sets tenantmig_replay = False (remove that line to have it replayed)",
+            opted_out,
+            _title(scripts, opted_out),
+        )
     compiler = _Compiler(conn, scripts, key, direction, timeouts, flavour, scratch is not None)
     names = scratch or tuple(name.format(pid=os.getpid()) for name in _SCRATCH_NAMES)
     try:
         compiled = [compiler.compile(name) for name in names]
     except _NotReplayable as exc:
-        return NotReplayable(key, exc.reason, exc.revision)
+        return NotReplayable(key, exc.reason, exc.revision, _title(scripts, exc.revision))
     except Exception as exc:  # the migration's own error: every tenant will report it
         revision = compiler.origins.in_traceback(exc)
         if raised_by_autocommit_block(exc):
-            reason = f"revision {revision} has an autocommit block (one transaction per revision)"
+            reason = (
+                "it has an autocommit block (statements that run outside a transaction, "
+                "such as CREATE INDEX CONCURRENTLY), which Alembic runs in a transaction per "
+                "revision; a replayed step is one transaction"
+            )
         else:
-            reason = f"it failed in a scratch schema ({type(exc).__name__}: {first_line(exc)})"
-        return NotReplayable(key, reason, revision)
+            reason = (
+                f"{'it' if revision else 'the step'} failed in a scratch schema "
+                f"({type(exc).__name__}: {first_line(exc)}); each tenant will report the error"
+            )
+        return NotReplayable(key, reason, revision, _title(scripts, revision))
     first, second = compiled
     if first != second:
         changed = next(
@@ -213,8 +264,10 @@ class _Compiler:
         reads = [r for r in recorded if r.read]
         if reads:
             raise _NotReplayable(
-                f"revision {reads[0].revision} reads from the database (its result could "
-                "differ per tenant)",
+                f"it reads from the database ({_shortened(reads[0].sql)}) and may act on what "
+                "it reads, which can differ per tenant. That is correct, only slower; to have "
+                "it replayed, do the work in SQL alone (INSERT ... SELECT, UPDATE ... WHERE, "
+                "a DO block) instead of reading rows into Python",
                 reads[0].revision,
             )
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -319,7 +372,11 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
     if any(sql[start:end] != rendered for start, end in mentions.identifiers):
         # Put there by hand, not as SQLAlchemy renders a schema: for a tenant whose name must
         # be quoted (a keyword), Alembic would send it as written, and replay must not differ.
-        raise _NotReplayable("the schema's name is written into SQL unquoted by hand", revision)
+        raise _NotReplayable(
+            "the schema's name is written into its SQL by hand, unquoted (leave the schema out: "
+            "search_path is the tenant's schema)",
+            revision,
+        )
     return replace_spans(sql, mentions.identifiers, _SQL_MARK).strip()
 
 
