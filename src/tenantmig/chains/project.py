@@ -72,7 +72,8 @@ def write_project(
     """Write a new project into ``directory`` (created if missing).
 
     Refused, with nothing written, when the directory already holds an ``alembic.ini`` or a
-    ``migrations/`` directory: ``init`` never overwrites a project.
+    ``migrations/`` directory: ``init`` never overwrites a project. A ``.gitignore`` that
+    exists is kept, with tenantmig's home added to it when missing.
     """
     if demo and not registry:
         raise ConfigError("--demo needs the tenant registry: leave out --no-registry")
@@ -101,7 +102,32 @@ def write_project(
         written.append(relative)
     if shared_schema:
         _set_shared_schema(directory / CONFIG_NAME, shared_schema)
+    if _ignore_home(directory / GITIGNORE):
+        written.append(PurePosixPath(GITIGNORE))
     return InitResult(directory=directory.resolve(), files=written, demo=demo, registry=registry)
+
+
+GITIGNORE = ".gitignore"
+# tenantmig's home next to alembic.ini: the embedded database (tens of MB once used) and the
+# run logs. Neither belongs in the repository, and `git add .` would take both.
+_HOME_IGNORED = ".tenantmig/"
+
+
+def _ignore_home(gitignore: Path) -> bool:
+    """Make ``gitignore`` ignore tenantmig's home: write it, or add the line to the project's
+    own. True when the file was changed."""
+    if not gitignore.exists():
+        gitignore.write_text(
+            "# tenantmig: the embedded PostgreSQL and the run logs\n" + _HOME_IGNORED + "\n"
+        )
+        return True
+    text = gitignore.read_text()
+    home = _HOME_IGNORED.rstrip("/")
+    if any(line.strip().strip("/") == home for line in text.splitlines()):
+        return False
+    separator = "" if not text or text.endswith("\n") else "\n"
+    gitignore.write_text(f"{text}{separator}{_HOME_IGNORED}\n")
+    return True
 
 
 def _set_shared_schema(config: Path, schema: str) -> None:
