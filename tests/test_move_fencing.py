@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -383,3 +383,60 @@ def test_a_restore_racing_a_move_refuses_and_changes_nothing(
     assert all(r["command"] == "restore" for r in runs[:2])
     assert version(dbs.engine("eu"), "e2") == TENANT_HEAD
     assert os.path.exists(archive)
+
+
+@contextmanager
+def _holding_run_row(url: str, run_id: object) -> Iterator[None]:
+    """The run's ledger row locked against updates: the restore's last write (finishing the
+    run) waits; recording the tenant's outcome does not (FOR NO KEY UPDATE lets the foreign
+    key's FOR KEY SHARE through)."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as conn, conn.begin():
+        conn.execute(
+            sa.text("SELECT 1 FROM public.tenantmig_runs WHERE id = :id FOR NO KEY UPDATE"),
+            {"id": run_id},
+        )
+        yield
+    engine.dispose()
+
+
+def test_a_restore_killed_before_it_starts_or_after_it_committed_is_whole_and_in_the_ledger(
+    tenants: Layout, tmp_path: Path
+) -> None:
+    dbs = tenants
+    eu = dbs.engine("eu")
+    archive = _dump(dbs, tmp_path)
+    with eu.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO e1.audit_logs (action, entity_type, entity_id)"
+            " VALUES ('write', 'test', 'after-the-dump')"
+        )
+    # Before: waiting for the tenant's lock (a run or a move holds it). Killed there, nothing
+    # was restored: the row written after the dump is still there.
+    with _holding_tenant_lock(dbs.eu):
+        restore = _restore(dbs, archive, "--lock-timeout", "60")
+        wait_for(lambda: _waiting(eu, "%pg_advisory_xact_lock%"))
+        code, _ = _kill(restore)
+    assert code == -signal.SIGKILL
+    assert _last_run(dbs)["outcome"] == "abandoned"
+    assert "after-the-dump" in _markers(eu)
+    # After: psql committed, the ledger's last record waits. Killed there, the restore is whole
+    # (the dump's rows, the row written after it gone) and the run reads abandoned.
+    control = sa.create_engine(dbs.control, poolclass=sa.NullPool)
+    held = ExitStack()
+    with _holding_tenant_lock(dbs.eu):
+        restore = _restore(dbs, archive, "--lock-timeout", "60")
+        wait_for(lambda: _waiting(eu, "%pg_advisory_xact_lock%"))
+        held.enter_context(_holding_run_row(dbs.control, _last_run(dbs)["run_id"]))
+    # The tenant's lock released: the restore runs, commits, records the tenant, then waits.
+    with held:
+        wait_for(lambda: _waiting(control, "UPDATE%tenantmig_runs%"))
+        assert "after-the-dump" not in _markers(eu)
+        code, _ = _kill(restore)
+    control.dispose()
+    assert code == -signal.SIGKILL
+    last = _last_run(dbs)
+    assert last["command"] == "restore" and last["outcome"] == "abandoned"
+    assert version(eu, "e1") == TENANT_HEAD
+    with eu.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM e1.users")).scalar() == 0
