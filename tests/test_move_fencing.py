@@ -440,3 +440,29 @@ def test_a_restore_killed_before_it_starts_or_after_it_committed_is_whole_and_in
     assert version(eu, "e1") == TENANT_HEAD
     with eu.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM e1.users")).scalar() == 0
+
+
+def test_a_move_interrupted_during_the_copy_exits_130_and_moves_nothing(tenants: Layout) -> None:
+    dbs = tenants
+    eu, us = dbs.engine("eu"), dbs.engine("us")
+    writer = Writer(dbs)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acknowledged_in("eu") > 0)
+        with _holding_tenant_lock(dbs.us):
+            move = _move(dbs)
+            wait_for(lambda: _waiting(us, "%pg_advisory_xact_lock%"))
+            code, err = _kill(move, signal.SIGTERM)
+        acknowledged = writer.acknowledged_in("eu")
+        wait_for(lambda: writer.acknowledged_in("eu") > acknowledged + 3)
+    finally:
+        writer.finish()
+    assert code == 130, err
+    last = _last_run(dbs)
+    assert last["command"] == "move" and last["outcome"] == "interrupted"
+    # Nothing half-done: no copy in us, no move left unfinished, the tenant where it was.
+    with us.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regnamespace('e1')")).scalar() is None
+    assert json.loads(dbs.cli("status", "--json").stdout)["unfinished_moves"] == []
+    assert _directory(dbs)[TENANT] == "eu" and version(eu, "e1") == TENANT_HEAD
+    _every_acknowledged_write_is_live(dbs, writer)
