@@ -17,15 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command as alembic_command
 from alembic.script import Script
 
 from tenantmig.backup.dump import LibpqConnection, find_pg_tools
-from tenantmig.backup.move import MoveResult
-from tenantmig.backup.move import move_tenant as move_schema
-from tenantmig.backup.restore import RestoreResult, check_archive, restore_tenant
-from tenantmig.chains.autogen import CheckResult, autogenerate_revision, check_chain
 from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import (
@@ -47,7 +44,6 @@ from tenantmig.run.sqlscript import SchemaSQL, schema_sql
 from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
 from tenantmig.schema.catalog import SchemaStructure, invalid_indexes
-from tenantmig.schema.drift import check as check_drift
 from tenantmig.schema.drift_report import DriftReport, SchemaDrift
 from tenantmig.schema.moves import read_moves
 from tenantmig.schema.registry import Tenant, list_tenants
@@ -66,6 +62,14 @@ from tenantmig.server.database import (
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import validate_schema_name
 from tenantmig.server.reads import own_reads
+
+if TYPE_CHECKING:
+    from tenantmig.backup.move import MoveResult
+    from tenantmig.backup.restore import RestoreResult
+    from tenantmig.chains.autogen import CheckResult
+
+# Start-up: what only some verbs need (autogenerate, restore, moves, drift) is imported inside
+# them, so that a run (`tenantmig upgrade`) does not load it.
 
 __all__ = [
     "DEMO_TENANTS",
@@ -398,6 +402,8 @@ def revision(
     """Create a new revision file in one chain, as ``alembic revision`` does. With
     ``autogenerate``, holding the operations that bring the chain's head to its models (see
     ``chains.autogen``); None, and nothing written, when they agree."""
+    from tenantmig.chains.autogen import autogenerate_revision
+
     created: Script | None
     if autogenerate:
         scripts = ChainScripts(settings, chain)
@@ -463,6 +469,8 @@ def check(settings: Settings, chains: Sequence[Chain] = ("shared", "tenant")) ->
     does, against a reference schema rolled back afterwards. Chains without models are
     skipped (listed in ``skipped``) when both are checked: a new project has none yet, and a
     CI gate set up on its first day must pass; asked of one chain, they are an error."""
+    from tenantmig.chains.autogen import CheckResult, check_chain
+
     result = CheckResult()
     with open_database(settings) as database, database.engine.connect() as conn:
         for chain in chains:
@@ -554,6 +562,8 @@ def _drift_in(
     cache: dict[str | None, SchemaStructure],
 ) -> DriftReport:
     """Drift of the tenants of one database, on a connection of its own."""
+    from tenantmig.schema.drift import check as check_drift
+
     here = [t for t in tenants if t.database == name]
     with database.engine.connect() as conn:
         with own_reads(conn, settings.statement_timeout_s):
@@ -578,6 +588,8 @@ def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
     """Replace one tenant's schema with a ``--backup`` dump, atomically, in the database the
     directory names (read again under the tenant's lock). A run in the ledger from its start:
     a killed restore reads as abandoned there, a failed or interrupted one says why."""
+    from tenantmig.backup.restore import check_archive, restore_tenant
+
     registry.check_tenant_names([tenant], settings.tenant_source)
     if not archive.is_file():
         raise ConfigError(f"backup file {str(archive)!r} does not exist or is not a file")
@@ -614,6 +626,8 @@ def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
     the source fenced, the directory switched, the fenced source dropped. Every application
     write lands in the copy the directory finally names, or fails (see ``backup.move``). A run
     in the ledger from its start."""
+    from tenantmig.backup.move import move_tenant as move_schema
+
     source = settings.tenant_source
     registry.require_registry(source, "move tenants")
     registry.check_tenant_names([tenant], source)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, TextColumn
 from rich.progress import Progress as LiveBar
 
-from tenantmig.run.executor import Execution
 from tenantmig.run.results import TenantOutcome
+
+if TYPE_CHECKING:
+    from tenantmig.run.executor import Execution
 
 # The ETA is shown once this many tenants are done and this many seconds have passed: before
 # that, the rate is dominated by worker start-up and says little about the rest.

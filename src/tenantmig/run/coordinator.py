@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -28,19 +28,10 @@ from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, DatabaseUnavailable, RunAborted
 from tenantmig.logs import configure_run_log
-from tenantmig.run.executor import Execution, WorkerSpec, WorkerTarget, run_jobs
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import Clearance, RunLocks, RunLockWatch, acquire_run_lock
-from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges, missing_privileges
-from tenantmig.run.replay import (
-    CompiledStep,
-    NotReplayable,
-    StepKey,
-    compile_or_explain,
-    step_revisions,
-)
 from tenantmig.run.results import (
     RunOutcome,
     RunResult,
@@ -68,6 +59,13 @@ from tenantmig.server.directory import CONTROL
 from tenantmig.server.errorcodes import connection_lost, first_line
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
+
+if TYPE_CHECKING:
+    from tenantmig.run.executor import Execution, WorkerTarget
+    from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey
+
+# Start-up: the worker pool, the per-tenant migrator and replay (with what they import) are
+# imported where a run first needs them, so that a run with nothing to do does not load them.
 
 # Ledger writes are batched: one round trip per this many outcomes or seconds, not per tenant.
 _FLUSH_OUTCOMES = 200
@@ -143,6 +141,8 @@ class _Coordinator:
 
     # -- the shared schema ------------------------------------------------------------------
     def _migrate_shared(self, scripts: ChainScripts) -> TenantOutcome:
+        from tenantmig.run.migrator import SchemaMigrator
+
         schema = self.shared_schema
         if schema != "public":
             with self.database.engine.begin() as conn:
@@ -335,6 +335,8 @@ class _Coordinator:
         interrupted = False
         try:
             if jobs:
+                from tenantmig.run.executor import WorkerSpec, run_jobs
+
                 spec = WorkerSpec(
                     policy=plan.policy,
                     settings=plan.settings,
@@ -432,6 +434,10 @@ class _Coordinator:
     ) -> tuple[WorkerTarget, ...]:
         """Each database with jobs: its URL, flavour, cap, backup plan, and the steps compiled
         once per server version (compiled on the first database of that version)."""
+        if not jobs:
+            return ()
+        from tenantmig.run.executor import WorkerTarget
+
         by_database: dict[str, list[TenantJob]] = {}
         for job in jobs:
             by_database.setdefault(job.database, []).append(job)
@@ -562,6 +568,8 @@ class _Coordinator:
         that runs it, without compiling again; each step that runs through Alembic is reported
         once, with why.
         """
+        from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain, step_revisions
+
         waiting: dict[StepKey, int] = {}
         for job in jobs:
             if (
