@@ -115,7 +115,9 @@ def test_concurrent_index_is_built_and_a_failed_build_is_flagged_then_repaired(
     assert run_cli("-c", config, "drift", url=database_url).returncode == 0
 
     # Downgrades go through the autocommit path too.
-    down = run_cli("-c", config, "downgrade", "--all-tenants", TENANT_HEAD, url=database_url)
+    down = run_cli(
+        "-c", config, "downgrade", "--all-tenants", TENANT_HEAD, "--yes", url=database_url
+    )
     assert down.returncode == 0, down.stderr
     assert all(version(engine, t) == TENANT_HEAD for t in ("clean1", "clean2", "dupes"))
     assert all(_index_state(engine, t) is None for t in ("clean1", "clean2", "dupes"))

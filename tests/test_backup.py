@@ -124,6 +124,7 @@ def test_restore_refuses_bad_input_and_changes_nothing(
         "001_initial_schema",
         "--backup",
         str(tmp_path),
+        "--yes",
         url=database_url,
     )
     _add_users(engine, "acme", 3)

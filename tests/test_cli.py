@@ -64,7 +64,7 @@ def test_tenants_create_migrates_to_head_and_list_json(
 
 def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: sa.Engine) -> None:
     _setup(database_url, "acme", "globex")
-    done = run_cli("downgrade", "--tenant", "acme", "-1", url=database_url)
+    done = run_cli("downgrade", "--tenant", "acme", "-1", "--yes", url=database_url)
     assert done.returncode == 0, done.stderr
     assert version(engine, "acme") == "001_initial_schema"
     assert "locations" not in tables(engine, "acme")
@@ -87,7 +87,9 @@ def test_upgrade_and_downgrade_to_specific_revisions(database_url: str, engine: 
 
 def test_status_json_shape_and_states(database_url: str, engine: sa.Engine) -> None:
     _setup(database_url, "acme", "globex")
-    assert run_cli("downgrade", "--tenant", "globex", "-1", url=database_url).returncode == 0
+    assert (
+        run_cli("downgrade", "--tenant", "globex", "-1", "--yes", url=database_url).returncode == 0
+    )
     done = run_cli("status", "--json", url=database_url)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

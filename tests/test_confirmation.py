@@ -25,8 +25,9 @@ def test_destructive_commands_without_yes_change_nothing(
         assert "add --yes to confirm; nothing was changed" in done.stderr, done.stderr
     assert version(engine, "acme") == version(engine, "globex") == TENANT_HEAD
     assert version(engine, "public") == SHARED_HEAD
-    # A relative or named-revision downgrade of tenants is everyday work: no question.
-    assert run_cli("downgrade", "--tenant", "acme", "-1", url=database_url).returncode == 0
+    # A relative downgrade whose step drops a table asks too (tests/test_downgrade_confirmation).
+    assert run_cli("downgrade", "--tenant", "acme", "-1", url=database_url).returncode == 1
+    assert run_cli("downgrade", "--tenant", "acme", "-1", "--yes", url=database_url).returncode == 0
 
 
 def test_a_terminal_is_asked_and_only_yes_goes_on(

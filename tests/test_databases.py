@@ -246,13 +246,17 @@ def test_one_run_migrates_every_database_and_each_tenant_shows_where_it_lives(
     assert layout.cli("drift").returncode == 0
 
     # --database selects: a downgrade of eu's tenants only, then status of eu only.
-    down = json_of(layout.cli("downgrade", "--all-tenants", "--database", "eu", OLD, "--json"))
+    down = json_of(
+        layout.cli("downgrade", "--all-tenants", "--database", "eu", OLD, "--json", "--yes")
+    )
     assert isinstance(down, dict)
     assert sorted(t["name"] for t in down["tenants"]) == placed["eu"]
     eu = json_of(layout.cli("status", "--database", "eu", "--json"))
     assert isinstance(eu, dict)
     assert {t["name"]: t["revision"] for t in eu["tenants"]} == dict.fromkeys(placed["eu"], OLD)
-    assert layout.cli("downgrade", "--all-tenants", "--database", "us", OLD).returncode == 0
+    assert (
+        layout.cli("downgrade", "--all-tenants", "--database", "us", OLD, "--yes").returncode == 0
+    )
     stamped = json_of(layout.cli("stamp", "--all-tenants", "--database", "us", OLD, "--json"))
     assert isinstance(stamped, dict)
     assert {(t["name"], t["database"]) for t in stamped["tenants"]} == {

@@ -110,9 +110,9 @@ def test_a_failed_relative_downgrade_is_finished_by_its_printed_command_and_no_f
     tenants = ["a1", "a2", "a3", "a4"]
     make_tenants(project, tenants, "005_gate")
     _flag(engine, "a2", "keep")  # blocks a2's step from 004 down to 003 (the second step)
-    first = _cli(config, database_url, "downgrade", "--all-tenants", "-1")
+    first = _cli(config, database_url, "downgrade", "--all-tenants", "-1", "--yes")
     assert first[0] == 0, first  # 005 -> 004 everywhere: nothing to block yet
-    code, out, err = _cli(config, database_url, "downgrade", "--all-tenants", "-1")
+    code, out, err = _cli(config, database_url, "downgrade", "--all-tenants", "-1", "--yes")
     assert code == 3, err
     assert {t: version(engine, t) for t in tenants} == {
         "a1": TENANT_HEAD,
@@ -124,7 +124,7 @@ def test_a_failed_relative_downgrade_is_finished_by_its_printed_command_and_no_f
     assert finish[-1] == "--only-failed" and "-1" in finish and "downgrade" in finish
 
     # The same command again would take a1, a3, a4 a second step: refused, nothing changes.
-    code, _, again_err = _cli(config, database_url, "downgrade", "--all-tenants", "-1")
+    code, _, again_err = _cli(config, database_url, "downgrade", "--all-tenants", "-1", "--yes")
     assert code == 1 and "did not finish for 1 tenant(s)" in again_err, again_err
     assert version(engine, "a1") == TENANT_HEAD
     # The old advice (an upgrade with --only-failed) does nothing here: another kind of run.
@@ -139,7 +139,7 @@ def test_a_failed_relative_downgrade_is_finished_by_its_printed_command_and_no_f
     assert "registered during this run" not in done.stdout
     assert "to finish this run" not in done.stdout
     # Finished: the relative command is allowed again, and takes everyone one more step.
-    code, _, err = _cli(config, database_url, "downgrade", "--all-tenants", "-1")
+    code, _, err = _cli(config, database_url, "downgrade", "--all-tenants", "-1", "--yes")
     assert code == 0, err
     assert {version(engine, t) for t in tenants} == {"001_initial_schema"}
 
@@ -158,7 +158,7 @@ def test_a_failed_relative_upgrade_of_named_tenants_is_finished_to_its_recorded_
     finish = shlex.split(document["finish_command"])[1:]
     assert version(engine, "n1") == "005_gate" and version(engine, "n2") == "004_flag"
     # Meanwhile n2 is moved down by hand: +1 from there would be 004, but the run meant 005.
-    assert _cli(config, database_url, "downgrade", "--tenant", "n2", TENANT_HEAD)[0] == 0
+    assert _cli(config, database_url, "downgrade", "--tenant", "n2", TENANT_HEAD, "--yes")[0] == 0
     _flag(engine, "n2", None)
     done = run_cli(*finish, url=database_url)
     assert done.returncode == 0, done.stderr

@@ -33,6 +33,7 @@ from tenantmig.errors import (
 from tenantmig.run import coordinator
 from tenantmig.run.bulk import BatchCallback, DropResult, drop_in_batches, plan_drop
 from tenantmig.run.coordinator import RunObserver
+from tenantmig.run.drops import Drops
 from tenantmig.run.grants import GrantResult
 from tenantmig.run.grants import grant as grant_role
 from tenantmig.run.ledger import Ledger, RunRecord
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_TENANTS",
     "DemoResult",
+    "Drops",
     "RevisionInfo",
     "RunObserver",
     "RunOptions",

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from tenantmig import api
@@ -205,16 +206,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.sql or args.sql_dir is not None:
         return cmd_sql(args, settings)
-    if args.command == "downgrade" and (args.shared or args.revision == "base"):
-        what = "the shared schema" if args.shared else "the selected tenant schemas"
+    selection, options = _selection(args), _run_options(args)
+    if args.command == "downgrade" and selection.shared:
+        # The shared schema goes first, before tenants are read: asked up front.
+        what = "the shared schema" + (" and every tenant" if selection.include_tenants else "")
         _confirm(
             args,
-            f"downgrading {what} to {args.revision} drops tables and their rows"
-            + (" (the tenant registry too, when its revision goes)" if args.shared else ""),
+            f"downgrading {what} to {args.revision} drops tables and their rows "
+            "(the tenant registry too, when its revision goes)",
         )
+    elif args.command == "downgrade":
+        # Asked once each tenant's target is resolved: -1 or a revision reaches base, or drops
+        # a table, for some tenants only; a downgrade that drops nothing is not asked.
+        def confirm(drops: api.Drops) -> bool:
+            _confirm(args, drops.question(args.revision))
+            return True
+
+        options = replace(options, confirm_drops=confirm)
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
     with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
-        result = verb(settings, _selection(args), args.revision, _run_options(args), progress)
+        result = verb(settings, selection, args.revision, options, progress)
         progress.close(interrupted=result.interrupted)
     return _finish_run(result, args, args.argv)
 

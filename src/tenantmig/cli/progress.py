@@ -38,9 +38,9 @@ def _duration(seconds: float) -> str:
 
 
 def _reached(outcome: TenantOutcome) -> str:
-    """Where a tenant ended, as its JSON says it: ``base`` when it is done at base (a downgrade
-    to base), ``-`` when the run took it nowhere."""
-    return outcome.to_revision or ("base" if outcome.status.is_done else "-")
+    """Where a tenant ended, as its JSON says it (``base`` at base); ``-`` when it is not known
+    (no schema, a database that could not be read)."""
+    return outcome.reached or "-"
 
 
 class _Counts:

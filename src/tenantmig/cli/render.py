@@ -270,9 +270,9 @@ def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
 
 
 def _reached(outcome: TenantOutcome) -> str:
-    """The revision a tenant ended at, as its JSON says it: ``base`` for a tenant done at base
-    (a downgrade to base), nothing for one the run did not take anywhere."""
-    return outcome.to_revision or ("base" if outcome.status.is_done else "")
+    """The revision a tenant ended at, as its JSON says it (``base`` at base); nothing when it
+    is not known (no schema, a database that could not be read)."""
+    return outcome.reached or ""
 
 
 def _how(outcome: TenantOutcome) -> str:

@@ -28,6 +28,7 @@ from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, DatabaseUnavailable, RunAborted
 from tenantmig.logs import configure_run_log
+from tenantmig.run.drops import find_drops
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import Clearance, RunLocks, RunLockWatch, acquire_run_lock
 from tenantmig.run.plan import RunPlan, default_jobs
@@ -270,6 +271,19 @@ class _Coordinator:
             )
         return selected, taken, dict(unfinished.targets)
 
+    def _confirm_drops(self, scripts: ChainScripts, jobs: Sequence[TenantJob]) -> None:
+        """A downgrade that drops data asks first, with each tenant's target resolved (``-1``
+        reaches base only for tenants at the first revision) and before the run is recorded,
+        so a refusal leaves every schema and the ledger as they were."""
+        confirm = self.plan.confirm_drops
+        if confirm is None or self.plan.direction != "downgrade" or not jobs:
+            return
+        drops = find_drops(self.plan.settings, scripts, jobs)
+        if drops and not confirm(drops):
+            raise ConfigError(
+                f"{drops.question(self.plan.target)}: not confirmed; nothing was changed"
+            )
+
     def _run_tenants(
         self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup_dir: Path | None
     ) -> None:
@@ -288,6 +302,7 @@ class _Coordinator:
         )
         jobs = sorted_out.jobs
         settled = [*places.unreachable_outcomes(), *sorted_out.settled]
+        self._confirm_drops(scripts, jobs)
 
         run_id = ledger.start_run(
             plan.direction,
@@ -311,12 +326,14 @@ class _Coordinator:
             else None
         )
         # Every tenant is in the ledger from the start, with its target: the jobs as not run
-        # (yet), so even a run killed now can be finished exactly.
+        # (yet), so even a run killed now can be finished exactly, and its record says where
+        # each tenant it did not reach is (from and to: the revision read).
         pending = [
             TenantOutcome(
                 job.name,
                 job.schema,
                 TenantStatus.NOT_RUN,
+                job.seen_revision,
                 job.seen_revision,
                 database=job.database,
             )

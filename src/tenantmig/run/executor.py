@@ -344,7 +344,9 @@ class _Run:
                     job.name,
                     job.schema,
                     TenantStatus.NOT_RUN,
-                    job.seen_revision,  # untouched: still where the run found it
+                    # Untouched: still where the run found it, at its start and at its end.
+                    job.seen_revision,
+                    job.seen_revision,
                     error=error,
                     database=job.database,
                 )
@@ -489,6 +491,10 @@ def _reap_dead_workers(
             job.name,
             job.schema,
             status,
+            # Its transaction died with the worker: the server rolled it back to where the
+            # run found it (the ledger says so, not base).
+            job.seen_revision,
+            job.seen_revision,
             attempts=1,
             duration_s=time.monotonic() - worker.started,
             error=reason,

@@ -9,9 +9,10 @@ coordinator and the workers only read the result. A new run option is added here
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
 from tenantmig.errors import ConfigError
@@ -19,6 +20,13 @@ from tenantmig.run.results import RunScope
 from tenantmig.schema.registry import check_tenant_names
 from tenantmig.server.config import Settings
 from tenantmig.server.session import Timeouts
+
+if TYPE_CHECKING:
+    from tenantmig.run.drops import Drops
+
+# Asked before a downgrade that drops data changes anything; False (or an error it raises)
+# stops the run with nothing changed. The CLI's asks for --yes or a typed "yes".
+ConfirmDrops = Callable[["Drops"], bool]
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,9 @@ class RunOptions:
     replay: bool = True  # replay compiled steps where provably equivalent (see replay.py)
     backup_dir: Path | None = None  # pg_dump each tenant here before migrating it
     echo_output: bool = False  # also show what migrations print on stderr (always logged)
+    # A downgrade that would drop tables or columns, or take a tenant to base, asks this once
+    # every tenant's target is resolved (None: go on without asking, as before).
+    confirm_drops: ConfirmDrops | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,7 @@ class RunPlan:
     replay: bool
     log_file: Path
     backup_dir: Path | None
+    confirm_drops: ConfirmDrops | None = field(default=None, compare=False, repr=False)
     shared_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
     tenant_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
 
@@ -222,6 +234,7 @@ def build_plan(
         replay=options.replay,
         log_file=log_file(settings, options.log_file),
         backup_dir=options.backup_dir,
+        confirm_drops=options.confirm_drops,
         shared_scripts=shared_scripts,
         tenant_scripts=tenant_scripts,
     )

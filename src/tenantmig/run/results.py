@@ -107,13 +107,31 @@ class TenantOutcome:
     replayed: bool = False  # migrated by replaying a compiled step, not by running Alembic
     database: str = CONTROL  # the directory's name of the database holding the schema
 
+    @property
+    def reached(self) -> str | None:
+        """The revision the tenant is at when the run ended ("base" at base), for the ledger's
+        readers: JSON, ``runs show`` and the progress line all say this. None when it is not
+        known: no schema, or a tenant failed before anything read it (its database unreachable).
+
+        Every outcome that read the tenant carries its revision in ``to_revision``, also when
+        the run did not move it (not run, failed, interrupted: still where it was read), so
+        None there means base.
+        """
+        if self.to_revision is not None:
+            return self.to_revision
+        if self.status is TenantStatus.MISSING or (
+            self.status is TenantStatus.FAILED and self.attempts == 0 and self.from_revision is None
+        ):
+            return None
+        return "base"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "schema": self.schema,
-            # "base" where the text says base; "to" is null while the target was not reached.
+            # "base" where the text says base; "to": where the tenant is when the run ended.
             "from": self.from_revision or "base",
-            "to": self.to_revision or ("base" if self.status.is_done else None),
+            "to": self.reached,
             "status": self.status.value,
             "attempts": self.attempts,
             "duration_s": round(self.duration_s, 4),
