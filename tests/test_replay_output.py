@@ -57,6 +57,7 @@ def test_json_is_one_document_when_migrations_print(
                 "--config",
                 str(config),
                 "--json",
+                "--yes",
                 url=database_url,
             )
             assert down.returncode == 0, down.stderr

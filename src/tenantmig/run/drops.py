@@ -81,6 +81,7 @@ def find_drops(settings: Settings, scripts: ChainScripts, jobs: Sequence[TenantJ
     """
     # Alembic's command module is loaded only by a downgrade that asks (start-up time).
     from tenantmig.chains.offline import offline_sql
+    from tenantmig.chains.output import migration_output
 
     steps: dict[tuple[str | None, str | None], list[TenantJob]] = {}
     for job in jobs:
@@ -93,9 +94,12 @@ def find_drops(settings: Settings, scripts: ChainScripts, jobs: Sequence[TenantJ
     for (start, destination), its_jobs in steps.items():
         span = f"{start or 'base'} -> {destination or 'base'}"
         try:
-            sql = offline_sql(
-                settings, scripts.chain, its_jobs[0].schema, "downgrade", start, destination
-            )
+            # Rendering runs the revisions' downgrade(): what they print goes to the run log,
+            # never to stdout (one JSON document with --json).
+            with migration_output(its_jobs[0].schema):
+                sql = offline_sql(
+                    settings, scripts.chain, its_jobs[0].schema, "downgrade", start, destination
+                )
         except Exception as exc:  # any failure to render means "cannot tell": ask
             _log.info("downgrade %s could not be rendered offline: %s", span, exc)
             unknown[span] = None
