@@ -215,9 +215,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             f"downgrading {what} to {args.revision} drops tables and their rows "
             "(the tenant registry too, when its revision goes)",
         )
-    elif args.command == "downgrade":
+    elif args.command == "downgrade" and not args.yes:
         # Asked once each tenant's target is resolved: -1 or a revision reaches base, or drops
-        # a table, for some tenants only; a downgrade that drops nothing is not asked.
+        # a table, for some tenants only; a downgrade that drops nothing is not asked. With
+        # --yes there is nothing to ask, so the steps are not rendered to find out.
         def confirm(drops: api.Drops) -> bool:
             _confirm(args, drops.question(args.revision))
             return True
