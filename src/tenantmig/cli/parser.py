@@ -340,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "downgrade",
-        "Downgrade the shared schema or tenant schemas. A downgrade to base, or of the shared "
-        "schema (whose tables every tenant depends on, the tenant registry among them), asks "
-        "for confirmation: --yes, or an answer on a terminal.",
+        "Downgrade the shared schema or tenant schemas. A downgrade that drops tables or columns, "
+        "or takes a tenant to base (also with -N or a revision), or of the shared schema (whose "
+        "tables every tenant depends on, the tenant registry among them), asks for "
+        "confirmation: --yes, or an answer on a terminal.",
     )
     _selector(p, required=True)
     p.add_argument("revision", help="target revision: a revision id, base, or -N (e.g. -1)")
