@@ -65,7 +65,7 @@ class Cluster:
                 str(PG15 / "pg_ctl"), "-D", str(self.directory / "data"), "-w", "-l",
                 str(self.directory / "log"), "-o",
                 f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c max_connections=60",
+                "-c fsync=off -c max_connections=100",
                 "start",
             ),
             check=True, capture_output=True,

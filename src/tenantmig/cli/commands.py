@@ -363,9 +363,13 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     if args.tenants_command == "drop":
         _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
 
+        printed = [0]  # the last count printed
+
         def on_batch(done: int, total: int) -> None:
-            # A line per 250 tenants (ten batches) and at the end, for big drops only.
-            if total > BATCH_SHOWN and (done == total or done % 250 == 0):
+            # A line each time another 250 tenants are done (batches vary in size with their
+            # schemas' objects) and at the end, for big drops only.
+            if total > BATCH_SHOWN and (done == total or done // 250 > printed[0] // 250):
+                printed[0] = done
                 print(f"dropped {done}/{total} tenant(s)", file=sys.stderr, flush=True)
 
         return _dropped(api.drop_tenants(settings, args.names, on_batch), args)

@@ -497,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
         tsub,
         "drop",
         "drop tenant schemas (CASCADE) and unregister them",
-        "Drop tenant schemas (CASCADE) and unregister them, 25 tenants per batch. The report "
+        "Drop tenant schemas (CASCADE) and unregister them in batches of at most 25 tenants, "
+        "fewer when their schemas hold many objects (a batch takes at most half the server's "
+        "lock table). The report "
         "says per database what was dropped and what is untouched, also after a failure; the "
         "same command again finishes a drop that failed or was killed, and names the tenants "
         "already gone that an earlier drop named.",

@@ -3,7 +3,10 @@
 One transaction for thousands of tenants does not fit the server's lock table: DROP SCHEMA
 CASCADE takes a lock on every object of the schema, and the lock table holds
 max_locks_per_transaction x max_connections entries (6,400 by default), shared by all sessions
-("out of shared memory"). Batches keep each transaction small.
+("out of shared memory"). Batches keep each transaction small: at most BATCH tenants, and no
+more of each database's lock table than ``schema.lockbudget`` allows, counted from the objects
+each schema holds (a tenant of 800 tables takes thousands of locks, one of five tables a few
+dozen). A tenant bigger than the budget is a batch of its own.
 
 A batch spans every database its tenants live in, and nothing commits atomically across
 databases (PREPARE TRANSACTION needs max_prepared_transactions, off by default). The order of
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from psycopg2 import errorcodes
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -45,6 +49,7 @@ from tenantmig.errors import DatabaseUnavailable, TenantBusy, UnknownTenant, som
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import RunLocks
 from tenantmig.run.results import RunOutcome, RunScope, TenantOutcome, TenantStatus
+from tenantmig.schema.lockbudget import drop_costs, lock_budget
 from tenantmig.schema.moves import read_moves
 from tenantmig.schema.registry import (
     Tenant,
@@ -57,10 +62,10 @@ from tenantmig.schema.registry import (
 from tenantmig.server.config import TenantSource
 from tenantmig.server.database import Database, DatabaseSet
 from tenantmig.server.directory import CONTROL
-from tenantmig.server.errorcodes import first_line
+from tenantmig.server.errorcodes import first_line, sqlstate
 from tenantmig.server.session import Timeouts
 
-# Tenants per transaction: a tenant schema of a few dozen objects takes as many locks.
+# Tenants per transaction at most, however few objects they hold.
 BATCH = 25
 
 COMMAND = "drop"  # the run's command in the ledger
@@ -314,12 +319,12 @@ def _batches(
     pending: Sequence[Tenant] = ()  # the batch under way: what it changed is not known yet
     failed: str | None = None  # where and why the batch under way failed
     try:
-        for start in range(0, len(tenants), BATCH):
-            pending = tenants[start : start + BATCH]
+        for batch in _sized_batches(members, tenants):
+            pending = batch
             _drop_batch(members, source, pending, timeouts)
             done = [_done(t, plan.schemaless) for t in pending]
             result.outcomes.extend(done)
-            finished, pending = start + len(done), ()
+            finished, pending = finished + len(done), ()
             ledger.record(_run_id(result), [_ledger_entry(o) for o in done])
             if on_batch is not None:
                 on_batch(finished, len(tenants))
@@ -343,6 +348,46 @@ def _batches(
         ledger.record(_run_id(result), [_ledger_entry(o, why, result.interrupted) for o in read])
 
 
+def _sized_batches(
+    members: Mapping[str, Database], tenants: Sequence[Tenant]
+) -> list[Sequence[Tenant]]:
+    """``tenants`` in order, cut into batches that fit each database's lock budget, with the
+    budgets and the schemas' costs read once per database."""
+    budgets: dict[str, int] = {}
+    costs: dict[tuple[str, str], int] = {}
+    for name, group in by_database(tenants).items():
+        with members[name].engine.connect() as conn, conn.begin():
+            budgets[name] = lock_budget(conn)
+            found = drop_costs(conn, [t.schema for t in group])
+        costs.update({(name, schema): cost for schema, cost in found.items()})
+    return plan_batches(tenants, costs, budgets)
+
+
+def plan_batches(
+    tenants: Sequence[Tenant],
+    costs: Mapping[tuple[str, str], int],
+    budgets: Mapping[str, int],
+    most: int = BATCH,
+) -> list[Sequence[Tenant]]:
+    """Consecutive batches of at most ``most`` tenants whose costs (by database and schema; a
+    schema not in ``costs`` costs 1) add up to at most each database's budget; a tenant that
+    alone exceeds its budget is a batch of its own."""
+    batches: list[Sequence[Tenant]] = []
+    current: list[Tenant] = []
+    spent: dict[str, int] = {}
+    for tenant in tenants:
+        cost = costs.get((tenant.database, tenant.schema), 1)
+        over = spent.get(tenant.database, 0) + cost > budgets.get(tenant.database, cost)
+        if current and (len(current) >= most or over):
+            batches.append(current)
+            current, spent = [], {}
+        current.append(tenant)
+        spent[tenant.database] = spent.get(tenant.database, 0) + cost
+    if current:
+        batches.append(current)
+    return batches
+
+
 def _run_id(result: DropResult) -> int:
     assert result.run_id is not None
     return result.run_id
@@ -357,7 +402,13 @@ def _failing_in(where: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise _BatchFailed(f"{where}: {first_line(exc)}") from exc
+        hint = ""
+        if sqlstate(exc) == errorcodes.OUT_OF_MEMORY:  # 53200: the lock table is full
+            hint = (
+                " (the server's lock table is full: raise max_locks_per_transaction, or run "
+                "the drop when fewer transactions hold locks)"
+            )
+        raise _BatchFailed(f"{where}: {first_line(exc)}{hint}") from exc
 
 
 def _drop_batch(
