@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from tenantmig.errors import RunLocked
 from tenantmig.server.database import create_engine
 from tenantmig.server.errorcodes import first_line
-from tenantmig.server.session import LOCK_NAMESPACE, lock_key
+from tenantmig.server.session import LOCK_NAMESPACE, TIMEOUTS_OFF, lock_key
 
 RUN_LOCK_NAME = "tenantmig all-tenants run"
 # Second key space: "run N is alive", held by the coordinator of run N. A run recorded as running
@@ -67,15 +67,10 @@ _KEEPALIVES = {
 # One round trip when the transaction opens: who we are on the server (a pooler could hand this
 # client another server session only if this one ended: the check compares pids), since when the
 # server runs (a restart ended every session, not only ours), and the timeouts switched off.
-# set_config(..., true) is SET LOCAL: this transaction only. transaction_timeout does not exist
-# before PostgreSQL 17 (setting it there is an error): CASE evaluates set_config only when it
-# does.
-_HOLD = """
-SELECT pg_backend_pid() AS pid, pg_postmaster_start_time() AS server_started,
-       set_config('idle_in_transaction_session_timeout', '0', true),
-       CASE WHEN current_setting('server_version_num')::int >= 170000
-            THEN set_config('transaction_timeout', '0', true) END
-"""
+# set_config(..., true) is SET LOCAL: this transaction only (session.TIMEOUTS_OFF).
+_HOLD = (
+    "SELECT pg_backend_pid() AS pid, pg_postmaster_start_time() AS server_started," + TIMEOUTS_OFF
+)
 
 
 def _run_lock_key(shared_schema: str) -> int:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantmig.errors import ReadTimedOut
 from tenantmig.server.errorcodes import first_line, sqlstate
+from tenantmig.server.session import Timeouts
 
 _SET_STATEMENT_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :value, true)")
 
@@ -35,7 +36,8 @@ def statement_timeout_setting(statement_timeout_s: float | None) -> str:
     milliseconds, at least 1 (a limit under a millisecond must not round to '0', no limit)."""
     if statement_timeout_s is None:
         return "0"
-    return f"{max(1, int(statement_timeout_s * 1000))}ms"
+    # The rounding a migration's statement_timeout uses, in one place.
+    return f"{Timeouts(0, statement_timeout_s).statement_timeout_ms}ms"
 
 
 @contextmanager

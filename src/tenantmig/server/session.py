@@ -106,12 +106,15 @@ def prepare_migration_transaction(
 # session_timeout (and, from PostgreSQL 17, transaction_timeout) would end it, silently
 # releasing the locks it exists to hold. These settings are switched off for that transaction
 # alone; its own statements keep their lock_timeout.
-_HOLD_OPEN = """
-SELECT set_config('idle_in_transaction_session_timeout', '0', true),
-       set_config('statement_timeout', '0', true),
+# TIMEOUTS_OFF is a select list, so that a held transaction's other first statement (the run
+# lock's: who am I, since when does the server run) switches them off in the same round trip.
+# transaction_timeout does not exist before PostgreSQL 17 (setting it there is an error): CASE
+# evaluates set_config only where it does.
+TIMEOUTS_OFF = """
+       set_config('idle_in_transaction_session_timeout', '0', true),
        CASE WHEN current_setting('server_version_num')::int >= 170000
-            THEN set_config('transaction_timeout', '0', true) END
-"""
+            THEN set_config('transaction_timeout', '0', true) END"""
+_HOLD_OPEN = f"SELECT set_config('statement_timeout', '0', true),{TIMEOUTS_OFF}"
 
 
 def hold_open(conn: Connection) -> None:
