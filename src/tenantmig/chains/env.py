@@ -18,12 +18,16 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
 from tenantmig.chains.context import context_options
+from tenantmig.chains.runner import raised_by_autocommit_block
 from tenantmig.errors import ConfigError, NoTargetMetadata
 from tenantmig.server.config import Settings, load_settings
 from tenantmig.server.database import open_database
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident, validate_tenant_name
 from tenantmig.server.session import LOCK_NAMESPACE, Timeouts, lock_key
+
+# The logger Alembic's own env.py template uses: shown at INFO with Alembic's messages.
+log = logging.getLogger("alembic.env")
 
 
 def _x_arguments() -> dict[str, str]:
@@ -58,19 +62,58 @@ def _run(
     create_schema: bool,
     target_metadata: TargetMetadata = None,
 ) -> None:
+    """Migrate ``schema`` as tenantmig migrates one schema (run/migrator.py), so that plain
+    Alembic leaves the same schema and version row as tenantmig, when it succeeds and when it
+    fails:
+
+    1. All revisions in one transaction: a failure anywhere rolls the schema back to exactly
+       where it started. A range without autocommit blocks only ever takes this path.
+    2. A revision with an autocommit block (CREATE INDEX CONCURRENTLY...) cannot run inside it:
+       Alembic refuses at the block's entry, before the block sends anything (it cannot commit
+       a transaction it does not own), and that one transaction rolls back whole, so nothing of
+       the attempt remains. The run then starts again on a new connection with one transaction
+       per revision, Alembic's recipe for autocommit blocks (_run_per_migration), as tenantmig's
+       second attempt does.
+
+    Not per revision always: a failure in an ordinary range would then leave its earlier
+    revisions committed, where tenantmig (and this env.py until now) leaves the schema
+    untouched. Not decided from the scripts' source: a block may be reached through a helper in
+    another module or only for some data, and a wrong guess either fails as before or commits
+    part of an ordinary range. The price of trying first: the revisions before the one with the
+    block run twice (the first time rolled back) and are logged twice; tenantmig pays the same.
+    """
     if context.is_offline_mode():
         _run_offline(schema, settings, target_metadata)
         return
 
-    with open_database(settings) as database, database.engine.connect() as conn:
-        _run_online(
-            conn,
-            database.flavour,
-            schema,
-            settings.timeouts,
-            create_schema=create_schema,
-            target_metadata=target_metadata,
+    with open_database(settings) as database:
+        try:
+            with database.engine.connect() as conn:
+                _run_online(
+                    conn,
+                    database.flavour,
+                    schema,
+                    settings.timeouts,
+                    create_schema=create_schema,
+                    target_metadata=target_metadata,
+                )
+            return
+        except Exception as exc:
+            if not raised_by_autocommit_block(exc):
+                raise
+        log.info(
+            "A revision has an autocommit block, which cannot run inside one transaction: "
+            "rolled back; running again with one transaction per revision"
         )
+        with database.engine.connect() as conn:
+            _run_per_migration(
+                conn,
+                database.flavour,
+                schema,
+                settings.timeouts,
+                create_schema=create_schema,
+                target_metadata=target_metadata,
+            )
 
 
 # Set by `tenantmig upgrade --sql`: the script is run with `psql -1 -f`, whose one transaction
@@ -122,6 +165,52 @@ def _run_online(
             connection=conn, target_metadata=target_metadata, **context_options(schema)
         )
         context.run_migrations()
+
+
+def _run_per_migration(
+    conn: Connection,
+    flavour: ServerFlavour,
+    schema: str,
+    timeouts: Timeouts,
+    *,
+    create_schema: bool,
+    target_metadata: TargetMetadata = None,
+) -> None:
+    """One transaction per revision, for a range with autocommit blocks (see _run).
+
+    What makes the one migration transaction safe must now hold across several transactions
+    and the autocommit blocks between them, which run in no transaction at all; so the set-up
+    is session-level (``local=False``), made once before Alembic reads the version:
+
+    - The schema's advisory lock (pg_advisory_lock): held from before the version is read until
+      the connection closes. Not pg_advisory_xact_lock taken again per transaction: every
+      commit would release it, and another runner (tenantmig, a second ``alembic``) could
+      migrate the schema between two of our revisions, while this Alembic has already chosen
+      its steps from the version it read at the start; inside an autocommit block a
+      transaction-level lock lasts one statement and protects nothing.
+    - search_path and the timeouts: SET LOCAL would end with the first commit, and the block's
+      unqualified ``CREATE INDEX CONCURRENTLY ... ON users`` would find its table through the
+      server's default search_path (another schema), its wait for writers unbounded by
+      lock_timeout.
+    - Released by closing the connection: the engine has no pool (server.database), so closing
+      ends the backend, and PostgreSQL releases a session's advisory locks and settings with
+      it, also when a revision fails halfway or the process is killed.
+
+    Each revision is still atomic with its version row; a failure leaves the revisions before
+    the failing one committed (and an INVALID index if a concurrent build failed), as tenantmig
+    does.
+    """
+    with conn.begin():
+        if create_schema:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        flavour.prepare_migration(conn, schema, timeouts, local=False)
+    # No transaction open: Alembic owns them and commits each revision in its own.
+    context.configure(
+        connection=conn,
+        target_metadata=target_metadata,
+        **context_options(schema, per_migration=True),
+    )
+    context.run_migrations()
 
 
 TargetMetadata = MetaData | Sequence[MetaData] | None
