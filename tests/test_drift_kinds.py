@@ -180,6 +180,102 @@ def test_the_suggested_statement_fixes_what_it_names(settings: Settings, engine:
     assert not api.drift(settings).any_drift
 
 
+# tenant -> what was done by hand to the keys of its tables (unique constraints and the indexes
+# behind them, primary keys and the foreign keys that need them, exclusion constraints).
+KEY_MUTATIONS: dict[str, list[str]] = {
+    "dropped_unique": ["ALTER TABLE {s}.locations DROP CONSTRAINT uq_locations_code"],
+    "dropped_unique_index": ["DROP INDEX {s}.ix_inventory_items_sku"],
+    # CASCADE drops the two foreign keys to it: they can only come back after it.
+    "dropped_primary_key": ["ALTER TABLE {s}.locations DROP CONSTRAINT locations_pkey CASCADE"],
+    "extra_unique": ["ALTER TABLE {s}.locations ADD CONSTRAINT uq_locations_name UNIQUE (name)"],
+    "extra_exclusion": [
+        "ALTER TABLE {s}.locations ADD CONSTRAINT ex_locations_code EXCLUDE USING btree"
+        " (code WITH =)"
+    ],
+    # A constraint swapped for a plain unique index of the same name, and the reverse.
+    "swapped": [
+        "ALTER TABLE {s}.locations DROP CONSTRAINT uq_locations_code",
+        "CREATE UNIQUE INDEX uq_locations_code ON {s}.locations (code)",
+        "DROP INDEX {s}.ix_inventory_items_sku",
+        "ALTER TABLE {s}.inventory_items ADD CONSTRAINT ix_inventory_items_sku UNIQUE (sku)",
+    ],
+    # Everything at once, plus an extra foreign key that needs the extra unique constraint and
+    # a dropped column that takes its index along.
+    "all_at_once": [
+        "ALTER TABLE {s}.locations DROP CONSTRAINT locations_pkey CASCADE",
+        "ALTER TABLE {s}.locations DROP CONSTRAINT uq_locations_code",
+        "DROP INDEX {s}.ix_inventory_items_sku",
+        "ALTER TABLE {s}.locations ADD CONSTRAINT uq_locations_name UNIQUE (name)",
+        "ALTER TABLE {s}.inventory_transactions ADD CONSTRAINT fk_transactions_reference"
+        " FOREIGN KEY (reference) REFERENCES {s}.locations (name)",
+        "ALTER TABLE {s}.locations ADD CONSTRAINT ex_locations_code EXCLUDE USING btree"
+        " (code WITH =)",
+        "ALTER TABLE {s}.inventory_items DROP COLUMN barcode",
+    ],
+    # Re-made under the same names: a check, an index, a unique constraint's index options (no
+    # foreign key needs that key), and a primary key whose foreign keys went with it.
+    "remade": [
+        "ALTER TABLE {s}.orders DROP CONSTRAINT ck_orders_status,"
+        " ADD CONSTRAINT ck_orders_status CHECK (status <> 'x')",
+        "DROP INDEX {s}.ix_orders_status",
+        "CREATE INDEX ix_orders_status ON {s}.orders (created_at)",
+        "ALTER INDEX {s}.uq_locations_code SET (fillfactor = 70)",
+        "ALTER TABLE {s}.locations DROP CONSTRAINT locations_pkey CASCADE,"
+        " ADD CONSTRAINT locations_pkey PRIMARY KEY (id, code)",
+    ],
+    # A primary key the foreign keys still depend on: dropping it to re-make it would be
+    # refused, so no fix is named (rather than one that fails).
+    "needed_key": ["ALTER INDEX {s}.locations_pkey SET (fillfactor = 70)"],
+}
+
+
+def test_one_fix_per_key_difference_runs_in_the_order_given(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    """A dropped unique constraint is one difference with one fix (not an ADD CONSTRAINT and a
+    CREATE UNIQUE INDEX that then collides with it); an extra one is dropped as a constraint
+    (DROP INDEX on its index fails); keys come back before the foreign keys that need them and
+    foreign keys go before the keys they need. Every suggestion, run in the order given, in one
+    transaction, leaves no drift."""
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    api.create_tenants(settings, list(KEY_MUTATIONS))
+    with engine.begin() as conn:
+        for tenant, statements in KEY_MUTATIONS.items():
+            for statement in statements:
+                conn.exec_driver_sql(statement.format(s=f'"{tenant}"'))
+    report = api.drift(settings)
+    by_name = _by_name(report)
+    assert set(by_name) == set(KEY_MUTATIONS)
+    found = {
+        name: [(d.kind, d.object, d.change) for d in drift.differences]
+        for name, drift in by_name.items()
+    }
+    assert found["dropped_unique"] == [("constraint", "locations.uq_locations_code", "missing")]
+    assert found["dropped_unique_index"] == [("index", "ix_inventory_items_sku", "missing")]
+    assert found["extra_unique"] == [("constraint", "locations.uq_locations_name", "extra")]
+    assert found["extra_exclusion"] == [("constraint", "locations.ex_locations_code", "extra")]
+    assert found["needed_key"] == [("constraint", "locations.locations_pkey", "changed")]
+    assert by_name["needed_key"].differences[0].suggested_sql is None
+    for drift in by_name.values():
+        assert drift.version_drift is None
+        if drift.name != "needed_key":  # one fix per difference, none left without one here
+            assert all(d.suggested_sql for d in drift.differences), drift.differences
+    (drop,) = [d.suggested_sql for d in by_name["extra_unique"].differences]
+    assert drop == "ALTER TABLE locations DROP CONSTRAINT uq_locations_name;"
+    key_first = [d.object for d in by_name["dropped_primary_key"].differences]
+    assert key_first[0] == "locations.locations_pkey" and len(key_first) == 3
+    groups = report.groups()
+    assert len(groups) == len(KEY_MUTATIONS)
+    with engine.begin() as conn:
+        for group in groups:
+            for tenant in group.tenants:
+                conn.exec_driver_sql(f'SET LOCAL search_path TO "{tenant.schema}"')
+                for statement in group.suggested_sql():
+                    conn.exec_driver_sql(statement)
+    after = api.drift(settings)
+    assert [d.name for d in after.drifted] == ["needed_key"], after.drifted
+
+
 def test_report_order_header_and_formats_agree(
     settings: Settings, engine: sa.Engine, tmp_path: Path
 ) -> None:

@@ -54,6 +54,12 @@ LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND a.attnum > 0 AND NOT a.attisdropped
 """
+# The index behind a primary key, unique or exclusion constraint is part of that constraint:
+# same name, created and dropped with it, and described by the constraint's definition (columns,
+# INCLUDE, an exclusion's method and predicate; storage parameters added, see _CONSTRAINTS).
+# Listed as an index as well, one dropped constraint would be two differences with two fixes,
+# and the second (CREATE UNIQUE INDEX) would collide with what the first (ADD CONSTRAINT) made.
+# A plain unique index stays an index.
 _INDEXES = """
 SELECT n.nspname AS schema, ic.relname AS name, pg_get_indexdef(i.indexrelid) AS definition,
        i.indisvalid AS valid, tc.relname AS table
@@ -62,10 +68,18 @@ JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class tc ON tc.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = ic.relnamespace
 WHERE n.nspname = ANY(:schemas)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                  WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+                    AND k.contype IN ('p', 'u', 'x'))
 """
+# The storage parameters of a primary key's or unique constraint's index (see _INDEXES):
+# pg_get_constraintdef leaves them out (an exclusion constraint's definition has them).
 _CONSTRAINTS = """
 SELECT n.nspname AS schema, c.relname AS table, con.conname AS name,
-       pg_get_constraintdef(con.oid) AS definition
+       pg_get_constraintdef(con.oid) AS definition,
+       CASE WHEN con.contype IN ('p', 'u') THEN
+         (SELECT array_to_string(ic.reloptions, ', ') FROM pg_class ic WHERE ic.oid = con.conindid)
+       END AS index_options
 FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -227,6 +241,18 @@ def _strip(schema: str, text: str | None) -> str:
     return re.sub(rf"(?<![\w\"]){re.escape(schema)}\.", "", text)
 
 
+def _with_index_options(definition: str, options: str | None) -> str:
+    """A key's definition with its index's storage parameters where ADD CONSTRAINT takes them:
+    after the columns and INCLUDE, before DEFERRABLE."""
+    if not options:
+        return definition
+    tail = ""
+    for suffix in (" INITIALLY DEFERRED", " DEFERRABLE"):
+        if definition.endswith(suffix):
+            definition, tail = definition[: -len(suffix)], suffix + tail
+    return f"{definition} WITH ({options}){tail}"
+
+
 @dataclass
 class SchemaStructure:
     schema: str
@@ -271,7 +297,8 @@ def read_structures(conn: Connection, schemas: Sequence[str]) -> dict[str, Schem
         definition = _strip(r.schema, r.definition) + ("" if r.valid else " INVALID")
         result[r.schema].add("index", r.name, definition)
     for r in conn.execute(sa.text(_CONSTRAINTS), params):
-        result[r.schema].add("constraint", f"{r.table}.{r.name}", _strip(r.schema, r.definition))
+        definition = _with_index_options(r.definition, r.index_options)
+        result[r.schema].add("constraint", f"{r.table}.{r.name}", _strip(r.schema, definition))
     for r in conn.execute(sa.text(_SEQUENCES), params):
         result[r.schema].add(
             "sequence",
@@ -342,7 +369,7 @@ WITH s AS MATERIALIZED (
     -- One pass over pg_class; every other catalog is then reached through its index on the
     -- relation's oid, so a chunk costs what its own schemas hold, not the whole database.
     SELECT c.oid, c.relnamespace AS ns, c.relname, c.relkind, c.relam, c.reltype, s.nspname,
-           c.relrowsecurity, c.relforcerowsecurity, c.relacl,
+           c.relrowsecurity, c.relforcerowsecurity, c.relacl, c.reloptions,
            CASE WHEN c.relowner = s.nspowner THEN '' ELSE c.relowner::text END AS owner
     FROM pg_class c JOIN s ON s.oid = c.relnamespace
     WHERE NOT EXISTS (SELECT 1 FROM extension_members e
@@ -394,7 +421,7 @@ WITH s AS MATERIALIZED (
   UNION ALL
     SELECT r.ns, concat_ws('|', 'i', r.relname, tc.relname, i.indisunique,
         i.indisprimary, i.indisvalid, {nulls_not_distinct}, am.amname, i.indkey::text,
-        i.indclass::text, i.indoption::text, i.indcollation::text,
+        i.indclass::text, i.indoption::text, i.indcollation::text, coalesce(r.reloptions::text, ''),
         {strip:i.indexprs:pg_get_expr(i.indexprs, i.indrelid)},
         {strip:i.indpred:pg_get_expr(i.indpred, i.indrelid)})
     FROM rels r

@@ -22,8 +22,10 @@ class Difference:
     expected: str | None
     actual: str | None
     # The statement that would make the schema what its migrations say, for the simple cases
-    # (a missing index, column or constraint, a nullability or default); unqualified, to run
-    # with search_path set to the tenant's schema. Shown, never executed by tenantmig.
+    # (a missing, extra or changed index or constraint, a missing column, a nullability or
+    # default); unqualified, to run with search_path set to the tenant's schema. One per
+    # difference, and a schema's differences come in the order their fixes run (drops first,
+    # then each object after what it needs). Shown, never executed by tenantmig.
     suggested_sql: str | None = None
 
     def headline(self) -> str:
@@ -111,6 +113,7 @@ class DriftGroup:
         return self.tenants[0]
 
     def suggested_sql(self) -> list[str]:
+        """The fixes, in the order they run (the differences' order)."""
         return [d.suggested_sql for d in self.example.differences if d.suggested_sql]
 
     def to_json(self) -> dict[str, Any]:
