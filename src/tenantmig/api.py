@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 from alembic import command as alembic_command
 from alembic.script import Script
 
-from tenantmig.backup.dump import LibpqConnection, find_pg_tools
-from tenantmig.chains.project import InitResult, packaged_config, write_project
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import (
     ConfigError,
@@ -31,26 +29,14 @@ from tenantmig.errors import (
     SharedSchemaNotReady,
 )
 from tenantmig.run import coordinator
-from tenantmig.run.bulk import BatchCallback, DropResult, drop_in_batches, plan_drop
 from tenantmig.run.coordinator import RunObserver
-from tenantmig.run.drops import Drops
-from tenantmig.run.grants import GrantResult
-from tenantmig.run.grants import grant as grant_role
 from tenantmig.run.ledger import Ledger, RunRecord
 from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
-from tenantmig.run.single import SingleRun
-from tenantmig.run.sqlscript import SchemaSQL, schema_sql
-from tenantmig.run.stamp import stamp as stamp_schemas
 from tenantmig.schema import registry
-from tenantmig.schema.catalog import SchemaStructure, invalid_indexes
-from tenantmig.schema.drift_report import DriftReport, SchemaDrift
-from tenantmig.schema.moves import read_moves
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
-from tenantmig.schema.state import classify
-from tenantmig.schema.status import StatusReport, tenant_states
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import (
@@ -68,9 +54,18 @@ if TYPE_CHECKING:
     from tenantmig.backup.move import MoveResult
     from tenantmig.backup.restore import RestoreResult
     from tenantmig.chains.autogen import CheckResult
+    from tenantmig.chains.project import InitResult
+    from tenantmig.run.bulk import BatchCallback, DropResult
+    from tenantmig.run.drops import Drops
+    from tenantmig.run.grants import GrantResult
+    from tenantmig.run.sqlscript import SchemaSQL
+    from tenantmig.schema.catalog import SchemaStructure
+    from tenantmig.schema.drift_report import DriftReport
+    from tenantmig.schema.status import StatusReport
 
-# Start-up: what only some verbs need (autogenerate, restore, moves, drift) is imported inside
-# them, so that a run (`tenantmig upgrade`) does not load it.
+# Start-up: what only some verbs need (drops, stamps, grants, status, drift, restore, moves,
+# autogenerate, offline SQL, projects) is imported inside them, so that a run
+# (`tenantmig upgrade`) loads only what runs need.
 
 __all__ = [
     "DEMO_TENANTS",
@@ -110,8 +105,22 @@ __all__ = [
 ]
 
 DEMO_TENANTS = ("acme", "globex", "initech")
-# The demo project shipped in the package: `tenantmig demo` outside a project runs it.
-DEMO_CONFIG = packaged_config()
+
+
+def __getattr__(name: str) -> object:
+    # ``api.Drops`` is public but only a downgrade needs it: loaded when first asked for.
+    if name == "Drops":
+        from tenantmig.run.drops import Drops
+
+        return Drops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def demo_config() -> Path:
+    """The demo project shipped in the package: `tenantmig demo` outside a project runs it."""
+    from tenantmig.chains.project import packaged_config
+
+    return packaged_config()
 
 
 # -- upgrade / downgrade -------------------------------------------------------------------------
@@ -153,6 +162,8 @@ def sql(
 ) -> list[SchemaSQL]:
     """The SQL ``upgrade``/``downgrade`` would run in each selected schema, for review (Alembic's
     offline mode); ``revision`` may be a ``FROM:TO`` range. Nothing is changed."""
+    from tenantmig.run.sqlscript import schema_sql
+
     registry.check_tenant_names(selection.tenants or (), settings.tenant_source)
     with open_database(settings, notice=False) as database:
         return schema_sql(settings, database, selection, direction, revision)
@@ -163,6 +174,8 @@ def stamp(
 ) -> RunResult:
     """Record ``revision`` in the selected schemas without running migrations (``alembic
     stamp``), each under its lock, as one run in the ledger. Check with ``drift`` afterwards."""
+    from tenantmig.run.stamp import stamp as stamp_schemas
+
     if selection.shared == selection.include_tenants:
         raise ConfigError("stamp one chain: --shared, or --tenant NAME / --all-tenants")
     registry.check_tenant_names(selection.tenants or (), settings.tenant_source)
@@ -173,6 +186,8 @@ def stamp(
 def grant(settings: Settings, role: str, *, apply: bool = True) -> GrantResult:
     """An administrator's one-time set-up for a least-privileged ``role``: the ledger tables,
     its grants and its scratch schemas (``apply=False``: only the statements)."""
+    from tenantmig.run.grants import grant as grant_role
+
     if not role or "\x00" in role:
         raise ConfigError("give the name of the role that will run tenantmig")
     with open_database(settings) as database, database.engine.connect() as conn:
@@ -187,6 +202,8 @@ def init_project(
 ) -> InitResult:
     """Write a new project (alembic.ini, both chains' env.py and templates, the tenant registry
     revision; the demo chains with ``demo``) into ``directory``. No database is needed."""
+    from tenantmig.chains.project import write_project
+
     if shared_schema is not None:
         validate_schema_name(shared_schema)
     return write_project(directory, demo=demo, registry=registry, shared_schema=shared_schema)
@@ -318,6 +335,8 @@ def drop_tenants(
     so that a failed or killed drop is finished by the same command). Every name is checked
     first: one that is not registered drops nothing, unless it is gone from every database
     and an earlier drop named it; then it is reported as already gone."""
+    from tenantmig.run.bulk import drop_in_batches, plan_drop
+
     source = settings.tenant_source
     registry.require_registry(source, "drop tenants")
     registry.check_tenant_names(names, source)
@@ -346,6 +365,11 @@ def status(
 ) -> StatusReport:
     """Every schema's revision against head, with each tenant's last recorded outcome;
     ``databases``: only tenants living there."""
+    from tenantmig.schema.catalog import invalid_indexes
+    from tenantmig.schema.moves import read_moves
+    from tenantmig.schema.state import classify
+    from tenantmig.schema.status import StatusReport, tenant_states
+
     shared_scripts = ChainScripts(settings, "shared")
     tenant_scripts = ChainScripts(settings, "tenant")
     shared_schema = settings.shared_schema
@@ -497,6 +521,9 @@ def drift(
     database they live in (``databases``: only those). Expected structures are built once per
     server version and kind; a database that cannot be reached lists its tenants as
     unreachable, which counts as drift (they could not be checked)."""
+    from tenantmig.schema.drift_report import DriftReport, SchemaDrift
+    from tenantmig.schema.moves import read_moves
+
     registry.check_tenant_names(names or (), settings.tenant_source)
     settings.check_database_names(databases or ())
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
@@ -591,6 +618,7 @@ def restore(settings: Settings, tenant: str, archive: Path) -> RestoreResult:
     directory names (read again under the tenant's lock). A run in the ledger from its start:
     a killed restore reads as abandoned there, a failed or interrupted one says why."""
     from tenantmig.backup.restore import check_archive, restore_tenant
+    from tenantmig.run.single import SingleRun
 
     registry.check_tenant_names([tenant], settings.tenant_source)
     if not archive.is_file():
@@ -629,6 +657,8 @@ def move_tenant(settings: Settings, tenant: str, to: str) -> MoveResult:
     write lands in the copy the directory finally names, or fails (see ``backup.move``). A run
     in the ledger from its start."""
     from tenantmig.backup.move import move_tenant as move_schema
+    from tenantmig.run.single import SingleRun
+    from tenantmig.schema.moves import read_moves
 
     source = settings.tenant_source
     registry.require_registry(source, "move tenants")
@@ -707,6 +737,8 @@ def database_url(settings: Settings, *, show_password: bool = False) -> str:
 def run_psql(settings: Settings, arguments: Sequence[str]) -> int:
     """psql on the configured database, the embedded server kept running while it runs; the
     password travels in the environment, never on the command line. Returns psql's exit code."""
+    from tenantmig.backup.dump import LibpqConnection, find_pg_tools
+
     with open_database(settings, notice=False) as database:
         psql = find_pg_tools(database.server_major).tool("psql")
         connection = LibpqConnection.from_url(database.url, application_name="tenantmig psql")

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tenantmig.cli.parser import build_parser
+from tenantmig.cli.parser import build_parser, parse_arguments
 from tenantmig.errors import ExitCode, TenantmigError
 
 __all__ = ["build_parser", "exit_code_for", "main"]
@@ -49,8 +49,7 @@ def _database_error_line(exc: BaseException, url: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(arguments)
+    args = parse_arguments(arguments)
     args.argv = arguments  # for the finishing command a failed run prints
     from tenantmig.cli.commands import COMMANDS
 

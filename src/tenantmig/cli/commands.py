@@ -13,18 +13,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenantmig import api
 from tenantmig.chains.scripts import Direction
 from tenantmig.cli import render
-from tenantmig.cli.drift_render import drift_html, drift_text
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
-from tenantmig.run.bulk import DropResult
 from tenantmig.run.results import RunResult
 from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
 from tenantmig.server.database import mask_url
 from tenantmig.server.directory import CONTROL
+
+if TYPE_CHECKING:
+    from tenantmig.run.bulk import DropResult
 
 
 def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Settings:
@@ -450,15 +452,17 @@ def _in_database(database: str) -> str:
 
 
 def _dropped(result: DropResult, args: argparse.Namespace) -> int:
+    from tenantmig.cli import drop_render
+
     """Print what a drop did in each database; when it stopped part way, why (stderr) and the
     exit code of the cause (a failed batch: 3, an interrupt: 130)."""
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        print(render.drop_text(result))
+        print(drop_render.drop_text(result))
     if result.succeeded:
         return ExitCode.OK
-    print(f"tenantmig: error: {render.drop_stopped(result)}", file=sys.stderr)
+    print(f"tenantmig: error: {drop_render.drop_stopped(result)}", file=sys.stderr)
     return ExitCode.INTERRUPTED if result.interrupted else ExitCode.TENANTS_FAILED
 
 
@@ -488,7 +492,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = _settings(args)
     else:
         # Outside a project: the demo project shipped in the package, its database here.
-        settings = _settings(args, api.DEMO_CONFIG).with_options(home=Path(".tenantmig"))
+        settings = _settings(args, api.demo_config()).with_options(home=Path(".tenantmig"))
         print(
             "tenantmig: no alembic.ini here; running the demo project shipped with tenantmig "
             "(`tenantmig init --demo` writes it out)",
@@ -606,6 +610,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    from tenantmig.cli.drift_render import drift_html, drift_text
+
     report = api.drift(_settings(args), args.tenant, args.database)
     if args.html is not None:
         try:

@@ -297,8 +297,56 @@ def _chain(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+class _Unparsable(Exception):
+    """A partial parser (see ``parse_arguments``) met what it cannot decide alone."""
+
+
+class _PartialParser(_Parser):
+    """A parser that knows one command only: any error means "ask the full parser"."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsable(message)
+
+
+class _Skipped:
+    """Stands in for the parser of a command this invocation does not run: every call to it
+    (add_argument, groups, nested subcommands) is accepted and does nothing."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self
+
+
+_FULL_PARSER_WORDS = frozenset({"-h", "--help", "--version"})
+
+
+def parse_arguments(arguments: Sequence[str]) -> argparse.Namespace:
+    """``arguments`` parsed as the full parser parses them.
+
+    Start-up: building every command's options costs more than the no-op run of one command
+    spends on its work, so a command line whose first word is a command is parsed by a
+    parser that has only that command, built the same way. Whatever that parser cannot take
+    as it is (an error, help, a first word that is an option's value) is parsed again by the
+    full parser, which reports it with every command known.
+    """
+    first = next((a for a in arguments if not a.startswith("-")), None)
+    if first is not None and _FULL_PARSER_WORDS.isdisjoint(arguments):
+        partial = build_parser(only=first, parser_class=_PartialParser)
+        if partial.knows_command:  # type: ignore[attr-defined]
+            try:
+                return partial.parse_args(arguments)
+            except _Unparsable:
+                pass
+    return build_parser().parse_args(arguments)
+
+
+def build_parser(
+    only: str | None = None, parser_class: type[_Parser] = _Parser
+) -> argparse.ArgumentParser:
+    """Every command's parser; ``only``: just that command's (the others stand in)."""
+    parser = parser_class(
         prog="tenantmig",
         description="Schema migrations for schema-per-tenant PostgreSQL: the shared schema "
         "once, every tenant schema in parallel, with a durable run ledger.",
@@ -310,9 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    parser.knows_command = only is None  # type: ignore[attr-defined]
+
     def add(
         name: str, help_text: str, description: str | None = None, **kwargs: Any
     ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Skipped()  # type: ignore[return-value]
+        parser.knows_command = True  # type: ignore[attr-defined]
         p = sub.add_parser(
             name,
             help=help_text,
@@ -639,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PSQL_ARGS",
         help="arguments for psql",
     )
-    assert isinstance(psql, _Parser)
-    psql.passthrough = "psql_args"
+    if isinstance(psql, _Parser):  # not when `db` stands in (another command runs)
+        psql.passthrough = "psql_args"
     _action(
         dsub,
         "serve",

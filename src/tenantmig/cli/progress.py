@@ -13,13 +13,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, TextColumn
-from rich.progress import Progress as LiveBar
-
 from tenantmig.run.results import TenantOutcome
 
 if TYPE_CHECKING:
+    from rich.progress import Progress as LiveBar
+
     from tenantmig.run.executor import Execution
 
 # The ETA is shown once this many tenants are done and this many seconds have passed: before
@@ -97,6 +95,11 @@ class Progress:
             # Three columns short of the terminal: the "^C" the terminal echoes when Ctrl-C is
             # typed must fit on the bar's line, or it wraps and leaves a stale bar behind.
             columns = shutil.get_terminal_size().columns
+            # Imported only when a bar is drawn (on a terminal, with tenants to migrate).
+            from rich.console import Console
+            from rich.progress import BarColumn, TextColumn
+            from rich.progress import Progress as LiveBar
+
             self._bar = LiveBar(
                 BarColumn(bar_width=None),
                 TextColumn("{task.description}"),

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -23,12 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantmig.backup.dump import plan_backups
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, DatabaseUnavailable, RunAborted
-from tenantmig.logs import configure_run_log
-from tenantmig.run.drops import find_drops
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import Clearance, RunLocks, RunLockWatch, acquire_run_lock
 from tenantmig.run.plan import RunPlan, default_jobs
@@ -96,6 +94,7 @@ class _Coordinator:
         self.migrating = False  # some schema may have committed: errors must not say otherwise
         # The control database and the directory's others, opened as the run needs them.
         self.databases = DatabaseSet(plan.settings, database)
+        self._locks: RunLocks | None = None
 
     def run(self) -> RunResult:
         try:
@@ -107,22 +106,27 @@ class _Coordinator:
         started = time.monotonic()
         plan = self.plan
         try:
-            # Checked before anything changes: a role that cannot write, or a run that cannot
-            # back up, must not start.
+            # The coordinator's connection: its checks, the tenants' selection and the ledger.
             with self.database.engine.connect() as conn:
+                # Checked before anything changes: a role that cannot write, or a run that
+                # cannot back up, must not start.
                 check_can_migrate(conn, self.shared_schema, shared_chain=plan.selection.shared)
-            backup_dir = (
-                plan_backups(plan.backup_dir, self.database, plan.policy.timeouts).directory
-                if plan.backup_dir is not None and plan.tenant_scripts is not None
-                else None
-            )
-            if plan.shared_scripts is not None:
-                self.result.shared = self._migrate_shared(plan.shared_scripts)
-                if self.result.shared.status is TenantStatus.FAILED:
-                    return self._finished(started)
-                self._reference_tables()
-            if plan.tenant_scripts is not None:
-                self._migrate_tenants(plan.tenant_scripts, backup_dir)
+                conn.rollback()  # read only; the connection is idle again for what follows
+                # Backups, the run log (with its rotating file handler) and the drop finder are
+                # imported where a run uses them: a run with nothing to do starts without them.
+                backup_dir = None
+                if plan.backup_dir is not None and plan.tenant_scripts is not None:
+                    from tenantmig.backup.dump import plan_backups
+
+                    timeouts = plan.policy.timeouts
+                    backup_dir = plan_backups(plan.backup_dir, self.database, timeouts).directory
+                if plan.shared_scripts is not None:
+                    self.result.shared = self._migrate_shared(plan.shared_scripts)
+                    if self.result.shared.status is TenantStatus.FAILED:
+                        return self._finished(started)
+                    self._reference_tables()
+                if plan.tenant_scripts is not None:
+                    self._migrate_tenants(conn, plan.tenant_scripts, backup_dir)
         except DBAPIError as exc:
             if not self.migrating:
                 raise  # nothing was changed: the CLI reports a plain database error
@@ -142,6 +146,7 @@ class _Coordinator:
 
     # -- the shared schema ------------------------------------------------------------------
     def _migrate_shared(self, scripts: ChainScripts) -> TenantOutcome:
+        from tenantmig.logs import configure_run_log
         from tenantmig.run.migrator import SchemaMigrator
 
         schema = self.shared_schema
@@ -160,6 +165,8 @@ class _Coordinator:
             outcome = migrator.migrate(TenantJob(name=schema, schema=schema))
         finally:
             migrator.close()
+        if outcome.status is TenantStatus.SKIPPED:
+            return outcome  # nothing done: not recorded, as for tenants (see _run_tenants)
         with self.database.engine.connect() as conn:
             ledger = Ledger(conn, schema)
             ledger.ensure()
@@ -191,15 +198,24 @@ class _Coordinator:
             self.result.notices.append(f"made reference tables: {', '.join(made)}")
 
     # -- the tenants --------------------------------------------------------------------------
-    def _migrate_tenants(self, scripts: ChainScripts, backup_dir: Path | None) -> None:
-        locks = RunLocks(self.database.engine)
+    def _migrate_tenants(
+        self, conn: Connection, scripts: ChainScripts, backup_dir: Path | None
+    ) -> None:
         try:
-            with self.database.engine.connect() as conn:
-                if self.plan.selection.every_tenant:
-                    acquire_run_lock(locks, conn, self.shared_schema, self.plan.wait_s)
-                self._run_tenants(conn, locks, scripts, backup_dir)
+            if self.plan.selection.every_tenant:
+                acquire_run_lock(self._run_locks(), conn, self.shared_schema, self.plan.wait_s)
+            self._run_tenants(conn, scripts, backup_dir)
         finally:
-            locks.release()
+            if self._locks is not None:
+                self._locks.release()
+
+    def _run_locks(self) -> RunLocks:
+        """The run's lock connection, opened when first needed: an every-tenant run takes the
+        run lock on it before anything else; a run of named tenants needs it only once it is
+        recorded (its live-run marker), so one with nothing to do never opens it."""
+        if self._locks is None:
+            self._locks = RunLocks(self.database.engine)
+        return self._locks
 
     def _can_compile(self, conn: Connection) -> bool:
         """Steps are compiled in scratch schemas: the configured ones, or short-lived ones this
@@ -278,6 +294,8 @@ class _Coordinator:
         confirm = self.plan.confirm_drops
         if confirm is None or self.plan.direction != "downgrade" or not jobs:
             return
+        from tenantmig.run.drops import find_drops
+
         drops = find_drops(self.plan.settings, scripts, jobs)
         if drops and not confirm(drops):
             raise ConfigError(
@@ -285,7 +303,7 @@ class _Coordinator:
             )
 
     def _run_tenants(
-        self, conn: Connection, locks: RunLocks, scripts: ChainScripts, backup_dir: Path | None
+        self, conn: Connection, scripts: ChainScripts, backup_dir: Path | None
     ) -> None:
         plan, result = self.plan, self.result
         with conn.begin():
@@ -293,7 +311,7 @@ class _Coordinator:
         ledger = Ledger(conn, self.shared_schema)
         ledger.ensure()
         selected, tenants, recorded = self._select(conn, ledger)
-        places = _Places(self.databases, tenants)
+        places = _Places(self.databases, tenants, conn)
         places.check_privileges(plan.settings)
         versions = places.read_versions()
         # Raises (usage, nothing changed yet) when a relative target leads past either end.
@@ -303,7 +321,20 @@ class _Coordinator:
         jobs = sorted_out.jobs
         settled = [*places.unreachable_outcomes(), *sorted_out.settled]
         self._confirm_drops(scripts, jobs)
+        if not jobs and all(o.status is TenantStatus.SKIPPED for o in settled):
+            # Nothing to do and nothing wrong: every tenant is at its target. Such a run is
+            # not recorded: a deploy step that runs `upgrade --all-tenants` on every release
+            # would otherwise add a row per tenant per deploy that says nothing, and bury the
+            # runs that did change something (the ones `--only-failed` and `runs` are for).
+            result.outcomes.extend(settled)
+            if settled or not result.notices:  # --only-failed has said why it took no tenant
+                result.notices.append(
+                    f"nothing to do: {_already_at(settled, plan.target)}; no run was recorded"
+                )
+            self._add_notices(conn, selected, False)
+            return
 
+        locks = self._run_locks()  # before the run is recorded: it is alive from its first row
         run_id = ledger.start_run(
             plan.direction,
             plan.selection.scope,
@@ -352,6 +383,7 @@ class _Coordinator:
         interrupted = False
         try:
             if jobs:
+                from tenantmig.logs import configure_run_log
                 from tenantmig.run.executor import WorkerSpec, run_jobs
 
                 spec = WorkerSpec(
@@ -453,6 +485,7 @@ class _Coordinator:
         once per server version (compiled on the first database of that version)."""
         if not jobs:
             return ()
+        from tenantmig.backup.dump import plan_backups
         from tenantmig.run.executor import WorkerTarget
 
         by_database: dict[str, list[TenantJob]] = {}
@@ -585,6 +618,7 @@ class _Coordinator:
         that runs it, without compiling again; each step that runs through Alembic is reported
         once, with why.
         """
+        from tenantmig.logs import configure_run_log
         from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain, step_revisions
 
         waiting: dict[StepKey, int] = {}
@@ -624,6 +658,14 @@ class _Coordinator:
             self.result.notices.append(message)
             log.info("%s", message)
         return tuple(compiled)
+
+
+def _already_at(settled: Sequence[TenantOutcome], target: str) -> str:
+    if not settled:
+        return "no tenants"
+    if len(settled) == 1:
+        return f"tenant {settled[0].name} is already at {target}"
+    return f"all {len(settled)} selected tenants are already at {target}"
 
 
 class _NotedGate:
@@ -710,8 +752,13 @@ def _free_connections(conn: Connection) -> int:
 class _Places:
     """A run's tenants by the database they live in, with those databases opened."""
 
-    def __init__(self, databases: DatabaseSet, tenants: Sequence[Tenant]) -> None:
+    def __init__(
+        self, databases: DatabaseSet, tenants: Sequence[Tenant], control_conn: Connection
+    ) -> None:
         self.databases = databases
+        # The coordinator's own connection (idle between its transactions) serves the control
+        # database's reads: one connection fewer to set up for every run.
+        self.control_conn = control_conn
         self.groups = by_database(tenants)
         self.down = {
             name: why for name in self.groups if (why := databases.unreachable(name)) is not None
@@ -744,8 +791,16 @@ class _Places:
         for name, group in self.groups.items():
             if name in self.down:
                 continue
-            with self.databases.get(name).engine.connect() as conn, conn.begin():
+            with self._connect(name) as conn, conn.begin():
                 check_privileges(conn, settings, Needs(schemas=[t.schema for t in group]))
+
+    @contextmanager
+    def _connect(self, name: str) -> Iterator[Connection]:
+        if name == CONTROL:
+            yield self.control_conn
+            return
+        with self.databases.get(name).engine.connect() as conn:
+            yield conn
 
     def read_versions(self) -> dict[str, SchemaVersion]:
         """Every reachable tenant's revision, read in bulk in its own database, the databases
@@ -753,7 +808,7 @@ class _Places:
         reachable = [(n, g) for n, g in self.groups.items() if n not in self.down]
 
         def read(name: str, group: list[Tenant]) -> dict[str, SchemaVersion]:
-            with self.databases.get(name).engine.connect() as conn:
+            with self._connect(name) as conn:
                 return read_versions(conn, [t.schema for t in group])
 
         versions: dict[str, SchemaVersion] = {}

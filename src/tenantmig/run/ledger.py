@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -33,11 +33,13 @@ from tenantmig.run.results import (
     TenantStatus,
 )
 from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
-from tenantmig.schema.status import LastOutcome
 from tenantmig.server.directory import CONTROL
 from tenantmig.server.identifiers import qualified, quote_ident
 from tenantmig.server.reads import own_reads
 from tenantmig.server.session import LOCK_NAMESPACE, lock_key
+
+if TYPE_CHECKING:
+    from tenantmig.schema.status import LastOutcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -389,6 +391,8 @@ class Ledger:
         history. (One DISTINCT ON over every row of 10,000 tenants with 50 runs each took
         0.2 s, and more with every run; a chunk of 500 takes a few milliseconds.)
         """
+        from tenantmig.schema.status import LastOutcome  # status's only use here
+
         if not self._has_tables():
             return {}
         if tenants is None:

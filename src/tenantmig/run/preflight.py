@@ -81,32 +81,73 @@ class Needs:
     change_schemas: bool = True  # False: drift only reads them
 
 
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """The role, its database, the shared schema and the tables the checks ask about."""
+
+    who: str
+    database: str
+    database_create: bool
+    shared_usage: bool | None  # None: the shared schema does not exist
+    shared_create: bool | None
+    tables: dict[str, frozenset[str]]  # existing table -> the privileges the role has on it
+
+    def can(self, table: str, privilege: str) -> bool:
+        return privilege in self.tables.get(table, frozenset())
+
+    @classmethod
+    def read(cls, conn: Connection, shared: str, tables: Sequence[str]) -> _Facts:
+        privileges = ", ".join(
+            f"has_table_privilege(c.oid, '{p}') AS {p.lower()}" for p in _TABLE_PRIVILEGES
+        )
+        row = conn.execute(
+            sa.text(
+                "SELECT current_user AS who, current_database() AS database,"
+                " has_database_privilege(current_database(), 'CREATE') AS database_create,"
+                " has_schema_privilege(n.oid, 'USAGE') AS shared_usage,"
+                " has_schema_privilege(n.oid, 'CREATE') AS shared_create"
+                " FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = :shared"
+            ),
+            {"shared": shared},
+        ).one()
+        found = conn.execute(
+            sa.text(
+                f"SELECT t.name, {privileges} FROM unnest(CAST(:tables AS text[])) AS t(name)"
+                " JOIN LATERAL (SELECT to_regclass(t.name) AS oid) AS c ON c.oid IS NOT NULL"
+            ),
+            {"tables": list(tables)},
+        )
+        held = {
+            r.name: frozenset(p for p in _TABLE_PRIVILEGES if getattr(r, p.lower())) for r in found
+        }
+        return cls(
+            who=row.who,
+            database=row.database,
+            database_create=bool(row.database_create),
+            shared_usage=row.shared_usage,
+            shared_create=row.shared_create,
+            tables=held,
+        )
+
+
 def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> list[Missing]:
     """Every privilege ``needs`` asks for that the current role lacks (read-only queries)."""
     shared = settings.shared_schema
-    who = conn.execute(sa.text("SELECT current_user")).scalar_one()
+    runs, run_tenants = qualified(shared, RUNS), qualified(shared, RUN_TENANTS)
+    registry = qualified(shared, TENANTS_TABLE)
+    version_table = qualified(shared, VERSION_TABLE)
+    # Every fact the checks below need, in one round trip: a command that has nothing to do
+    # should not spend its time asking the server one privilege at a time.
+    facts = _Facts.read(conn, shared, [runs, run_tenants, registry, version_table])
+    who, database = facts.who, facts.database
     role = quote_ident(who)
     found: list[Missing] = []
 
-    def can(function: str, target: str, privilege: str) -> bool:
-        return bool(
-            conn.execute(
-                sa.text(f"SELECT {function}(:target, :privilege)"),
-                {"target": target, "privilege": privilege},
-            ).scalar()
-        )
-
-    def exists(relation: str) -> bool:
-        return bool(
-            conn.execute(sa.text("SELECT to_regclass(:r) IS NOT NULL"), {"r": relation}).scalar()
-        )
-
-    shared_exists = bool(
-        conn.execute(
-            sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": shared}
-        ).scalar()
-    )
-    if shared_exists and not can("has_schema_privilege", shared, "USAGE"):
+    shared_exists = facts.shared_usage is not None
+    if shared_exists and not facts.shared_usage:
         found.append(
             Missing(
                 f"USAGE on schema {shared}",
@@ -114,9 +155,9 @@ def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> li
             )
         )
     if needs.ledger:
-        tables = [qualified(shared, RUNS), qualified(shared, RUN_TENANTS)]
-        if not all(exists(t) for t in tables):
-            if not (shared_exists and can("has_schema_privilege", shared, "CREATE")):
+        tables = [runs, run_tenants]
+        if not all(t in facts.tables for t in tables):
+            if not (shared_exists and facts.shared_create):
                 found.append(
                     Missing(
                         f"the run ledger's tables in schema {shared} (they do not exist and "
@@ -127,7 +168,7 @@ def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> li
         else:
             for table in tables:
                 lacking = [p for p in ("SELECT", "INSERT", "UPDATE")
-                           if not can("has_table_privilege", table, p)]  # fmt: skip
+                           if not facts.can(table, p)]  # fmt: skip
                 if lacking:
                     found.append(
                         Missing(
@@ -135,11 +176,10 @@ def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> li
                             f"GRANT SELECT, INSERT, UPDATE ON {table} TO {role};",
                         )
                     )
-    registry = qualified(shared, TENANTS_TABLE)
     if settings.tenant_source.is_registry and (needs.read_registry or needs.write_registry):
         wanted = ["SELECT"] + (["INSERT", "DELETE"] if needs.write_registry else [])
-        if exists(registry):
-            lacking = [p for p in wanted if not can("has_table_privilege", registry, p)]
+        if registry in facts.tables:
+            lacking = [p for p in wanted if not facts.can(registry, p)]
             if lacking:
                 found.append(
                     Missing(
@@ -147,11 +187,10 @@ def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> li
                         f"GRANT {', '.join(wanted)} ON {registry} TO {role};",
                     )
                 )
-    version_table = qualified(shared, VERSION_TABLE)
     if (
         needs.read_registry
-        and exists(version_table)
-        and not can("has_table_privilege", version_table, "SELECT")
+        and version_table in facts.tables
+        and not facts.can(version_table, "SELECT")
     ):
         found.append(
             Missing(
@@ -159,8 +198,7 @@ def missing_privileges(conn: Connection, settings: Settings, needs: Needs) -> li
                 f"GRANT SELECT ON {version_table} TO {role};",
             )
         )
-    database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
-    may_create = can("has_database_privilege", database, "CREATE")
+    may_create = facts.database_create
     if needs.create_schemas and not may_create:
         found.append(
             Missing(
