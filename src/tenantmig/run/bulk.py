@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from psycopg2 import errorcodes
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -62,7 +61,7 @@ from tenantmig.schema.registry import (
 from tenantmig.server.config import TenantSource
 from tenantmig.server.database import Database, DatabaseSet
 from tenantmig.server.directory import CONTROL
-from tenantmig.server.errorcodes import first_line, sqlstate
+from tenantmig.server.errorcodes import first_line, lock_table_setting
 from tenantmig.server.session import Timeouts
 
 # Tenants per transaction at most, however few objects they hold.
@@ -402,12 +401,10 @@ def _failing_in(where: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        hint = ""
-        if sqlstate(exc) == errorcodes.OUT_OF_MEMORY:  # 53200: the lock table is full
-            hint = (
-                " (the server's lock table is full: raise max_locks_per_transaction, or run "
-                "the drop when fewer transactions hold locks)"
-            )
+        # first_line names the setting to raise when the lock table was full (53200).
+        hint = ", or run the drop when fewer transactions hold locks"
+        if lock_table_setting(exc) is None:
+            hint = ""
         raise _BatchFailed(f"{where}: {first_line(exc)}{hint}") from exc
 
 

@@ -7,11 +7,18 @@ defaults and rewrite rules. The lock table is shared by every session of the ser
 ``max_locks_per_transaction x (max_connections + max_prepared_transactions)`` entries (6,400 by
 default); a transaction that needs more than are free fails with "out of shared memory"
 (SQLSTATE 53200). A bulk operation sizes its batches from both, read once per database.
+
+A migration locks each relation it touches, until its transaction ends: tenants migrating in
+parallel share the same table. A run that fills it retries the tenant with fewer at once
+(``run.executor``); a tenant that does not fit even alone gets the words below: which setting
+to raise, to what, and why.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -20,11 +27,78 @@ from sqlalchemy.engine import Connection
 # tenantmig's own other work, keep the rest.
 LOCK_TABLE_SHARE = 2
 
-_LOCK_TABLE = sa.text(
-    "SELECT current_setting('max_locks_per_transaction')::int"
-    " * (current_setting('max_connections')::int"
-    " + current_setting('max_prepared_transactions')::int)"
+_SETTINGS = sa.text(
+    "SELECT current_setting('max_locks_per_transaction')::int AS per_transaction,"
+    " current_setting('max_connections')::int AS connections,"
+    " current_setting('max_prepared_transactions')::int AS prepared"
 )
+_RELATIONS = sa.text(
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = :schema"
+)
+
+
+@dataclass(frozen=True)
+class LockTable:
+    """The settings that size a server's lock table (changed only by a restart)."""
+
+    per_transaction: int  # max_locks_per_transaction
+    connections: int  # max_connections
+    prepared: int  # max_prepared_transactions
+
+    @property
+    def slots(self) -> int:
+        """About how many locks the table holds (the server adds its background processes
+        and some spare memory, so somewhat more in fact)."""
+        return self.per_transaction * (self.connections + self.prepared)
+
+    def describe(self) -> str:
+        return (
+            f"about {self.slots:,} locks ({self.per_transaction} max_locks_per_transaction x "
+            f"({self.connections} max_connections + {self.prepared} "
+            "max_prepared_transactions)), shared by every session"
+        )
+
+    def per_transaction_for(self, locks: int) -> int:
+        """The max_locks_per_transaction at which ``locks`` take no more than a batch's share
+        of the table."""
+        return max(1, math.ceil(locks * LOCK_TABLE_SHARE / (self.connections + self.prepared)))
+
+
+def read_lock_table(conn: Connection) -> LockTable:
+    row = conn.execute(_SETTINGS).one()
+    return LockTable(int(row.per_transaction), int(row.connections), int(row.prepared))
+
+
+def relations(conn: Connection, schema: str) -> int:
+    """The relations of ``schema`` (tables, indexes, sequences, views...): a migration that
+    touches them all takes a lock on each."""
+    return int(conn.execute(_RELATIONS, {"schema": schema}).scalar_one())
+
+
+def too_big_alone(table: LockTable | None, schema: str, count: int | None) -> str:
+    """What to do about a tenant whose migration filled the lock table while it was the only
+    one of its run migrating: the setting to raise (to what), or why it should have fit.
+    ``table`` and ``count`` are None when they could not be read."""
+    if table is None or count is None:
+        return (
+            "raise max_locks_per_transaction and restart PostgreSQL, or migrate the tenant "
+            "when fewer transactions hold locks"
+        )
+    setting = f"max_locks_per_transaction (currently {table.per_transaction})"
+    sizes = (
+        f"the lock table holds {table.describe()}; schema {schema} has {count:,} relations, "
+        f"and a migration that touches them all needs a lock on each ({count:,} locks)"
+    )
+    wanted = table.per_transaction_for(count)
+    if wanted > table.per_transaction:
+        return f"raise {setting} to at least {wanted} and restart PostgreSQL: {sizes}"
+    return (
+        f"{sizes}, which fit: other sessions held the rest (another run, the application). "
+        f"Migrate it when fewer transactions hold locks, or raise {setting} and restart "
+        "PostgreSQL"
+    )
+
 
 # One scan of each catalog for all the schemas asked about (grouped), never one per schema:
 # the catalogs of a large fleet hold millions of rows. Objects owned by a table (its TOAST
@@ -68,8 +142,7 @@ LEFT JOIN cons ON cons.ns = ns.oid
 
 def lock_budget(conn: Connection) -> int:
     """The locks one batch may take on this server (a share of its lock table)."""
-    total = int(conn.execute(_LOCK_TABLE).scalar_one())
-    return max(1, total // LOCK_TABLE_SHARE)
+    return max(1, read_lock_table(conn).slots // LOCK_TABLE_SHARE)
 
 
 def drop_costs(conn: Connection, schemas: Sequence[str]) -> dict[str, int]:
