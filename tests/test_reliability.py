@@ -160,6 +160,32 @@ def test_empty_tenant_list_is_a_clean_no_op(settings: Settings, database_url: st
     assert "nothing to do: no tenants; no run was recorded" in done.stdout
 
 
+def test_a_run_with_nothing_to_do_is_not_recorded(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    make_tenants(settings, ["acme", "globex"], TENANT_HEAD)
+
+    def runs() -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM tenantmig_runs").scalar_one())
+
+    before = runs()
+    for argv in (["upgrade", "--all-tenants"], ["upgrade", "--tenant", "acme"], ["upgrade"]):
+        done = run_cli(*argv, "--json", url=database_url)
+        assert done.returncode == 0, done.stderr
+        document = json.loads(done.stdout)
+        assert document["run_id"] is None, document
+        assert {t["status"] for t in document["tenants"]} == {"skipped"}
+        assert any("no run was recorded" in n for n in document["notices"]), document
+    assert runs() == before
+    # A tenant whose schema is missing is not "nothing to do": that run is recorded.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA globex CASCADE")
+    done = run_cli("upgrade", "--all-tenants", "--json", url=database_url)
+    assert done.returncode == 3 and json.loads(done.stdout)["run_id"] is not None
+    assert runs() == before + 1
+
+
 def test_passwords_never_reach_logs_ledger_or_output(
     settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
 ) -> None:

@@ -65,3 +65,35 @@ def test_tenants_help_names_every_action() -> None:
     text = " ".join(out.getvalue().split())
     for action in ("create", "register", "list", "move", "drop"):
         assert f"`{action}`" in text, action
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["upgrade", "--tenant", "acme", "-q"],
+        ["--config", "x.ini", "upgrade", "--all-tenants", "-j", "4", "+1"],
+        ["--shared-schema", "status", "upgrade", "--tenant", "acme"],  # a value like a command
+        ["--shared-schema", "upgrade", "upgrade"],
+        ["db", "psql", "-c", "select 1"],
+        ["tenants", "create", "a", "b", "--no-migrate"],
+        ["runs", "show", "7", "--json"],
+        ["downgrade", "--tenant", "acme", "-1", "--yes"],
+        ["drift", "--json", "--debug"],
+    ],
+)
+def test_a_command_line_parses_as_the_full_parser_parses_it(argv: list[str]) -> None:
+    """Start-up parses with a parser of the one command named; it must agree with the full
+    parser on every command line, and fall back to it where it cannot decide."""
+    from tenantmig.cli.parser import parse_arguments
+
+    assert vars(parse_arguments(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_errors_and_help_come_from_the_full_parser() -> None:
+    """A usage error names every command it knows, whichever command line it came from."""
+    text = _usage_error("--shared-schema", "upgrade", "frobnicate")
+    assert "invalid choice: 'frobnicate'" in text and "'drift'" in text, text
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["upgrade", "--help"])
+    assert out.getvalue().startswith("usage: tenantmig upgrade ")
