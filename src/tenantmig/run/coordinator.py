@@ -62,6 +62,7 @@ from tenantmig.server.identifiers import quote_ident
 if TYPE_CHECKING:
     from tenantmig.run.executor import Execution, WorkerTarget
     from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey
+    from tenantmig.run.segments import SegmentedStep
 
 # Start-up: the worker pool, the per-tenant migrator and replay (with what they import) are
 # imported where a run first needs them, so that a run with nothing to do does not load them.
@@ -496,8 +497,15 @@ class _Coordinator:
             database = self.databases.get(name)
             key = (database.server_version_num, database.flavour.name)
             by_version.setdefault(key, []).extend(its_jobs)
-        compiled: dict[tuple[int, str], tuple[CompiledStep, ...]] = {}
+        compiled: dict[tuple[int, str], tuple[CompiledStep | SegmentedStep, ...]] = {}
         replay = self.plan.replay and len(jobs) > 1
+        if self.plan.replay and len(jobs) == 1:
+            # Compiling a step runs it twice in scratch schemas (to prove the SQL does not
+            # depend on the schema's name): for one tenant that costs more than it saves.
+            self.result.notices.append(
+                f"tenant {jobs[0].name} ran through Alembic, not replayed: a step is compiled "
+                "for replay when two or more tenants take it (compiling runs it twice)"
+            )
         for key, its_jobs in by_version.items():
             first = next(n for n in by_database if self._version_key(n) == key)
             database = self.databases.get(first)
@@ -611,15 +619,17 @@ class _Coordinator:
         flavour: ServerFlavour,
         scripts: ChainScripts,
         jobs: Sequence[TenantJob],
-    ) -> tuple[CompiledStep, ...]:
+    ) -> tuple[CompiledStep | SegmentedStep, ...]:
         """Compile each distinct step the jobs need, once, on the coordinator's connection:
         tenants at the same revision with the same resolved target share one (also for a
-        relative target such as -1). A revision found not replayable rules out every later step
-        that runs it, without compiling again; each step that runs through Alembic is reported
-        once, with why.
+        relative target such as -1). A step that runs a revision that cannot be replayed is
+        split around it (``run.segments``); a revision found not replayable is split around in
+        every later step that runs it, without compiling it again. Each step that runs wholly
+        or partly through Alembic is reported once, with why.
         """
         from tenantmig.logs import configure_run_log
-        from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain, step_revisions
+        from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
+        from tenantmig.run.segments import SegmentedStep, plan_step
 
         waiting: dict[StepKey, int] = {}
         for job in jobs:
@@ -630,30 +640,29 @@ class _Coordinator:
             ):
                 key = StepKey(job.seen_revision, job.target.revision, job.seen_version_table)
                 waiting[key] = waiting.get(key, 0) + 1
-        compiled: list[CompiledStep] = []
+        compiled: list[CompiledStep | SegmentedStep] = []
         ruled_out: dict[str, NotReplayable] = {}  # revision -> the verdict that named it
         log = configure_run_log(self.plan.log_file, self.result.run_id)
-        for key in sorted(waiting, key=lambda k: (k.from_revision or "", k.has_version_table)):
-            runs = step_revisions(scripts, key, self.plan.direction)
-            known = next((ruled_out[r] for r in runs if r in ruled_out), None)
-            found: CompiledStep | NotReplayable = (
-                known.again(key)
-                if known is not None
-                else compile_or_explain(
-                    conn,
-                    scripts,
-                    key,
-                    self.plan.direction,
-                    self.plan.policy.timeouts,
-                    flavour,
-                    self.plan.settings.scratch_schemas,
-                )
+
+        def compile_step(key: StepKey, fingerprint_start: bool) -> CompiledStep | NotReplayable:
+            return compile_or_explain(
+                conn,
+                scripts,
+                key,
+                self.plan.direction,
+                self.plan.policy.timeouts,
+                flavour,
+                self.plan.settings.scratch_schemas,
+                fingerprint_start=fingerprint_start,
             )
+
+        for key in sorted(waiting, key=lambda k: (k.from_revision or "", k.has_version_table)):
+            found = plan_step(scripts, key, self.plan.direction, compile_step, ruled_out)
             if isinstance(found, CompiledStep):
                 compiled.append(found)
                 continue
-            if found.revision is not None and known is None:
-                ruled_out[found.revision] = found
+            if isinstance(found, SegmentedStep):
+                compiled.append(found)  # partly replayed: the notice says how
             message = found.describe(waiting[key])
             self.result.notices.append(message)
             log.info("%s", message)

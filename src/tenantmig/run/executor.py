@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantmig.backup.children import die_with_parent
 from tenantmig.backup.dump import BackupPlan
@@ -42,6 +42,9 @@ from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
 from tenantmig.server.config import Settings
 from tenantmig.server.flavour import ServerFlavour
 
+if TYPE_CHECKING:
+    from tenantmig.run.segments import SegmentedStep
+
 _POLL_S = 0.2
 
 
@@ -52,7 +55,8 @@ class WorkerTarget:
     database: str  # the directory's name (CONTROL for the control database)
     url: str = field(repr=False)
     flavour: ServerFlavour
-    compiled: tuple[CompiledStep, ...] = ()  # compiled on a server of the same version
+    # Compiled on a server of the same version: whole steps, and steps split into segments.
+    compiled: tuple[CompiledStep | SegmentedStep, ...] = ()
     backup: BackupPlan | None = None
     cap: int = 1 << 30  # at most this many of its tenants in flight at once
 

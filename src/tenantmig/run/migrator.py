@@ -28,6 +28,7 @@ from tenantmig.errors import BackupFailed, SchemaMissing, UnknownRevision
 from tenantmig.run.plan import TenantPolicy
 from tenantmig.run.replay import CompiledStep, StepKey, replay
 from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
+from tenantmig.run.segments import SegmentedStep, run_segments
 from tenantmig.schema.catalog import invalid_indexes
 from tenantmig.server.database import create_engine
 from tenantmig.server.errorcodes import (
@@ -96,7 +97,7 @@ class SchemaMigrator:
         *,
         logger: logging.Logger | None = None,
         role: str | None = None,
-        compiled: Mapping[StepKey, CompiledStep] | None = None,
+        compiled: Mapping[StepKey, CompiledStep | SegmentedStep] | None = None,
         backup: BackupPlan | None = None,
         run_id: int | None = None,
     ) -> None:
@@ -105,7 +106,7 @@ class SchemaMigrator:
         self.flavour = flavour
         self.engine = create_engine(url, role=role)
         self.log = logger or logging.getLogger("tenantmig.run")
-        self.compiled: dict[StepKey, CompiledStep] = dict(compiled or {})
+        self.compiled: dict[StepKey, CompiledStep | SegmentedStep] = dict(compiled or {})
         self.backup = backup
         self.run_id = run_id
         self._conn: Connection | None = None
@@ -278,29 +279,53 @@ class SchemaMigrator:
             if (before, destination) in self._autocommit_steps:
                 raise _NeedsAutocommit((before, destination))
             self._backup_before(job, progress, before)
+            need: Step = (before, destination)
             step = self.compiled.get(StepKey(before, destination, has_table))
+            if isinstance(step, SegmentedStep) and step.outside_transaction:
+                raise _NeedsAutocommit(need)  # known before anything ran: nothing to undo
             progress.replayed = step is not None
-            if step is not None:
+            if isinstance(step, SegmentedStep):
+                try:
+                    progress.replayed = run_segments(
+                        conn,
+                        self.flavour,
+                        step,
+                        job.schema,
+                        lambda to: self._through_alembic(conn, job.schema, to, need),
+                    )
+                except ValueError as exc:  # never commit a replay that landed elsewhere
+                    raise _Refused(str(exc)) from exc
+                after = self._current(conn, job.schema)
+                if after != destination:
+                    raise _Refused(f"split step ended at {after!r}, expected {destination!r}")
+            elif step is not None:
                 after = replay(conn, self.flavour, step, job.schema)
                 if after != destination:
                     # Never commit a replay that did not land where Alembic would have.
                     raise _Refused(f"replayed step ended at {after!r}, expected {destination!r}")
             else:
-                try:
-                    run_alembic(
-                        conn,
-                        self.scripts,
-                        job.schema,
-                        self.policy.direction,
-                        destination,
-                        echo_output=self.policy.echo_output,
-                    )
-                except Exception as exc:
-                    if raised_by_autocommit_block(exc):
-                        raise _NeedsAutocommit((before, destination)) from exc
-                    raise
+                self._through_alembic(conn, job.schema, destination, need)
                 after = self._current(conn, job.schema)
         return before, after
+
+    def _through_alembic(
+        self, conn: Connection, schema: str, destination: str | None, step: Step
+    ) -> None:
+        """Run Alembic in the tenant's transaction up or down to ``destination``; an
+        autocommit block in the way means the whole ``step`` must run outside one."""
+        try:
+            run_alembic(
+                conn,
+                self.scripts,
+                schema,
+                self.policy.direction,
+                destination,
+                echo_output=self.policy.echo_output,
+            )
+        except Exception as exc:
+            if raised_by_autocommit_block(exc):
+                raise _NeedsAutocommit(step) from exc
+            raise
 
     def _attempt_outside_transaction(self, job: TenantJob, progress: _Progress) -> Step:
         """Migrate a tenant whose step has an autocommit block (CREATE INDEX CONCURRENTLY...).
@@ -318,22 +343,35 @@ class SchemaMigrator:
                 self.flavour.prepare_migration(
                     conn, job.schema, self.policy.timeouts, verify=False, local=False
                 )
-                before, _ = self._state(conn, job.schema)
+                before, has_table = self._state(conn, job.schema)
             progress.read(before)
             destination = self._destination(job, before)
             if isinstance(destination, _Nothing):
                 return before, before
             self._backup_before(job, progress, before)
-            try:
+
+            def through_alembic(to: str | None) -> None:
                 run_alembic(
                     conn,
                     self.scripts,
                     job.schema,
                     self.policy.direction,
-                    destination,
+                    to,
                     per_migration=True,
                     echo_output=self.policy.echo_output,
                 )
+
+            step = self.compiled.get(StepKey(before, destination, has_table))
+            try:
+                if isinstance(step, SegmentedStep):
+                    # A transaction per part, as Alembic commits a transaction per revision:
+                    # the replayed segments between the revisions it runs.
+                    progress.replayed = run_segments(
+                        conn, self.flavour, step, job.schema, through_alembic, conn.begin
+                    )
+                else:
+                    progress.replayed = False
+                    through_alembic(destination)
             except Exception as exc:
                 self._after_partial_failure(conn, job.schema, progress, exc)
                 raise

@@ -32,7 +32,9 @@ of one statement can swallow the next.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from sqlalchemy.engine import Connection
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.schema.catalog import read_fingerprints
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
@@ -56,7 +59,9 @@ from tenantmig.server.sqltext import find_mentions, replace_spans
 _SQL_MARK = "\x00schema\x00"
 # The second name needs quoting (capitals): SQLAlchemy quotes it where it renders a schema, so
 # a name written into SQL by hand (an f-string) shows as unquoted there, and is caught.
-_SCRATCH_NAMES = ("tenantmig_compile_{pid}", "Tenantmig_Replay_Check_{pid}")
+# The pid and a random token: a starting state built outside a transaction (see _Compiler)
+# commits its scratch schema, which must not meet another coordinator's on the same server.
+_SCRATCH_NAMES = ("tenantmig_compile_{pid}_{token}", "Tenantmig_Replay_Check_{pid}_{token}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class CompiledStep:
     key: StepKey
     # Each statement as the server must see it (parameters rendered), the schema marked.
     statements: tuple[str, ...]
+    # The structural fingerprint (schema.catalog) of the state the step was compiled from,
+    # when asked for: a segment that follows a revision run through Alembic is replayed only
+    # in a tenant whose structure at that point is exactly this (see run.segments).
+    start_fingerprint: str | None = None
 
     def for_schema(self, schema: str) -> list[str]:
         """The step's statements for ``schema``."""
@@ -92,6 +101,12 @@ class NotReplayable:
     reason: str  # a clause about the revision ("it reads from the database (...)")
     revision: str | None = None  # the revision that made it so, when one did
     title: str | None = None  # that revision's message (the first line of its docstring)
+    # The step may be split around ``revision`` (run through Alembic alone, the rest
+    # replayed; see run.segments).
+    splittable: bool = True
+    # ``revision`` has an autocommit block: a step split around it runs outside one
+    # transaction, a transaction per part, as Alembic runs such a chain.
+    autocommit: bool = False
 
     def describe(self, tenants: int | None = None) -> str:
         if self.revision is not None:
@@ -105,7 +120,9 @@ class NotReplayable:
     def again(self, key: StepKey) -> NotReplayable:
         """The same verdict for another step that runs the same revision (not compiled again)."""
         reason = f"{self.reason} (found in step {self.key.describe()}, not compiled again)"
-        return NotReplayable(key, reason, self.revision, self.title)
+        return NotReplayable(
+            key, reason, self.revision, self.title, self.splittable, self.autocommit
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,11 @@ class _Recorded:
     many: bool
     revision: str | None  # the revision whose code issued it; None for Alembic's bookkeeping
     read: bool = False  # the revision's statement returned rows
+
+
+class _StartingStateFailed(Exception):
+    """Building the state a step starts from failed (raised from the migration's error): the
+    step itself was never tried, and must not be reported as failing."""
 
 
 class _NotReplayable(Exception):
@@ -192,6 +214,8 @@ def compile_or_explain(
     timeouts: Timeouts,
     flavour: ServerFlavour | None = None,
     scratch: tuple[str, str] | None = None,
+    *,
+    fingerprint_start: bool = False,
 ) -> CompiledStep | NotReplayable:
     """Compile ``key`` twice in rolled-back scratch schemas; the step, or why it is not
     replayable. Never raises for what a migration does: a step that fails to compile simply
@@ -199,7 +223,8 @@ def compile_or_explain(
 
     ``scratch``: two existing, empty schemas this role owns (``scratch_schema``), for roles
     that may not create schemas; by default two short-lived schemas are created in the
-    rolled-back transactions."""
+    rolled-back transactions. ``fingerprint_start``: also the structural fingerprint of the
+    state the step starts from (``CompiledStep.start_fingerprint``)."""
     flavour = flavour or PostgreSQL()
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
@@ -209,12 +234,24 @@ def compile_or_explain(
             opted_out,
             _title(scripts, opted_out),
         )
-    compiler = _Compiler(conn, scripts, key, direction, timeouts, flavour, scratch is not None)
-    names = scratch or tuple(name.format(pid=os.getpid()) for name in _SCRATCH_NAMES)
+    compiler = _Compiler(
+        conn, scripts, key, direction, timeouts, flavour, scratch is not None, fingerprint_start
+    )
+    token = secrets.token_hex(4)
+    names = scratch or tuple(n.format(pid=os.getpid(), token=token) for n in _SCRATCH_NAMES)
     try:
         compiled = [compiler.compile(name) for name in names]
     except _NotReplayable as exc:
         return NotReplayable(key, exc.reason, exc.revision, _title(scripts, exc.revision))
+    except _StartingStateFailed as exc:
+        cause = exc.__cause__ or exc
+        revision = compiler.origins.in_traceback(cause)
+        reason = (
+            f"building its starting state ({key.from_revision or 'base'}) in a scratch "
+            f"schema failed{f' in revision {revision}' if revision else ''} "
+            f"({type(cause).__name__}: {first_line(cause)}); the step itself was not tried"
+        )
+        return NotReplayable(key, reason, None, None)
     except Exception as exc:  # the migration's own error: every tenant will report it
         revision = compiler.origins.in_traceback(exc)
         if raised_by_autocommit_block(exc):
@@ -223,13 +260,22 @@ def compile_or_explain(
                 "such as CREATE INDEX CONCURRENTLY), which Alembic runs in a transaction per "
                 "revision; a replayed step is one transaction"
             )
-        else:
-            reason = (
-                f"{'it' if revision else 'the step'} failed in a scratch schema "
-                f"({type(exc).__name__}: {first_line(exc)}); each tenant will report the error"
+            return NotReplayable(
+                key, reason, revision, _title(scripts, revision), revision is not None, True
             )
-        return NotReplayable(key, reason, revision, _title(scripts, revision))
-    first, second = compiled
+        reason = (
+            f"{'it' if revision else 'the step'} failed in a scratch schema "
+            f"({type(exc).__name__}: {first_line(exc)}); each tenant will report the error"
+        )
+        return NotReplayable(key, reason, revision, _title(scripts, revision), False)
+    (first, first_start), (second, second_start) = compiled
+    if fingerprint_start and first_start != second_start:
+        return NotReplayable(
+            key,
+            "its starting state's structure differs between two builds, so a tenant's "
+            "structure cannot be checked against it",
+            splittable=False,
+        )
     if first != second:
         changed = next(
             (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
@@ -240,7 +286,7 @@ def compile_or_explain(
             "its SQL differs between two compilations (statement "
             f"{changed + 1} depends on the schema name, the clock or chance)",
         )
-    return CompiledStep(key, tuple(first))
+    return CompiledStep(key, tuple(first), first_start)
 
 
 @dataclass
@@ -254,12 +300,15 @@ class _Compiler:
     timeouts: Timeouts
     flavour: ServerFlavour
     existing_scratch: bool = False  # the scratch schemas exist (configured): do not create
+    fingerprint_start: bool = False  # read the starting state's structural fingerprint
 
     def __post_init__(self) -> None:
         self.origins = _RevisionFiles(self.scripts)
 
-    def compile(self, scratch: str) -> list[str]:
-        """The step's statements as the server saw them, the scratch name marked."""
+    def compile(self, scratch: str) -> tuple[list[str], str | None]:
+        """The step's statements as the server saw them, the scratch name marked; with the
+        starting state's fingerprint when asked for."""
+        self._start_fingerprint: str | None = None
         recorded = self._record(scratch)
         reads = [r for r in recorded if r.read]
         if reads:
@@ -272,18 +321,83 @@ class _Compiler:
             )
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            return [
+            statements = [
                 _mark(rendered, scratch, statement.revision)
                 for statement in recorded
                 for rendered in _render(cursor, statement)
             ]
         finally:
             cursor.close()
+        return statements, self._start_fingerprint
 
     def _record(self, scratch: str) -> list[_Recorded]:
         """Run the step in ``scratch`` inside a transaction that is always rolled back, and
-        record each statement sent to the server with the revision that issued it."""
-        conn, scripts, key = self.conn, self.scripts, self.key
+        record each statement sent to the server with the revision that issued it.
+
+        The starting state is built in that same transaction, unless the revisions before the
+        step have an autocommit block (CREATE INDEX CONCURRENTLY...), which cannot run inside
+        a transaction: then it is built as Alembic runs such a chain, a transaction per
+        revision, in a scratch schema that is committed and dropped afterwards; the step is
+        still recorded in a rolled-back transaction."""
+        try:
+            return self._record_in_transaction(scratch, build=True)
+        except _StartingStateFailed as exc:
+            if exc.__cause__ is None or not raised_by_autocommit_block(exc.__cause__):
+                raise
+        if self.existing_scratch:
+            raise _NotReplayable(
+                "the revisions before it have an autocommit block, so its starting state "
+                "must be built outside a transaction, and the configured scratch schema is "
+                "only used inside rolled-back ones (without scratch_schema, a role that may "
+                "create schemas builds it in a short-lived one)"
+            )
+        self._build_committed(scratch)
+        try:
+            return self._record_in_transaction(scratch, build=False)
+        finally:
+            self._drop_committed(scratch)
+
+    def _start(self, conn: Connection, scratch: str, *, per_migration: bool) -> None:
+        """Bring ``scratch`` to the step's starting state (not recorded)."""
+        start, scripts = self.key.from_revision, self.scripts
+        if not (self.key.has_version_table or start is not None):
+            return  # a new schema: nothing before the step
+        try:
+            if start is None:  # an empty version table: up to the first revision and back
+                run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0],
+                            per_migration=per_migration)  # fmt: skip
+                run_alembic(conn, scripts, scratch, "downgrade", None, per_migration=per_migration)
+            else:
+                run_alembic(conn, scripts, scratch, "upgrade", start, per_migration=per_migration)
+        except Exception as exc:
+            raise _StartingStateFailed() from exc
+
+    def _build_committed(self, scratch: str) -> None:
+        """The starting state in a committed ``scratch`` schema, on a connection of its own:
+        its session settings and the scratch schema's session advisory lock end with it."""
+        with self.conn.engine.connect() as build:
+            with build.begin():
+                self.flavour.begin_scratch(build)
+                build.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+            try:
+                with build.begin():
+                    self.flavour.prepare_migration(
+                        build, scratch, self.timeouts, verify=False, local=False
+                    )
+                self._start(build, scratch, per_migration=True)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    build.rollback()
+                with contextlib.suppress(Exception):
+                    self._drop_committed(scratch)
+                raise
+
+    def _drop_committed(self, scratch: str) -> None:
+        with self.conn.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(scratch)} CASCADE")
+
+    def _record_in_transaction(self, scratch: str, *, build: bool) -> list[_Recorded]:
+        conn = self.conn
         recorded: list[_Recorded] = []
 
         def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
@@ -301,24 +415,20 @@ class _Compiler:
         transaction = conn.begin()
         try:
             self.flavour.begin_scratch(conn)
-            if not self.existing_scratch:
+            if build and not self.existing_scratch:
                 conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
             # Also the scratch schema's advisory lock: two runs compiling in one configured
             # scratch schema take turns instead of seeing each other's uncommitted tables.
             self.flavour.prepare_migration(conn, scratch, self.timeouts)
-            if self.existing_scratch:
-                require_empty(conn, scratch)
-            if key.has_version_table or key.from_revision is not None:
-                # Bring the scratch schema to the starting state (not recorded).
-                start = key.from_revision
-                if start is None:
-                    run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0])
-                    run_alembic(conn, scripts, scratch, "downgrade", None)
-                else:
-                    run_alembic(conn, scripts, scratch, "upgrade", start)
+            if build:
+                if self.existing_scratch:
+                    require_empty(conn, scratch)
+                self._start(conn, scratch, per_migration=False)
+            if self.fingerprint_start:
+                self._start_fingerprint = read_fingerprints(conn, [scratch]).get(scratch)
             event.listen(conn, "after_cursor_execute", after)
             try:
-                run_alembic(conn, scripts, scratch, self.direction, key.to_revision)
+                run_alembic(conn, self.scripts, scratch, self.direction, self.key.to_revision)
             finally:
                 event.remove(conn, "after_cursor_execute", after)
         finally:
