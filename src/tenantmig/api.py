@@ -19,9 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alembic import command as alembic_command
-from alembic.script import Script
-
 from tenantmig.chains.scripts import ChainScripts, Direction, RevisionInfo
 from tenantmig.errors import (
     ConfigError,
@@ -51,6 +48,8 @@ from tenantmig.server.identifiers import validate_schema_name
 from tenantmig.server.reads import own_reads
 
 if TYPE_CHECKING:
+    from alembic.script import Script
+
     from tenantmig.backup.move import MoveResult
     from tenantmig.backup.restore import RestoreResult
     from tenantmig.chains.autogen import CheckResult
@@ -428,6 +427,9 @@ def revision(
     """Create a new revision file in one chain, as ``alembic revision`` does. With
     ``autogenerate``, holding the operations that bring the chain's head to its models (see
     ``chains.autogen``); None, and nothing written, when they agree."""
+    from alembic import command as alembic_command
+    from alembic.script import Script
+
     from tenantmig.chains.autogen import autogenerate_revision
 
     created: Script | None
@@ -478,6 +480,8 @@ def merge(
     rev_id: str | None = None,
 ) -> RevisionInfo:
     """A merge revision joining ``revisions`` (``heads``: every head), as ``alembic merge``."""
+    from alembic import command as alembic_command
+
     scripts = ChainScripts(settings, chain)
     if list(revisions) == ["heads"] and len(scripts.script.get_heads()) < 2:
         raise ConfigError(f"the {chain} chain has one head: there is nothing to merge")

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from alembic.config import Config as AlembicConfig
-from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
-
+from tenantmig.chains import order_cache
 from tenantmig.errors import ConfigError, UnknownRevision
 from tenantmig.server.config import Chain, Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import Script, ScriptDirectory
+
+# Alembic is imported when a chain's scripts are first loaded: a command that needs only the
+# chain's order finds it in order_cache while the files are unchanged, and never imports it.
 
 Direction = Literal["upgrade", "downgrade"]
 
@@ -60,18 +63,42 @@ class ChainScripts:
 
     tenantmig supports linear chains (one head). Diverged heads are refused with a message
     rather than migrated in an order nobody chose.
+
+    The order (base to head) comes from ``order_cache`` when the chain's files are those it was
+    computed from; the scripts themselves are loaded by Alembic when first needed, at once when
+    the order is not known (so a chain that cannot be loaded fails here, as before).
     """
 
     def __init__(self, settings: Settings, chain: Chain) -> None:
         self.chain: Chain = chain
-        self.config: AlembicConfig = settings.alembic_config(chain)
+        self._settings = settings
+        self._cache_key = order_cache.cache_key(settings, chain)
+        self._cached_order = (
+            order_cache.read_order(settings, chain, self._cache_key)
+            if self._cache_key is not None
+            else None
+        )
+        if self._cached_order is None:
+            _ = self.script
+
+    @cached_property
+    def config(self) -> AlembicConfig:
+        return self._settings.alembic_config(self.chain)
+
+    @cached_property
+    def script(self) -> ScriptDirectory:
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
         try:
-            self.script = ScriptDirectory.from_config(self.config)
+            return ScriptDirectory.from_config(self.config)
         except CommandError as exc:
-            raise ConfigError(f"cannot load the {chain} migrations: {exc}") from exc
+            raise ConfigError(f"cannot load the {self.chain} migrations: {exc}") from exc
 
     @cached_property
     def head(self) -> str | None:
+        if self._cached_order is not None:
+            return self._cached_order[-1] if self._cached_order else None
         heads = self.script.get_heads()
         if len(heads) > 1:
             raise ConfigError(
@@ -83,8 +110,13 @@ class ChainScripts:
     @cached_property
     def order(self) -> list[str]:
         """Revision ids from base to head."""
+        if self._cached_order is not None:
+            return list(self._cached_order)
         _ = self.head  # refuse diverged heads before walking
-        return [s.revision for s in reversed(list(self.script.walk_revisions()))]
+        order = [s.revision for s in reversed(list(self.script.walk_revisions()))]
+        if self._cache_key is not None:
+            order_cache.write_order(self._settings, self.chain, self._cache_key, order)
+        return order
 
     def position(self, revision: str | None) -> int:
         """Index in base-to-head order; -1 for no revision (base)."""
@@ -109,6 +141,8 @@ class ChainScripts:
             return None
         if target == "head" or target == "heads":
             return self.head
+        if self._cached_order is not None and target in self._cached_order:
+            return target  # a full revision id: what Alembic's lookup returns
         if is_relative(target):
             steps = int(target)
             index = self.position(current) + steps
@@ -119,6 +153,9 @@ class ChainScripts:
                     f"{len(self.order)} revisions"
                 )
             return None if index == -1 else self.order[index]
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
         try:
             found = self.script.get_revision(target)
         except (CommandError, RevisionError) as exc:
@@ -159,6 +196,9 @@ class ChainScripts:
         ]
 
     def _get(self, revision: str) -> Script:
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
         try:
             found = self.script.get_revision(revision)
         except (CommandError, RevisionError) as exc:

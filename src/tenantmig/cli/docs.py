@@ -156,7 +156,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         ENV_HOME,
         "",
         "`./.tenantmig` beside alembic.ini",
-        "the embedded server's data and the default log location",
+        "the embedded server's data, the default log location and the chains' order cache",
     ),
     ConfigKey(
         "",

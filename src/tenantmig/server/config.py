@@ -21,9 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
-
-from alembic.config import Config as AlembicConfig
+from typing import TYPE_CHECKING, Literal
 
 from tenantmig.errors import ConfigError
 from tenantmig.server.directory import (
@@ -36,6 +34,9 @@ from tenantmig.server.directory import (
 from tenantmig.server.identifiers import validate_schema_name
 from tenantmig.server.session import Timeouts
 from tenantmig.server.urls import check_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 Chain = Literal["shared", "tenant"]
 CHAINS: tuple[Chain, ...] = ("shared", "tenant")
@@ -202,13 +203,22 @@ class Settings:
 
     def alembic_config(self, chain: Chain) -> AlembicConfig:
         """A fresh Alembic Config for one chain (section [shared] or [tenant])."""
+        from alembic.config import Config as AlembicConfig  # not needed to read settings
+
+        if self.script_location(chain) is None:
+            raise ConfigError(f"{self.config_file} has no [{chain}] section with a script_location")
         # quiet: Alembic's own "Generating ... done" lines would repeat what tenantmig reports.
-        cfg = AlembicConfig(
+        return AlembicConfig(
             str(self.config_file), ini_section=chain, cmd_opts=argparse.Namespace(quiet=True)
         )
-        if not _option(_parsed(cfg, self.config_file), self.config_file, chain, "script_location"):
-            raise ConfigError(f"{self.config_file} has no [{chain}] section with a script_location")
-        return cfg
+
+    def script_location(self, chain: Chain) -> str | None:
+        """The chain's script_location as Alembic reads it (None when missing)."""
+        return _option(_parsed(self.config_file), self.config_file, chain, "script_location")
+
+    def chain_option(self, chain: Chain, name: str) -> str | None:
+        """Another option of the chain's section, as Alembic reads it."""
+        return _option(_parsed(self.config_file), self.config_file, chain, name)
 
     def with_options(self, **changes: object) -> Settings:
         """A copy with some fields changed (validated again)."""
@@ -289,10 +299,14 @@ def _ini_problem(exc: configparser.Error) -> str:
     return f"cannot be read ({type(exc).__name__})"
 
 
-def _parsed(cfg: AlembicConfig, path: Path) -> configparser.ConfigParser:
-    """The file as Alembic parses it, or a ConfigError that quotes no line of it."""
+def _parsed(path: Path) -> configparser.ConfigParser:
+    """The file as Alembic parses it (``alembic.config.Config.file_config``: ``%(here)s`` is
+    the file's directory, read in the locale's encoding), or a ConfigError that quotes no line
+    of it. Read without importing Alembic: reading settings must not cost its start-up."""
+    parser = configparser.ConfigParser({"here": path.absolute().parent.as_posix()})
     try:
-        return cfg.file_config
+        parser.read([path], encoding="locale")
+        return parser
     except configparser.Error as exc:
         raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
     except UnicodeDecodeError:
@@ -312,7 +326,7 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     ``%`` there is reported here rather than as a traceback from inside Alembic. [DEFAULT]'s
     own keys are left to whoever reads them (another tool's ``%(asctime)s`` may sit there);
     tenantmig's reads go through ``_option``."""
-    parser = _parsed(AlembicConfig(str(path), ini_section=CHAINS[0]), path)
+    parser = _parsed(path)
     defaults = parser.defaults()
     for chain in CHAINS:
         if parser.has_section(chain):
