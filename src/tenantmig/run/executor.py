@@ -11,6 +11,14 @@ mid-transaction. The coordinator stops handing out work and waits for the in-fli
 commit or roll back. A second signal kills the workers; their connections close and PostgreSQL
 rolls their open transactions back. If the coordinator itself dies, the kernel kills the workers
 (PR_SET_PDEATHSIG), with the same effect.
+
+Lock table: the server's lock table is shared by every session, and each tenant's transaction
+holds a lock on every relation its migration touches until it commits. Tenants of many
+relations migrating in parallel can fill it: "out of shared memory" (SQLSTATE 53200). A tenant
+that failed so while others were migrating is not a failure of its own: it goes back to the
+front of the queue, and the run lets half as many tenants migrate at once from then on (never
+fewer than one), saying so in its notices. A tenant that fails so alone is failed with the
+setting to raise.
 """
 
 from __future__ import annotations
@@ -24,28 +32,36 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from tenantmig.backup.children import die_with_parent
 from tenantmig.backup.dump import BackupPlan
 from tenantmig.chains.scripts import ChainScripts
+from tenantmig.errors import some_names
 from tenantmig.logs import configure_run_log
 from tenantmig.run.locks import Clearance
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.plan import StopPolicy, TenantPolicy
 from tenantmig.run.replay import CompiledStep
 from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
+from tenantmig.schema.lockbudget import LockTable, read_lock_table, relations, too_big_alone
 from tenantmig.server.config import Settings
+from tenantmig.server.database import create_engine
+from tenantmig.server.errorcodes import lock_table_full
 from tenantmig.server.flavour import ServerFlavour
 
 if TYPE_CHECKING:
     from tenantmig.run.segments import SegmentedStep
 
 _POLL_S = 0.2
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -120,12 +136,18 @@ class _Migrators:
             self.current = None
 
 
+def _key(job: TenantJob) -> tuple[str, str]:
+    return job.database, job.name
+
+
 class JobQueue:
-    """The jobs not started yet, handed out within each database's cap.
+    """The jobs not started yet, handed out within each database's cap and the run's limit.
 
     A worker is given a job of the database it worked in last when that database has one and
     room (so it keeps its connection), else one of the database with the fewest in flight.
     A database that became unreachable is closed: its jobs are taken out and reported.
+    ``limit`` caps the tenants in flight across databases (lowered when the lock table filled);
+    ``finished`` says how many were in flight at most while a job ran (its peak).
     """
 
     def __init__(self, jobs: Sequence[TenantJob], caps: Mapping[str, int]) -> None:
@@ -134,11 +156,16 @@ class JobQueue:
             self.pending.setdefault(job.database, deque()).append(job)
         self.caps = dict(caps)
         self.running: dict[str, int] = dict.fromkeys(self.pending, 0)
+        self.limit = 1 << 30
+        self.peaks: dict[tuple[str, str], int] = {}  # in flight: the most at once meanwhile
 
     def __bool__(self) -> bool:
         return any(self.pending.values())
 
     def take(self, prefer: str | None = None) -> TenantJob | None:
+        if sum(self.running.values()) >= self.limit:
+            return None
+
         def open_(database: str) -> bool:
             cap = self.caps.get(database, 1 << 30)
             return bool(self.pending.get(database)) and self.running[database] < cap
@@ -151,10 +178,21 @@ class JobQueue:
                 return None
             chosen = min(candidates, key=lambda d: self.running[d])
         self.running[chosen] += 1
-        return self.pending[chosen].popleft()
+        job = self.pending[chosen].popleft()
+        in_flight = sum(self.running.values())
+        self.peaks[_key(job)] = in_flight
+        for key, peak in self.peaks.items():
+            self.peaks[key] = max(peak, in_flight)
+        return job
 
-    def finished(self, job: TenantJob) -> None:
+    def finished(self, job: TenantJob) -> int:
+        """The job is no longer in flight; how many were at most while it was."""
         self.running[job.database] -= 1
+        return self.peaks.pop(_key(job), 1)
+
+    def again(self, job: TenantJob) -> None:
+        """Put a finished job back at the front of its database's queue."""
+        self.pending.setdefault(job.database, deque()).appendleft(job)
 
     def close(self, database: str) -> list[TenantJob]:
         """Take out every job of ``database`` not started yet."""
@@ -256,22 +294,62 @@ def run_jobs(
     stop: StopPolicy | None = None,
     on_outcome: OutcomeCallback | None = None,
     gate: Gate | None = None,
+    notices: list[str] | None = None,
 ) -> tuple[list[TenantOutcome], bool]:
     """Run every job; return (outcomes in completion order, interrupted?).
 
     ``gate`` STOP: no tenant starts any more, those in flight finish, the rest are recorded
-    as not run; WAIT: none starts until it says GO again.
+    as not run; WAIT: none starts until it says GO again. ``notices``: where to say what the
+    run changed on its own (fewer tenants at once after the lock table filled).
     """
     stop = stop or StopPolicy()
     execution = Execution(total=len(jobs))
     caps = {t.database: t.cap for t in spec.targets}
-    run = _Run(JobQueue(jobs, caps), execution, on_outcome, {j.database for j in jobs}, gate)
+    run = _Run(
+        JobQueue(jobs, caps),
+        execution,
+        on_outcome,
+        {j.database for j in jobs},
+        gate,
+        lock_tables=_LockTables({t.database: t.url for t in spec.targets}),
+        log=configure_run_log(spec.log_file, spec.run_id),
+        notices=notices if notices is not None else [],
+    )
     with _trap_signals() as signals:
-        if workers <= 1 or len(jobs) <= 1:
-            _run_inline(spec, run, stop, signals)
-        else:
-            _run_pool(spec, run, workers, stop, signals)
+        try:
+            if workers <= 1 or len(jobs) <= 1:
+                _run_inline(spec, run, stop, signals)
+            else:
+                _run_pool(spec, run, workers, stop, signals)
+        finally:
+            run.say_lowered()
         return run.outcomes, signals.count > 0
+
+
+class _LockTables:
+    """Each database's lock table settings, read the first time a tenant there filled it."""
+
+    def __init__(self, urls: Mapping[str, str]) -> None:
+        self.urls = urls
+        self.read: dict[str, LockTable | None] = {}
+
+    def _reading(self, database: str, what: Callable[[Connection], _T]) -> _T | None:
+        engine = create_engine(self.urls[database], role="coordinator")
+        try:
+            with engine.connect() as conn:
+                return what(conn)
+        except DBAPIError:
+            return None  # the message goes without the numbers
+        finally:
+            engine.dispose()
+
+    def table(self, database: str) -> LockTable | None:
+        if database not in self.read:
+            self.read[database] = self._reading(database, read_lock_table)
+        return self.read[database]
+
+    def relations(self, database: str, schema: str) -> int | None:
+        return self._reading(database, lambda conn: relations(conn, schema))
 
 
 @dataclass
@@ -283,8 +361,89 @@ class _Run:
     on_outcome: OutcomeCallback | None
     databases: set[str]
     gate: Gate | None = None
+    lock_tables: _LockTables = field(default_factory=lambda: _LockTables({}))
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("tenantmig.run"))
+    notices: list[str] = field(default_factory=list)
     outcomes: list[TenantOutcome] = field(default_factory=list)
     gate_stopped: bool = False
+    # Tenants put back after filling the lock table: (attempts, seconds) spent on them so far.
+    spent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # Every tenant put back so far, the setting the server named, and the database first seen.
+    retried: list[str] = field(default_factory=list)
+    full: tuple[str, str, int] | None = None  # (setting, database, tenants in flight then)
+
+    def settle(self, job: TenantJob, outcome: TenantOutcome, peak: int) -> None:
+        """A tenant came back with ``outcome`` after running with up to ``peak`` tenants in
+        flight: record it, or, if it filled the lock table while others were migrating, put
+        it back and lower the limit (the module docstring)."""
+        attempts, seconds = self.spent.pop(_key(job), (0, 0.0))
+        outcome = replace(
+            outcome,
+            attempts=outcome.attempts + attempts,
+            duration_s=outcome.duration_s + seconds,
+        )
+        setting = lock_table_full(outcome.error) if outcome.status.is_failure else None
+        if setting is None:
+            self.record(outcome)
+            return
+        if peak <= 1:
+            self.record(replace(outcome, error=self._alone(job, outcome, setting)))
+            return
+        self.spent[_key(job)] = (outcome.attempts, outcome.duration_s)
+        self.queue.again(job)
+        if job.name not in self.retried:
+            self.retried.append(job.name)
+        if self.full is None:
+            self.full = (setting, job.database, peak)
+        lowered = max(1, min(self.queue.limit, peak // 2))
+        then = ""
+        if lowered < self.queue.limit:
+            self.queue.limit = lowered
+            then = f"; at most {lowered} at a time from now on"
+        self.log.warning(
+            "out of shared memory (the lock table is full) with %d tenants migrating: back "
+            "to the queue%s",
+            peak,
+            then,
+            extra={"tenant": job.name},
+        )
+
+    def say_lowered(self) -> None:
+        """The run's notice, if it went on with fewer tenants at once. Written at the end:
+        the settings are read then, when this run's tenants no longer fill the lock table
+        (a new connection takes a lock too)."""
+        if self.full is None:
+            return
+        setting, database, peak = self.full
+        current = ""
+        table = self.lock_tables.table(database)
+        if setting == "max_locks_per_transaction" and table is not None:
+            current = (
+                f" (currently {table.per_transaction}; the lock table holds {table.describe()})"
+            )
+        notice = (
+            f"the server's lock table was full (out of shared memory, SQLSTATE 53200) with "
+            f"{peak} tenants migrating at once: the run went on with at most "
+            f"{self.queue.limit} at a time and retried {some_names(self.retried)}; to migrate "
+            f"more at once, raise {setting}{current}"
+        )
+        self.log.warning("%s", notice)
+        self.notices.append(notice)
+
+    def _alone(self, job: TenantJob, outcome: TenantOutcome, setting: str) -> str:
+        """The error of a tenant that filled the lock table while migrating alone."""
+        what = f"raise {setting} and restart PostgreSQL"
+        if setting == "max_locks_per_transaction":
+            what = too_big_alone(
+                self.lock_tables.table(job.database),
+                job.schema,
+                self.lock_tables.relations(job.database, job.schema),
+            )
+        return (
+            "out of shared memory (SQLSTATE 53200): the server's lock table was full while "
+            f"this tenant was the only one of the run migrating (after {outcome.attempts} "
+            f"attempt(s)); {what}"
+        )
 
     def record(self, outcome: TenantOutcome) -> None:
         execution = self.execution
@@ -372,8 +531,7 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
             if job is None:
                 break
             outcome = migrators.migrate(job)
-            run.queue.finished(job)
-            run.record(outcome)
+            run.settle(job, outcome, run.queue.finished(job))
     finally:
         migrators.close()
     run.not_run()
@@ -449,9 +607,8 @@ def _run_pool(
             owner = pool.get(worker_id)
             if owner is None or owner.job is None:
                 continue  # already recorded as died; its late result is stale
-            run.queue.finished(owner.job)
-            owner.job = None
-            run.record(outcome)
+            job, owner.job = owner.job, None
+            run.settle(job, outcome, run.queue.finished(job))
             assign(owner)
             assign_idle()
     finally:
