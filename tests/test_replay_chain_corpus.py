@@ -14,8 +14,9 @@ plain Alembic (``alembic -n tenant -x tenant=NAME upgrade head`` in a subprocess
 project's env.py); then all of them are downgraded twice, a few revisions and then back to
 the demo head, the same three ways. After each of the three moves, kind by kind, ``pg_dump
 --schema-only`` (the schema name normalised), every table's rows and the version rows must be
-identical. Replay must also have been used: before the alembic_utils trigger at least, and
-(expected to fail for now, see the xfail) wherever a step holds a revision that can be replayed.
+identical. Replay must also have been used wherever a step holds a revision that can be
+replayed: alembic_utils entities (a schema always quoted, a trigger's table written unquoted)
+and the revisions after them included.
 """
 
 from __future__ import annotations
@@ -149,14 +150,6 @@ def test_replay_is_used_before_the_revision_that_writes_the_tenant_name_unquoted
     assert before <= replayed, (sorted(before - replayed), notices)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not replayed today, though plain DDL: k04 (alembic_utils quotes the schema name "
-    "always, taken for a name written by hand); every step whose starting state holds k05 "
-    "(alembic_utils writes the name unquoted: it fails in the capitalised check scratch); "
-    "segments after a data migration once a trigger exists (the trigger's definition keeps the "
-    "quoted check name in the fingerprint, so the two builds differ)",
-)
 def test_replay_is_used_wherever_a_step_holds_a_replayable_revision() -> None:
     # Every step holds replayable revisions, but the upgrade of the tenants already at head.
     expected = {_tenant("replay", kind) for kind, (start, _) in KINDS.items() if start != HEAD}

@@ -54,15 +54,22 @@ from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
 from tenantmig.server.session import Timeouts
-from tenantmig.server.sqltext import find_mentions, replace_spans
+from tenantmig.server.sqltext import find_mentions
 
 # Where each tenant's schema name goes in a compiled statement; never in SQL text.
 _SQL_MARK = "\x00schema\x00"
+# Where a revision wrote the schema name always quoted (``"acme"."f"``, as alembic_utils does):
+# the tenant's name goes there quoted too, whatever it is.
+_SQL_MARK_QUOTED = "\x00quoted schema\x00"
 # The second name needs quoting (capitals): SQLAlchemy quotes it where it renders a schema, so
 # a name written into SQL by hand (an f-string) shows as unquoted there, and is caught.
 # The pid and a random token: a starting state built outside a transaction (see _Compiler)
 # commits its scratch schema, which must not meet another coordinator's on the same server.
 _SCRATCH_NAMES = ("tenantmig_compile_{pid}_{token}", "Tenantmig_Replay_Check_{pid}_{token}")
+# The second compilation's starting state is built under this lowercase name, then renamed: a
+# revision in the history that writes the schema name unquoted (alembic_utils' PGTrigger does)
+# still builds, while the step itself runs under the name that needs quoting.
+_BUILD_NAME = "tenantmig_build_{pid}_{token}"
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,11 @@ class CompiledStep:
 
     def for_schema(self, schema: str) -> list[str]:
         """The step's statements for ``schema``."""
-        rendered = quote_as_alembic(schema)
-        return [statement.replace(_SQL_MARK, rendered) for statement in self.statements]
+        rendered, quoted = quote_as_alembic(schema), quote_ident(schema)
+        return [
+            statement.replace(_SQL_MARK, rendered).replace(_SQL_MARK_QUOTED, quoted)
+            for statement in self.statements
+        ]
 
 
 @dataclass(frozen=True)
@@ -240,8 +250,11 @@ def compile_or_explain(
     )
     token = secrets.token_hex(4)
     names = scratch or tuple(n.format(pid=os.getpid(), token=token) for n in _SCRATCH_NAMES)
+    builds = (names[0], names[1] if scratch else _BUILD_NAME.format(pid=os.getpid(), token=token))
+    compiled: list[tuple[list[str], str | None]] = []
     try:
-        compiled = [compiler.compile(name) for name in names]
+        for name, build_in in zip(names, builds, strict=True):
+            compiled.append(compiler.compile(name, build_in))
     except _NotReplayable as exc:
         return NotReplayable(key, exc.reason, exc.revision, _title(scripts, exc.revision))
     except _StartingStateFailed as exc:
@@ -255,6 +268,17 @@ def compile_or_explain(
         return NotReplayable(key, reason, None, None)
     except Exception as exc:  # the migration's own error: every tenant will report it
         revision = compiler.origins.in_traceback(exc)
+        if compiled and revision is not None and not scratch:
+            # It ran in the first scratch schema and fails in the second, whose name needs
+            # quoting: it writes the schema's name into SQL unquoted. Alembic sends that as
+            # written, which fails for a tenant whose name needs quoting, so the revision is
+            # not replayed; the rest of the step can be.
+            reason = (
+                "it fails in a scratch schema whose name needs quoting "
+                f"({type(exc).__name__}: {first_line(exc)}): it writes the schema's name into "
+                "SQL unquoted, which Alembic sends as written"
+            )
+            return NotReplayable(key, reason, revision, _title(scripts, revision))
         if raised_by_autocommit_block(exc):
             reason = (
                 "it has an autocommit block (statements that run outside a transaction, "
@@ -277,6 +301,12 @@ def compile_or_explain(
             "structure cannot be checked against it",
             splittable=False,
         )
+    # The first schema's name needs no quoting, the second's does: where the first shows the
+    # name always quoted, so does the second, where SQLAlchemy quotes too. Compared alike; the
+    # first compilation's marks say which is which.
+    second = [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in second]
+    if [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in first] == second:
+        second = first
     if first != second and _normalised(first) == _normalised(second):
         # Only the order of CREATE INDEX statements in a row differs: Alembic creates a new
         # table's indexes by iterating a set (Table.indexes), in an order that changes between
@@ -334,11 +364,12 @@ class _Compiler:
     def __post_init__(self) -> None:
         self.origins = _RevisionFiles(self.scripts)
 
-    def compile(self, scratch: str) -> tuple[list[str], str | None]:
+    def compile(self, scratch: str, build_in: str) -> tuple[list[str], str | None]:
         """The step's statements as the server saw them, the scratch name marked; with the
-        starting state's fingerprint when asked for."""
+        starting state's fingerprint when asked for. The starting state is built in schema
+        ``build_in``, renamed to ``scratch`` when the names differ."""
         self._start_fingerprint: str | None = None
-        recorded = self._record(scratch)
+        recorded = self._record(scratch, build_in)
         reads = [r for r in recorded if r.read]
         if reads:
             raise _NotReplayable(
@@ -359,7 +390,7 @@ class _Compiler:
             cursor.close()
         return statements, self._start_fingerprint
 
-    def _record(self, scratch: str) -> list[_Recorded]:
+    def _record(self, scratch: str, build_in: str) -> list[_Recorded]:
         """Run the step in ``scratch`` inside a transaction that is always rolled back, and
         record each statement sent to the server with the revision that issued it.
 
@@ -369,7 +400,7 @@ class _Compiler:
         revision, in a scratch schema that is committed and dropped afterwards; the step is
         still recorded in a rolled-back transaction."""
         try:
-            return self._record_in_transaction(scratch, build=True)
+            return self._record_in_transaction(scratch, build_in, build=True)
         except _StartingStateFailed as exc:
             if exc.__cause__ is None or not raised_by_autocommit_block(exc.__cause__):
                 raise
@@ -380,11 +411,11 @@ class _Compiler:
                 "only used inside rolled-back ones (without scratch_schema, a role that may "
                 "create schemas builds it in a short-lived one)"
             )
-        self._build_committed(scratch)
+        self._build_committed(build_in)
         try:
-            return self._record_in_transaction(scratch, build=False)
+            return self._record_in_transaction(scratch, build_in, build=False)
         finally:
-            self._drop_committed(scratch)
+            self._drop_committed(build_in)
 
     def _start(self, conn: Connection, scratch: str, *, per_migration: bool) -> None:
         """Bring ``scratch`` to the step's starting state (not recorded)."""
@@ -425,7 +456,9 @@ class _Compiler:
         with self.conn.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(scratch)} CASCADE")
 
-    def _record_in_transaction(self, scratch: str, *, build: bool) -> list[_Recorded]:
+    def _record_in_transaction(
+        self, scratch: str, build_in: str, *, build: bool
+    ) -> list[_Recorded]:
         conn = self.conn
         recorded: list[_Recorded] = []
 
@@ -445,14 +478,19 @@ class _Compiler:
         try:
             self.flavour.begin_scratch(conn)
             if build and not self.existing_scratch:
-                conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(scratch)}")
+                conn.exec_driver_sql(f"CREATE SCHEMA {quote_ident(build_in)}")
             # Also the scratch schema's advisory lock: two runs compiling in one configured
             # scratch schema take turns instead of seeing each other's uncommitted tables.
-            self.flavour.prepare_migration(conn, scratch, self.timeouts)
+            self.flavour.prepare_migration(conn, build_in, self.timeouts)
             if build:
                 if self.existing_scratch:
-                    require_empty(conn, scratch)
-                self._start(conn, scratch, per_migration=False)
+                    require_empty(conn, build_in)
+                self._start(conn, build_in, per_migration=False)
+            if build_in != scratch:  # rolled back with the rest: a committed build keeps its name
+                conn.exec_driver_sql(
+                    f"ALTER SCHEMA {quote_ident(build_in)} RENAME TO {quote_ident(scratch)}"
+                )
+                self.flavour.prepare_migration(conn, scratch, self.timeouts)
             if self.fingerprint_start:
                 self._start_fingerprint = read_fingerprints(conn, [scratch]).get(scratch)
             event.listen(conn, "after_cursor_execute", after)
@@ -507,8 +545,14 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
             f"the schema's name is used inside {mentions.elsewhere[0]}, not only as an identifier",
             revision,
         )
-    rendered = quote_as_alembic(scratch)
-    if any(sql[start:end] != rendered for start, end in mentions.identifiers):
+    rendered, quoted = quote_as_alembic(scratch), quote_ident(scratch)
+    spans = [(start, end) for start, end in mentions.identifiers if sql[start:end] == rendered]
+    always_quoted = [
+        (start, end)
+        for start, end in mentions.identifiers
+        if sql[start:end] == quoted and sql[start:end] != rendered
+    ]
+    if len(spans) + len(always_quoted) != len(mentions.identifiers):
         # Put there by hand, not as SQLAlchemy renders a schema: for a tenant whose name must
         # be quoted (a keyword), Alembic would send it as written, and replay must not differ.
         raise _NotReplayable(
@@ -516,7 +560,12 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
             "search_path is the tenant's schema)",
             revision,
         )
-    return replace_spans(sql, mentions.identifiers, _SQL_MARK).strip()
+    # From the end backwards, so that each span's offsets still hold when it is replaced.
+    marked = sql
+    for start, end in sorted(spans + always_quoted, reverse=True):
+        mark = _SQL_MARK if (start, end) in spans else _SQL_MARK_QUOTED
+        marked = marked[:start] + mark + marked[end:]
+    return marked.strip()
 
 
 class _RevisionFiles:

@@ -40,7 +40,7 @@ class ThroughAlembic:
 
     revisions: tuple[str, ...]
     to_revision: str | None
-    why: NotReplayable  # for the first of them
+    whys: tuple[NotReplayable, ...]  # why, for each revision found not replayable
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,14 @@ class SegmentedStep:
                 checked = " where the structure matches" if part.checked else ""
                 said.append(f"{part.step.key.describe()} replayed{checked}")
             else:
-                why = part.why
-                title = f' "{why.title}"' if why.title else ""
-                said.append(
-                    f"revision {', '.join(part.revisions)}{title} through Alembic: {why.reason}"
-                )
+                named = {why.revision for why in part.whys}
+                for why in part.whys:
+                    title = f' "{why.title}"' if why.title else ""
+                    subject = f"revision {why.revision}" if why.revision else "the rest"
+                    said.append(f"{subject}{title} through Alembic: {why.reason}")
+                others = [r for r in part.revisions if r not in named]
+                if others:
+                    said.append(f"then {', '.join(others)} through Alembic with them")
         return f"step {self.key.describe()} ({tenants} tenant(s)) is split: " + "; ".join(said)
 
 
@@ -110,9 +113,11 @@ def plan_step(
             state, has_table, index = state_after(scripts, revision, direction), True, index + 1
             last = parts[-1] if parts else None
             if isinstance(last, ThroughAlembic):
-                parts[-1] = ThroughAlembic((*last.revisions, revision), state, last.why)
+                parts[-1] = ThroughAlembic(
+                    (*last.revisions, revision), state, (*last.whys, verdict)
+                )
             else:
-                parts.append(ThroughAlembic((revision,), state, verdict))
+                parts.append(ThroughAlembic((revision,), state, (verdict,)))
             continue
         end = state_after(scripts, runs[known - 1], direction)
         checked = bool(parts)  # it follows revisions run through Alembic
@@ -130,16 +135,18 @@ def plan_step(
             rest = tuple(runs[index:])
             last = parts[-1]
             if isinstance(last, ThroughAlembic):
-                parts[-1] = ThroughAlembic((*last.revisions, *rest), key.to_revision, last.why)
+                parts[-1] = ThroughAlembic(
+                    (*last.revisions, *rest), key.to_revision, (*last.whys, found)
+                )
             else:
-                parts.append(ThroughAlembic(rest, key.to_revision, found))
+                parts.append(ThroughAlembic(rest, key.to_revision, (found,)))
             break
         ruled_out[culprit] = found
     if len(parts) == 1 and isinstance(parts[0], Replayed) and not parts[0].checked:
         return parts[0].step
     if not any(isinstance(p, Replayed) for p in parts):
         first = next(p for p in parts if isinstance(p, ThroughAlembic))
-        return _for_step(first.why, key)
+        return _for_step(first.whys[0], key)
     outside = any(
         isinstance(p, ThroughAlembic) and any(ruled_out[r].autocommit for r in p.revisions
                                               if r in ruled_out)

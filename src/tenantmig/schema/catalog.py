@@ -478,11 +478,12 @@ def _strip_sql(guard: str, expression: str) -> str:
     ``guard`` is the raw catalog column being deparsed: most rows have none (no default, no
     index expression) and skip the per-row subquery, which costs about as much as deparsing.
     The subquery deparses once for both the test and the result (deparsing twice measured
-    slower); the regular expression only runs when the name occurs at all.
+    slower); the regular expression only runs when the name occurs at all (quoted or not:
+    ``"Name".f()`` as pg_get_triggerdef writes a name that needs quoting).
     """
     return (
         f"CASE WHEN {guard} IS NOT NULL THEN "
-        "(SELECT CASE WHEN strpos(x.e, r.nspname || '.') > 0 THEN "
+        "(SELECT CASE WHEN strpos(x.e, r.nspname) > 0 THEN "
         "regexp_replace(x.e, '(^|[^\\w\"])(\"?)' || r.nspname || '\\2\\.', '\\1', 'g') "
         f"ELSE x.e END FROM (SELECT {expression} AS e) AS x) END"
     )
