@@ -221,6 +221,7 @@ def test_tenants_that_fill_the_lock_table_together_are_migrated_fewer_at_a_time(
     )
     assert notice in text, text
     assert f"raise max_locks_per_transaction (currently {LOCKS_PER_TRANSACTION};" in text
+    assert any(notice in n for n in result["notices"]), result["notices"]  # in the output too
     engine.dispose()
 
 

@@ -55,7 +55,7 @@ from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
 from tenantmig.server.directory import CONTROL
-from tenantmig.server.errorcodes import connection_lost, first_line
+from tenantmig.server.errorcodes import connection_lost, first_line, lock_table_setting
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
 
@@ -398,7 +398,13 @@ class _Coordinator:
                 log = configure_run_log(plan.log_file, run_id)
                 gate = _NotedGate(watch, ledger, log) if watch is not None else None
                 outcomes, interrupted = run_jobs(
-                    spec, jobs, workers, stop=plan.stop, on_outcome=writer, gate=gate
+                    spec,
+                    jobs,
+                    workers,
+                    stop=plan.stop,
+                    on_outcome=writer,
+                    gate=gate,
+                    notices=result.notices,
                 )
                 result.outcomes.extend(outcomes)
             writer.buffer.extend(self._follow_moves(conn))
@@ -721,7 +727,9 @@ class _OutcomeWriter:
             try:
                 self.flush()
             except DBAPIError as exc:
-                if not connection_lost(exc):
+                # Kept and written later: the server is away, or its lock table is full (a
+                # tenant's migration filled it; it frees as transactions end).
+                if not (connection_lost(exc) or lock_table_setting(exc)):
                     raise
         if self.observer is not None:
             self.observer.outcome(outcome, execution)
@@ -732,15 +740,17 @@ class _OutcomeWriter:
 
 
 def _durably(conn: Connection, timeout_s: float, write: Callable[[], None]) -> None:
-    """Run a ledger write, reconnecting (with a pause) while the server is away, up to
-    ``timeout_s``. The coordinator's connection reconnects on its next use once rolled back."""
+    """Run a ledger write, reconnecting (with a pause) while the server is away or its lock
+    table is full, up to ``timeout_s``. The coordinator's connection reconnects on its next use
+    once rolled back."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             write()
             return
         except DBAPIError as exc:
-            if not connection_lost(exc) or time.monotonic() > deadline:
+            passing = connection_lost(exc) or lock_table_setting(exc) is not None
+            if not passing or time.monotonic() > deadline:
                 raise
             with contextlib.suppress(DBAPIError):
                 conn.rollback()
