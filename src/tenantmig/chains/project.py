@@ -118,7 +118,9 @@ def _ignore_home(gitignore: Path) -> bool:
     own. True when the file was changed."""
     if not gitignore.exists():
         gitignore.write_text(
-            "# tenantmig: the embedded PostgreSQL and the run logs\n" + _HOME_IGNORED + "\n"
+            "# tenantmig: the embedded PostgreSQL, the run logs and the chains' order cache\n"
+            + _HOME_IGNORED
+            + "\n"
         )
         return True
     text = gitignore.read_text()
