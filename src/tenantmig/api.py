@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from tenantmig.run.bulk import BatchCallback, DropResult
     from tenantmig.run.drops import Drops
     from tenantmig.run.grants import GrantResult
+    from tenantmig.run.retention import PrunePlan, PruneResult, Retention
     from tenantmig.run.sqlscript import SchemaSQL
     from tenantmig.schema.catalog import SchemaStructure
     from tenantmig.schema.drift_report import DriftReport
@@ -88,6 +89,7 @@ __all__ = [
     "init_project",
     "merge",
     "move_tenant",
+    "prune_runs",
     "register_tenants",
     "restore",
     "revision",
@@ -717,6 +719,36 @@ def runs(settings: Settings, limit: int = 20) -> list[RunRecord]:
             conn, settings.shared_schema, statement_timeout_s=settings.statement_timeout_s
         )
         return ledger.runs_list(limit)
+
+
+def prune_runs(
+    settings: Settings,
+    retention: Retention,
+    *,
+    dry_run: bool = False,
+    confirm: Callable[[PrunePlan], bool] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PruneResult:
+    """Remove finished runs from the ledger as ``retention`` says, never what recovery and
+    status rely on (see ``run.retention``). ``confirm`` is asked with the plan before anything
+    is removed; a refusal is a ConfigError with nothing changed."""
+    from tenantmig.run.retention import PruneResult, plan_prune, prune
+
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        with conn.begin():
+            check_privileges(conn, settings, Needs(ledger=True))
+            plan = plan_prune(conn, settings.shared_schema, retention)
+        if dry_run or not plan.runs:
+            return PruneResult(retention, plan.runs, plan.tenant_rows, plan.kept, dry_run)
+        if confirm is not None and not confirm(plan):
+            raise ConfigError(f"{plan.question()}: not confirmed; nothing was changed")
+        return prune(
+            conn,
+            settings.shared_schema,
+            plan,
+            lock_timeout_s=settings.lock_timeout_s,
+            on_batch=on_batch,
+        )
 
 
 def run_details(settings: Settings, run_id: int) -> tuple[RunRecord, list[TenantOutcome]]:

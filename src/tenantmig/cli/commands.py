@@ -27,6 +27,7 @@ from tenantmig.server.directory import CONTROL
 
 if TYPE_CHECKING:
     from tenantmig.run.bulk import DropResult
+    from tenantmig.run.retention import PrunePlan
 
 
 def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Settings:
@@ -468,6 +469,8 @@ def _dropped(result: DropResult, args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if getattr(args, "runs_command", None) == "prune":
+        return _prune_runs(args, settings)
     if getattr(args, "runs_command", None) == "show":
         record, outcomes = api.run_details(settings, args.run_id)
         if args.json:
@@ -484,6 +487,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in records], indent=2))
     else:
         print(render.runs_text(records))
+    return ExitCode.OK
+
+
+def _prune_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from tenantmig.run.retention import Retention, parse_age
+
+    retention = Retention(
+        parse_age(args.older_than) if args.older_than is not None else None, args.keep_last
+    )
+
+    def confirm(plan: PrunePlan) -> bool:
+        _confirm(args, plan.question())  # raises when not confirmed
+        return True
+
+    def progress(done: int, planned: int) -> None:
+        if not args.json:
+            print(f"removed {done}/{planned} run(s)", file=sys.stderr)
+
+    result = api.prune_runs(
+        settings, retention, dry_run=args.dry_run, confirm=confirm, on_batch=progress
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return ExitCode.OK
+    verb = "would remove" if result.dry_run else "removed"
+    print(
+        f"{verb} {len(result.removed_runs)} run(s) {retention.describe()} and "
+        f"{result.removed_rows} tenant row(s)"
+        + (f" in {result.duration_s:.1f}s" if not result.dry_run else "")
+    )
+    for reason, count in result.kept.items():
+        print(f"kept {count} run(s): {reason}")
     return ExitCode.OK
 
 

@@ -117,6 +117,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "kinds `drift` leaves out: `privileges`, `owner`, `comment` (comma-separated)",
     ),
     ConfigKey(
+        "ledger_keep_days",
+        "[DEFAULT]",
+        "",
+        "",
+        "none (keep every run)",
+        "every all-tenants run prunes the ledger's runs older than this many days when it "
+        "ends (`runs prune`)",
+    ),
+    ConfigKey(
         "citus_schemas",
         "[DEFAULT]",
         ENV_CITUS_SCHEMAS,

@@ -639,6 +639,30 @@ def build_parser(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
     )
     _read_timeout(show, argparse.SUPPRESS)
+    prune = _action(
+        rsub,
+        "prune",
+        "remove old finished runs from the ledger",
+        "Remove finished runs and their tenants' rows from the ledger: those older than "
+        "--older-than, or beyond the --keep-last most recent (both given: only runs that are "
+        "both). Never removed: a running or abandoned run, the latest run of each kind "
+        "(--only-failed finishes it), and a run that holds a tenant's latest row saying it is "
+        "not where it was meant to be. Asks first on a terminal; --yes otherwise. "
+        "ledger_keep_days in alembic.ini prunes after every all-tenants run.",
+    )
+    prune.add_argument(
+        "--older-than", metavar="AGE", help="an age such as 90d, 2w or 12h (days, weeks, hours)"
+    )
+    prune.add_argument(
+        "--keep-last", type=int, metavar="N", help="keep the N most recent runs whatever their age"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed; remove nothing"
+    )
+    prune.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
+    )
+    _yes(prune)
 
     p = add(
         "restore",

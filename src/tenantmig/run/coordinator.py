@@ -423,6 +423,32 @@ class _Coordinator:
                 ),
             )
         self._add_notices(conn, selected, interrupted)
+        if plan.selection.every_tenant and plan.settings.ledger_keep_days is not None:
+            self._prune_ledger(conn, plan.settings.ledger_keep_days)
+
+    def _prune_ledger(self, conn: Connection, days: float) -> None:
+        """ledger_keep_days: after an all-tenants run, its runs older than that go (see
+        run.retention for what always stays). Best effort: the run's result stands."""
+        from tenantmig.run.retention import Retention, plan_prune, prune
+
+        try:
+            with conn.begin():
+                planned = plan_prune(conn, self.shared_schema, Retention(older_than_days=days))
+            if not planned.runs:
+                return
+            done = prune(
+                conn,
+                self.shared_schema,
+                planned,
+                lock_timeout_s=self.plan.policy.timeouts.lock_timeout_s,
+            )
+        except DBAPIError as exc:
+            self.result.notices.append(f"the ledger was not pruned: {first_line(exc)}")
+            return
+        self.result.notices.append(
+            f"pruned {len(done.removed_runs)} run(s) older than {days:g} day(s) and "
+            f"{done.removed_rows} tenant row(s) from the ledger (ledger_keep_days)"
+        )
 
     def _follow_moves(self, conn: Connection) -> list[TenantOutcome]:
         """The tenants found missing that the directory now places in another database.

@@ -146,6 +146,8 @@ class Settings:
     scratch_schema: str | None = None
     # What drift leaves out, for teams that manage it outside migrations.
     drift_ignore: frozenset[str] = frozenset()
+    # ledger_keep_days: every all-tenants run prunes the ledger's runs older than this (None: no)
+    ledger_keep_days: float | None = None
     # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
     citus_schemas: str = "distributed"
     # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
@@ -423,6 +425,15 @@ def load_settings(
     reference_tables = (
         os.environ.get(ENV_CITUS_REFERENCE_TABLES) or ini_option("citus_reference_tables") or "none"
     )
+    keep_text = ini_option("ledger_keep_days")
+    try:
+        keep_days = float(keep_text) if keep_text else None
+    except ValueError:
+        raise ConfigError(
+            f"{path}: ledger_keep_days = {keep_text!r}: give a number of days"
+        ) from None
+    if keep_days is not None and keep_days <= 0:
+        raise ConfigError(f"{path}: ledger_keep_days must be more than zero")
     directory = directory_from(_databases_section(parser), os.environ.get(ENV_DATABASES))
     home_dir = Path(home or os.environ.get(ENV_HOME) or path.parent / ".tenantmig")
     settings = Settings(
@@ -439,6 +450,7 @@ def load_settings(
         tenants_from=source,
         scratch_schema=scratch,
         drift_ignore=ignored,
+        ledger_keep_days=keep_days,
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
         databases=directory,
