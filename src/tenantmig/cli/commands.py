@@ -26,6 +26,7 @@ from tenantmig.server.database import mask_url
 from tenantmig.server.directory import CONTROL
 
 if TYPE_CHECKING:
+    from tenantmig.observe.prometheus import Exports
     from tenantmig.run.bulk import DropResult
     from tenantmig.run.retention import PrunePlan
 
@@ -210,6 +211,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.sql or args.sql_dir is not None:
         return cmd_sql(args, settings)
     selection, options = _selection(args), _run_options(args)
+    exports = _exports(args)
+    exports.check()  # before anything changes: a missing package or directory is a usage error
     if args.command == "downgrade" and selection.shared:
         # The shared schema goes first, before tenants are read: asked up front.
         what = "the shared schema" + (" and every tenant" if selection.include_tenants else "")
@@ -231,7 +234,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
         result = verb(settings, selection, args.revision, options, progress)
         progress.close(interrupted=result.interrupted)
-    return _finish_run(result, args, args.argv)
+    code = _finish_run(result, args, args.argv)
+    if exports:
+        from tenantmig.observe.prometheus import export
+
+        export(
+            result,
+            code,
+            exports,
+            lambda text: print(f"tenantmig: warning: {text}", file=sys.stderr),
+        )
+    return code
+
+
+def _warn(text: str) -> None:
+    print(f"tenantmig: warning: {text}", file=sys.stderr)
+
+
+def _exports(args: argparse.Namespace) -> Exports:
+    from tenantmig.observe.prometheus import Exports
+
+    return Exports(getattr(args, "metrics_file", None), getattr(args, "pushgateway", None))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

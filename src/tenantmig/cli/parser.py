@@ -134,6 +134,23 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+def _metrics_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("monitoring (pip install 'tenantmig[prometheus]')")
+    group.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write the run's metrics there when it ends, in the node_exporter textfile "
+        "format (written atomically), e.g. /var/lib/node_exporter/textfile/tenantmig.prom",
+    )
+    group.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the run's metrics to this Prometheus Pushgateway when it ends (job "
+        "tenantmig; 5 s timeout, 3 attempts; a failure is a warning, never the run's)",
+    )
+
+
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run options")
     group.add_argument(
@@ -390,6 +407,7 @@ def build_parser(
         help="target revision: head (default), a revision id, or +N; with --sql also FROM:TO",
     )
     _engine_options(p)
+    _metrics_options(p)
 
     p = add(
         "downgrade",
@@ -402,6 +420,7 @@ def build_parser(
     p.add_argument("revision", help="target revision: a revision id, base, or -N (e.g. -1)")
     _yes(p)
     _engine_options(p)
+    _metrics_options(p)
 
     p = add(
         "stamp",

@@ -1,0 +1,1 @@
+"""What a finished run reports to the operators' own monitoring (Prometheus)."""
