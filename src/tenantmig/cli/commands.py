@@ -26,6 +26,7 @@ from tenantmig.server.database import mask_url
 from tenantmig.server.directory import CONTROL
 
 if TYPE_CHECKING:
+    from tenantmig.observe.notify import Notifications
     from tenantmig.observe.prometheus import Exports
     from tenantmig.run.bulk import DropResult
     from tenantmig.run.retention import PrunePlan
@@ -211,8 +212,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.sql or args.sql_dir is not None:
         return cmd_sql(args, settings)
     selection, options = _selection(args), _run_options(args)
-    exports = _exports(args)
-    exports.check()  # before anything changes: a missing package or directory is a usage error
+    exports, notifications = _exports(args), _notifications(args, settings)
+    # Before anything changes: a missing package or directory, a bad URL is a usage error.
+    exports.check()
+    notifications.check()
     if args.command == "downgrade" and selection.shared:
         # The shared schema goes first, before tenants are read: asked up front.
         what = "the shared schema" + (" and every tenant" if selection.include_tenants else "")
@@ -238,17 +241,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if exports:
         from tenantmig.observe.prometheus import export
 
-        export(
-            result,
-            code,
-            exports,
-            lambda text: print(f"tenantmig: warning: {text}", file=sys.stderr),
-        )
+        export(result, code, exports, _warn)
+    if notifications:
+        from tenantmig.observe.notify import payload, send
+
+        finish = finish_command(result, args.argv)
+        send(notifications, payload(result, code, finish, notifications.format), _warn)
     return code
 
 
 def _warn(text: str) -> None:
     print(f"tenantmig: warning: {text}", file=sys.stderr)
+
+
+def _notifications(args: argparse.Namespace, settings: Settings) -> Notifications:
+    from tenantmig.observe.notify import Notifications, urls_from
+
+    urls = urls_from(" ".join(settings.notify), getattr(args, "notify", None))
+    chosen = getattr(args, "notify_format", None) or settings.notify_format
+    return Notifications(urls, chosen)  # type: ignore[arg-type]  # checked by check()
 
 
 def _exports(args: argparse.Namespace) -> Exports:

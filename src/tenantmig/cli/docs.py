@@ -126,6 +126,24 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "ends (`runs prune`)",
     ),
     ConfigKey(
+        "notify",
+        "[DEFAULT]",
+        "",
+        "--notify",
+        "none",
+        "URLs `upgrade` and `downgrade` POST the run's summary to when it ends (space- or "
+        "comma-separated)",
+    ),
+    ConfigKey(
+        "notify_format",
+        "[DEFAULT]",
+        "",
+        "--notify-format",
+        "`json`",
+        "`json` (the `--json` document and the exit code) or `slack` (an incoming-webhook "
+        "message)",
+    ),
+    ConfigKey(
         "citus_schemas",
         "[DEFAULT]",
         ENV_CITUS_SCHEMAS,

@@ -151,6 +151,23 @@ def _metrics_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _notify_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("notifications")
+    group.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL",
+        help="POST the run's summary there when it ends (repeatable; default: notify in "
+        "alembic.ini); 5 s timeout, 3 attempts; a failure is a warning, never the run's",
+    )
+    group.add_argument(
+        "--notify-format",
+        choices=("json", "slack"),
+        help="json: the --json document and the exit code (default); slack: a Slack "
+        "incoming-webhook message (default: notify_format in alembic.ini)",
+    )
+
+
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run options")
     group.add_argument(
@@ -408,6 +425,7 @@ def build_parser(
     )
     _engine_options(p)
     _metrics_options(p)
+    _notify_options(p)
 
     p = add(
         "downgrade",
@@ -421,6 +439,7 @@ def build_parser(
     _yes(p)
     _engine_options(p)
     _metrics_options(p)
+    _notify_options(p)
 
     p = add(
         "stamp",

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenantmig.errors import ConfigError
+from tenantmig.observe.urls import mask_url
 from tenantmig.run.results import RunResult, TenantStatus
 
 if TYPE_CHECKING:
@@ -169,22 +170,6 @@ def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return bare, handler
-
-
-def mask_url(url: str) -> str:
-    """An HTTP URL safe to print: its password, and query values that look like secrets
-    (token, key, password, secret, signature), replaced by ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    secret = ("token", "key", "pass", "secret", "sig")
-    query = urlencode(
-        [(k, "***" if any(s in k.lower() for s in secret) else v)
-         for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-        safe="*",
-    )  # fmt: skip
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _said(exc: Any, url: str) -> str:

@@ -148,6 +148,9 @@ class Settings:
     drift_ignore: frozenset[str] = frozenset()
     # ledger_keep_days: every all-tenants run prunes the ledger's runs older than this (None: no)
     ledger_keep_days: float | None = None
+    # notify / notify_format: where and how upgrade and downgrade report a run that ended.
+    notify: tuple[str, ...] = ()
+    notify_format: str = "json"
     # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
     citus_schemas: str = "distributed"
     # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
@@ -451,6 +454,8 @@ def load_settings(
         scratch_schema=scratch,
         drift_ignore=ignored,
         ledger_keep_days=keep_days,
+        notify=tuple(u for u in (ini_option("notify") or "").replace(",", " ").split() if u),
+        notify_format=(ini_option("notify_format") or "json").strip().lower(),
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
         databases=directory,
