@@ -140,8 +140,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "",
         "--notify-format",
         "`json`",
-        "`json` (the `--json` document and the exit code) or `slack` (an incoming-webhook "
-        "message)",
+        "`json` (the `--json` document and the exit code) or `slack` (an incoming-webhook message)",
     ),
     ConfigKey(
         "citus_schemas",

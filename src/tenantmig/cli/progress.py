@@ -101,7 +101,14 @@ class Progress:
             from rich.progress import Progress as LiveBar
 
             self._bar = LiveBar(
-                BarColumn(bar_width=None),
+                # Named colours of the 16 every terminal has: rich's defaults (a pink bar that
+                # turns green when done) fall back to red and grey on a 16-colour terminal.
+                BarColumn(
+                    bar_width=None,
+                    style="bright_black",
+                    complete_style="cyan",
+                    finished_style="green",
+                ),
                 TextColumn("{task.description}"),
                 console=Console(file=self.stream, highlight=False, width=max(20, columns - 3)),
                 transient=True,  # replaced by one plain line in close()
