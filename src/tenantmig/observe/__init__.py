@@ -1,1 +1,1 @@
-"""What a finished run reports to the operators' own monitoring (Prometheus)."""
+"""What a finished run reports to the operators' own tools: Prometheus metrics, notifications."""
