@@ -42,16 +42,23 @@ class _Receiver(socketserver.StreamRequestHandler):
             self.wfile.write(b"\x00\xffnot http at all\r\n\r\n")
             return
         if behaviour == "slow":
-            time.sleep(notify.TIMEOUT_S + 1)
+            # Never answers within the client's timeout, however loaded the machine: the client
+            # gives up on its own clock, and this thread is not waited for.
+            time.sleep(notify.TIMEOUT_S * 4)
+            return
         status = b"500 Internal Server Error" if behaviour == "error" else b"200 OK"
         self.wfile.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    block_on_close = False  # a "slow" handler may still sleep when the test is done
 
 
 @contextmanager
 def _receiver(*script: str) -> Iterator[str]:
     _Receiver.bodies, _Receiver.script = [], list(script)
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Receiver)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://hook:t0ken@127.0.0.1:{server.server_address[1]}/hooks/abc?token=t0ken"
