@@ -116,7 +116,8 @@ class Progress:
                 refresh_per_second=8,
             )
             self._bar.start()
-            self._bar.add_task("", total=pending)
+            # Counts from the first frame, not only once the first tenant is done.
+            self._bar.add_task(f"0/{pending} done · 0 failed", total=pending)
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         if self.quiet:
