@@ -255,9 +255,10 @@ def _warn(text: str) -> None:
 
 
 def _notifications(args: argparse.Namespace, settings: Settings) -> Notifications:
-    from tenantmig.observe.notify import Notifications, urls_from
+    from tenantmig.observe.notify import Notifications
 
-    urls = urls_from(" ".join(settings.notify), getattr(args, "notify", None))
+    # The command line's URLs, else alembic.ini's (already split by load_settings).
+    urls = tuple(getattr(args, "notify", None) or settings.notify)
     chosen = getattr(args, "notify_format", None) or settings.notify_format
     return Notifications(urls, chosen)  # type: ignore[arg-type]  # checked by check()
 

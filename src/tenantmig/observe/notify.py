@@ -17,13 +17,13 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenantmig.errors import ConfigError
-from tenantmig.observe.urls import mask_url
+from tenantmig.observe.urls import error_text, mask_url
 from tenantmig.run.results import RunResult, TenantStatus
 
 Format = Literal["json", "slack"]
@@ -102,7 +102,7 @@ def send(
         else:
             warn(
                 f"notification to {mask_url(url)} failed after {ATTEMPTS} attempts: "
-                f"{_said(last, url)}"
+                f"{error_text(last, url)}"
             )
     return delivered
 
@@ -119,15 +119,3 @@ def _post(url: str, data: bytes) -> None:
     request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         response.read()
-
-
-def _said(exc: BaseException | None, url: str) -> str:
-    text = str(exc).splitlines()[0] if exc is not None and str(exc) else type(exc).__name__
-    return text.replace(url, mask_url(url))[:200]
-
-
-def urls_from(text: str | None, given: Sequence[str] | None) -> tuple[str, ...]:
-    """URLs from the command line (repeatable), else from alembic.ini (whitespace or commas)."""
-    if given:
-        return tuple(given)
-    return tuple(u for u in (text or "").replace(",", " ").split() if u)

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenantmig.errors import ConfigError
-from tenantmig.observe.urls import mask_url
+from tenantmig.observe.urls import error_text, mask_url
 from tenantmig.run.results import RunResult, TenantStatus
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def export(
                     time.sleep(0.5 * 2**attempt)
         warn(
             f"metrics not pushed to {mask_url(exports.pushgateway)} after {PUSH_ATTEMPTS} "
-            f"attempts: {_said(last, exports.pushgateway)}"
+            f"attempts: {error_text(last, exports.pushgateway)}"
         )
 
 
@@ -170,8 +170,3 @@ def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return bare, handler
-
-
-def _said(exc: Any, url: str) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace(url, mask_url(url))[:200]

@@ -19,3 +19,9 @@ def mask_url(url: str) -> str:
         safe="*",
     )  # fmt: skip
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def error_text(exc: BaseException | None, url: str) -> str:
+    """The first line of a failed request's error, with ``url`` masked in it."""
+    text = str(exc).splitlines()[0] if exc is not None and str(exc) else type(exc).__name__
+    return text.replace(url, mask_url(url))[:200]
