@@ -26,8 +26,8 @@ from tenantmig.errors import (
     SharedSchemaNotReady,
 )
 from tenantmig.run import coordinator
-from tenantmig.run.coordinator import RunObserver
 from tenantmig.run.ledger import Ledger, RunRecord
+from tenantmig.run.observers import QuietObserver, RunObserver, RunStart, TenantRetry
 from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
@@ -71,10 +71,13 @@ __all__ = [
     "DEMO_TENANTS",
     "DemoResult",
     "Drops",
+    "QuietObserver",
     "RevisionInfo",
     "RunObserver",
     "RunOptions",
+    "RunStart",
     "Selection",
+    "TenantRetry",
     "branches",
     "check",
     "create_tenants",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from tenantmig import api
 from tenantmig.chains.scripts import Direction
@@ -26,6 +26,7 @@ from tenantmig.server.database import mask_url
 from tenantmig.server.directory import CONTROL
 
 if TYPE_CHECKING:
+    from tenantmig.observe.fanout import Observers
     from tenantmig.observe.notify import Notifications
     from tenantmig.observe.prometheus import Exports
     from tenantmig.run.bulk import DropResult
@@ -84,13 +85,16 @@ def _run_options(args: argparse.Namespace) -> api.RunOptions:
     )
 
 
-def _finish_run(result: RunResult, args: argparse.Namespace, rerun: list[str]) -> int:
-    """Print the result; ``rerun`` is the command line that ran it (tenantmig's arguments)."""
+def _finish_run(
+    result: RunResult, args: argparse.Namespace, rerun: list[str], out: TextIO | None = None
+) -> int:
+    """Print the result (to ``out``, standard output by default); ``rerun`` is the command
+    line that ran it (tenantmig's arguments)."""
     finish = finish_command(result, rerun)
     if args.json:
-        print(json.dumps({**result.to_json(), "finish_command": finish}, indent=2))
+        print(json.dumps({**result.to_json(), "finish_command": finish}, indent=2), file=out)
     else:
-        print(render.run_summary(result, finish))
+        print(render.run_summary(result, finish), file=out)
     if result.interrupted:
         return ExitCode.INTERRUPTED
     if result.stopped is not None:
@@ -213,6 +217,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return cmd_sql(args, settings)
     selection, options = _selection(args), _run_options(args)
     exports, notifications = _exports(args), _notifications(args, settings)
+    events = getattr(args, "events", None) or settings.events
+    if events == "-" and args.json:
+        raise ConfigError("--events - and --json both write to standard output: give --events "
+                          "a file, or leave out --json")  # fmt: skip
     # Before anything changes: a missing package or directory, a bad URL is a usage error.
     exports.check()
     notifications.check()
@@ -235,9 +243,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         options = replace(options, confirm_drops=confirm)
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
     with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
-        result = verb(settings, selection, args.revision, options, progress)
-        progress.close(interrupted=result.interrupted)
-    code = _finish_run(result, args, args.argv)
+        with _watching(args, selection, events, progress) as observers:
+            result = verb(settings, selection, args.revision, options, observers)
+            progress.close(interrupted=result.interrupted)
+            # With the event stream on standard output, the summary goes to standard error.
+            code = _finish_run(result, args, args.argv, sys.stderr if events == "-" else None)
+            observers.finished(result, code, finish_command(result, args.argv))
     if exports:
         from tenantmig.observe.prometheus import export
 
@@ -252,6 +263,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _warn(text: str) -> None:
     print(f"tenantmig: warning: {text}", file=sys.stderr)
+
+
+@contextmanager
+def _watching(
+    args: argparse.Namespace, selection: api.Selection, events: str | None, progress: Progress
+) -> Iterator[Observers]:
+    """The run's observers: the progress display, and the event stream and OpenTelemetry when
+    asked for. Each is told how the run ended (also when it ended in an error), then closed:
+    what they still send is waited for a bounded time."""
+    from tenantmig.observe import otel
+    from tenantmig.observe.fanout import Observers
+
+    watchers: list[api.RunObserver] = [progress]
+    if events is not None:
+        from tenantmig.observe.events import EventSink, EventStream
+
+        only_failed = bool(getattr(args, "only_failed", False))
+        stream = EventStream(
+            EventSink.open(events), args.command, args.revision, selection, only_failed=only_failed
+        )
+        watchers.append(stream)
+    if otel.check(bool(getattr(args, "otel", False)), _warn):
+        watchers.append(otel.OtelRun(args.command, args.revision))
+    observers = Observers(watchers, _warn)
+    try:
+        yield observers
+    except BaseException as exc:
+        from tenantmig.cli import exit_code_for
+
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        observers.aborted(text, int(exit_code_for(exc)))
+        raise
+    finally:
+        observers.close()
 
 
 def _notifications(args: argparse.Namespace, settings: Settings) -> Notifications:

@@ -143,6 +143,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "`json` (the `--json` document and the exit code) or `slack` (an incoming-webhook message)",
     ),
     ConfigKey(
+        "events",
+        "[DEFAULT]",
+        "",
+        "--events",
+        "none",
+        "the file `upgrade` and `downgrade` append their JSON event stream to (`-`: standard "
+        "output)",
+    ),
+    ConfigKey(
         "citus_schemas",
         "[DEFAULT]",
         ENV_CITUS_SCHEMAS,

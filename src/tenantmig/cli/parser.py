@@ -135,13 +135,27 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def _metrics_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("monitoring (pip install 'tenantmig[prometheus]')")
+    group = parser.add_argument_group("monitoring")
+    group.add_argument(
+        "--events",
+        metavar="FILE",
+        help="write the run's events there as they happen, one JSON object per line "
+        "(appended; - for standard output, then the summary goes to standard error; "
+        "default: events in alembic.ini)",
+    )
+    group.add_argument(
+        "--otel",
+        action="store_true",
+        help="send the run as an OpenTelemetry trace with its metrics over OTLP (on by "
+        "itself when OTEL_EXPORTER_OTLP_ENDPOINT is set; pip install 'tenantmig[otel]')",
+    )
     group.add_argument(
         "--metrics-file",
         type=Path,
         metavar="PATH",
         help="write the run's metrics there when it ends, in the node_exporter textfile "
-        "format (written atomically), e.g. /var/lib/node_exporter/textfile/tenantmig.prom",
+        "format (written atomically), e.g. /var/lib/node_exporter/textfile/tenantmig.prom "
+        "(pip install 'tenantmig[prometheus]')",
     )
     group.add_argument(
         "--pushgateway",

@@ -13,12 +13,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from tenantmig.run.observers import QuietObserver, RunStart
 from tenantmig.run.results import TenantOutcome
 
 if TYPE_CHECKING:
     from rich.progress import Progress as LiveBar
 
-    from tenantmig.run.executor import Execution
+    from tenantmig.run.observers import Execution
 
 # The ETA is shown once this many tenants are done and this many seconds have passed: before
 # that, the rate is dominated by worker start-up and says little about the rest.
@@ -74,7 +75,7 @@ class _Counts:
         return " · ".join(parts)
 
 
-class Progress:
+class Progress(QuietObserver):
     """A live progress bar on a terminal; plain lines (one per migrated tenant) otherwise."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
@@ -84,9 +85,10 @@ class Progress:
         self._bar: LiveBar | None = None
         self._counts = _Counts()
 
-    def started(self, pending: int, workers: int) -> None:
+    def started(self, start: RunStart) -> None:
         if self.quiet:
             return
+        pending, workers = start.pending, start.workers
         if not pending:
             print("all selected tenants are already at the target", file=self.stream)
             return

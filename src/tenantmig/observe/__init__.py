@@ -1,1 +1,1 @@
-"""What a finished run reports to the operators' own tools: Prometheus metrics, notifications."""
+"""What a run reports to operators' own tools: events, OpenTelemetry, Prometheus, notifications."""

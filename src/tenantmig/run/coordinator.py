@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -29,6 +29,7 @@ from tenantmig.chains.scripts import ChainScripts, is_relative
 from tenantmig.errors import ConfigError, DatabaseUnavailable, RunAborted
 from tenantmig.run.ledger import Ledger
 from tenantmig.run.locks import Clearance, RunLocks, RunLockWatch, acquire_run_lock
+from tenantmig.run.observers import GuardedObserver, RunObserver, RunStart
 from tenantmig.run.plan import RunPlan, default_jobs
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges, missing_privileges
 from tenantmig.run.results import (
@@ -60,7 +61,8 @@ from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
 
 if TYPE_CHECKING:
-    from tenantmig.run.executor import Execution, WorkerTarget
+    from tenantmig.run.executor import WorkerTarget
+    from tenantmig.run.observers import Execution
     from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey
     from tenantmig.run.segments import SegmentedStep
 
@@ -72,14 +74,6 @@ _FLUSH_OUTCOMES = 200
 _FLUSH_SECONDS = 1.0
 
 
-class RunObserver(Protocol):
-    """Told about a run's progress (the CLI draws a progress line from it)."""
-
-    def started(self, pending: int, workers: int) -> None: ...
-
-    def outcome(self, outcome: TenantOutcome, execution: Execution) -> None: ...
-
-
 def migrate(plan: RunPlan, database: Database, observer: RunObserver | None = None) -> RunResult:
     """Run ``plan`` against ``database``: the shared schema first, then the tenants."""
     return _Coordinator(plan, database, observer).run()
@@ -89,7 +83,8 @@ class _Coordinator:
     def __init__(self, plan: RunPlan, database: Database, observer: RunObserver | None) -> None:
         self.plan = plan
         self.database = database
-        self.observer = observer
+        # Whatever it raises is logged and switches it off: an observer never changes a run.
+        self.observer = GuardedObserver(observer, logging.getLogger("tenantmig.run"))
         self.shared_schema = plan.settings.shared_schema
         self.result = RunResult(run_id=None, command=plan.direction, target=plan.target)
         self.migrating = False  # some schema may have committed: errors must not say otherwise
@@ -378,8 +373,18 @@ class _Coordinator:
         workers = self._choose_workers(conn, len(jobs), caps) if jobs else 0
         conn.commit()
         targets = self._targets(scripts, jobs, caps, backup_dir)
-        if self.observer is not None:
-            self.observer.started(len(jobs), workers)
+        self.observer.started(
+            RunStart(
+                run_id,
+                plan.direction,
+                plan.target,
+                len(jobs),
+                workers,
+                tuple(sorted({job.database for job in jobs})),
+                len(selected),
+                tuple(settled),
+            )
+        )
         writer = _OutcomeWriter(ledger, run_id, self.observer)
         interrupted = False
         try:
@@ -393,6 +398,7 @@ class _Coordinator:
                     targets=targets,
                     log_file=plan.log_file,
                     run_id=run_id,
+                    hooks=self.observer.tenant_hooks(),
                 )
                 self.migrating = True
                 log = configure_run_log(plan.log_file, run_id)
@@ -405,6 +411,7 @@ class _Coordinator:
                     on_outcome=writer,
                     gate=gate,
                     notices=result.notices,
+                    watcher=self.observer,
                 )
                 result.outcomes.extend(outcomes)
             writer.buffer.extend(self._follow_moves(conn))
@@ -738,7 +745,7 @@ class _OutcomeWriter:
     reconnect on their own.
     """
 
-    def __init__(self, ledger: Ledger, run_id: int, observer: RunObserver | None) -> None:
+    def __init__(self, ledger: Ledger, run_id: int, observer: RunObserver) -> None:
         self.ledger = ledger
         self.run_id = run_id
         self.observer = observer
@@ -757,8 +764,7 @@ class _OutcomeWriter:
                 # tenant's migration filled it; it frees as transactions end).
                 if not (connection_lost(exc) or lock_table_setting(exc)):
                     raise
-        if self.observer is not None:
-            self.observer.outcome(outcome, execution)
+        self.observer.outcome(outcome, execution)
 
     def flush(self) -> None:
         self.ledger.record(self.run_id, self.buffer)

@@ -48,13 +48,14 @@ from tenantmig.errors import some_names
 from tenantmig.logs import configure_run_log
 from tenantmig.run.locks import Clearance
 from tenantmig.run.migrator import SchemaMigrator
+from tenantmig.run.observers import Execution, GuardedHooks, TenantHooks, TenantRetry
 from tenantmig.run.plan import StopPolicy, TenantPolicy
 from tenantmig.run.replay import CompiledStep
 from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
 from tenantmig.schema.lockbudget import LockTable, read_lock_table, relations, too_big_alone
 from tenantmig.server.config import Settings
 from tenantmig.server.database import create_engine
-from tenantmig.server.errorcodes import lock_table_full
+from tenantmig.server.errorcodes import OUT_OF_LOCKS_REASON, lock_table_full
 from tenantmig.server.flavour import ServerFlavour
 
 if TYPE_CHECKING:
@@ -91,12 +92,18 @@ class WorkerSpec:
     targets: tuple[WorkerTarget, ...]
     log_file: Path | None
     run_id: int | None
+    # Run in each process around each tenant it migrates (telemetry's spans); None: nothing.
+    hooks: TenantHooks | None = None
 
     def target(self, database: str) -> WorkerTarget:
         return next(t for t in self.targets if t.database == database)
 
     def migrator(
-        self, logger: logging.Logger, database: str, role: str | None = None
+        self,
+        logger: logging.Logger,
+        database: str,
+        role: str | None = None,
+        on_retry: Callable[[TenantRetry], None] | None = None,
     ) -> SchemaMigrator:
         target = self.target(database)
         return SchemaMigrator(
@@ -109,6 +116,7 @@ class WorkerSpec:
             compiled={step.key: step for step in target.compiled},
             backup=target.backup,
             run_id=self.run_id,
+            on_retry=on_retry,
         )
 
 
@@ -120,20 +128,40 @@ class _Migrators:
     caps are what each server sees in pg_stat_activity).
     """
 
-    def __init__(self, spec: WorkerSpec, logger: logging.Logger, role: str | None) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        logger: logging.Logger,
+        role: str | None,
+        on_retry: Callable[[TenantRetry], None],
+    ) -> None:
         self.spec, self.logger, self.role = spec, logger, role
+        self.hooks = GuardedHooks(spec.hooks, logger)
+        self.on_retry = on_retry
         self.current: tuple[str, SchemaMigrator] | None = None
 
-    def migrate(self, job: TenantJob) -> TenantOutcome:
-        if self.current is None or self.current[0] != job.database:
-            self.close()
-            self.current = (job.database, self.spec.migrator(self.logger, job.database, self.role))
-        return self.current[1].migrate(job)
+    def _retrying(self, retry: TenantRetry) -> None:
+        self.hooks.retry(retry)
+        self.on_retry(retry)
 
-    def close(self) -> None:
+    def migrate(self, job: TenantJob) -> TenantOutcome:
+        self.hooks.begin(job)
+        if self.current is None or self.current[0] != job.database:
+            self.close_connection()
+            migrator = self.spec.migrator(self.logger, job.database, self.role, self._retrying)
+            self.current = (job.database, migrator)
+        outcome = self.current[1].migrate(job)
+        self.hooks.end(job, outcome)
+        return outcome
+
+    def close_connection(self) -> None:
         if self.current is not None:
             self.current[1].close()
             self.current = None
+
+    def close(self) -> None:
+        self.close_connection()
+        self.hooks.close()
 
 
 def _key(job: TenantJob) -> tuple[str, str]:
@@ -218,7 +246,11 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     logger = configure_run_log(spec.log_file, spec.run_id)
-    migrators = _Migrators(spec, logger, f"worker {os.getpid()}")
+
+    def retrying(retry: TenantRetry) -> None:
+        results.put((worker_id, retry))  # for the coordinator's observers; not an outcome
+
+    migrators = _Migrators(spec, logger, f"worker {os.getpid()}", retrying)
     parent = os.getppid()
     try:
         while True:
@@ -245,19 +277,16 @@ class _Worker:
     last_database: str | None = None
 
 
-@dataclass
-class Execution:
-    """Live counters for progress rendering."""
-
-    total: int
-    done: int = 0
-    failures: int = 0
-    lost_connection: bool = False  # every database the run migrates in stayed unreachable
-    started: float = field(default_factory=time.monotonic)
-    unreachable: set[str] = field(default_factory=set)  # databases given up on
-
-
 OutcomeCallback = Callable[[TenantOutcome, Execution], None]
+
+
+class JobWatcher(Protocol):
+    """Told in the coordinator's process when a tenant is handed out and when one of its
+    attempts failed and will be retried (``observers.RunObserver`` is one)."""
+
+    def tenant_started(self, job: TenantJob) -> None: ...
+
+    def tenant_retry(self, retry: TenantRetry) -> None: ...
 
 
 class Gate(Protocol):
@@ -295,6 +324,7 @@ def run_jobs(
     on_outcome: OutcomeCallback | None = None,
     gate: Gate | None = None,
     notices: list[str] | None = None,
+    watcher: JobWatcher | None = None,
 ) -> tuple[list[TenantOutcome], bool]:
     """Run every job; return (outcomes in completion order, interrupted?).
 
@@ -314,6 +344,7 @@ def run_jobs(
         lock_tables=_LockTables({t.database: t.url for t in spec.targets}),
         log=configure_run_log(spec.log_file, spec.run_id),
         notices=notices if notices is not None else [],
+        watcher=watcher,
     )
     with _trap_signals() as signals:
         try:
@@ -364,6 +395,7 @@ class _Run:
     lock_tables: _LockTables = field(default_factory=lambda: _LockTables({}))
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tenantmig.run"))
     notices: list[str] = field(default_factory=list)
+    watcher: JobWatcher | None = None
     outcomes: list[TenantOutcome] = field(default_factory=list)
     gate_stopped: bool = False
     # Tenants put back after filling the lock table: (attempts, seconds) spent on them so far.
@@ -391,6 +423,17 @@ class _Run:
             return
         self.spent[_key(job)] = (outcome.attempts, outcome.duration_s)
         self.queue.again(job)
+        self.retrying(
+            TenantRetry(
+                job.name,
+                job.schema,
+                job.database,
+                outcome.attempts,
+                OUT_OF_LOCKS_REASON,
+                "53200",
+                0.0,  # back to the front of the queue: it starts when a worker is free
+            )
+        )
         if job.name not in self.retried:
             self.retried.append(job.name)
         if self.full is None:
@@ -444,6 +487,14 @@ class _Run:
             f"this tenant was the only one of the run migrating (after {outcome.attempts} "
             f"attempt(s)); {what}"
         )
+
+    def started(self, job: TenantJob) -> None:
+        if self.watcher is not None:
+            self.watcher.tenant_started(job)
+
+    def retrying(self, retry: TenantRetry) -> None:
+        if self.watcher is not None:
+            self.watcher.tenant_retry(retry)
 
     def record(self, outcome: TenantOutcome) -> None:
         execution = self.execution
@@ -521,7 +572,7 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
 
     A signal lets the current tenant finish (its transaction commits or rolls back as a unit).
     """
-    migrators = _Migrators(spec, configure_run_log(spec.log_file, spec.run_id), None)
+    migrators = _Migrators(spec, configure_run_log(spec.log_file, spec.run_id), None, run.retrying)
     try:
         while (clearance := run.clearance(stop, signals)) is not Clearance.STOP:
             if clearance is Clearance.WAIT:
@@ -530,6 +581,7 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
             job = run.queue.take(migrators.current[0] if migrators.current else None)
             if job is None:
                 break
+            run.started(job)
             outcome = migrators.migrate(job)
             run.settle(job, outcome, run.queue.finished(job))
     finally:
@@ -568,6 +620,7 @@ def _run_pool(
             worker.started = time.monotonic()
             worker.last_database = worker.job.database
             worker.tasks.put(worker.job)
+            run.started(worker.job)
 
     def assign_idle() -> None:
         # A finished job may have made room in a database an idle worker could not take.
@@ -596,7 +649,7 @@ def _run_pool(
                     if worker.job is not None and worker.process.is_alive():
                         worker.process.kill()
             try:
-                worker_id, outcome = results.get(timeout=_POLL_S)
+                worker_id, message = results.get(timeout=_POLL_S)
             except queue.Empty:
                 _reap_dead_workers(pool, run, log, terminated, start_worker, assign)
                 # Asked while every worker is busy too: a lost run lock is known (and taken
@@ -604,6 +657,10 @@ def _run_pool(
                 assign_idle()
                 run.clearance(stop, signals)
                 continue
+            if isinstance(message, TenantRetry):
+                run.retrying(message)
+                continue
+            outcome: TenantOutcome = message
             owner = pool.get(worker_id)
             if owner is None or owner.job is None:
                 continue  # already recorded as died; its late result is stale

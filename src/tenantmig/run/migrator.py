@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import BackupFailed, SchemaMissing, UnknownRevision
+from tenantmig.run.observers import TenantRetry
 from tenantmig.run.plan import TenantPolicy
 from tenantmig.run.replay import CompiledStep, StepKey, replay
 from tenantmig.run.results import TenantJob, TenantOutcome, TenantStatus
@@ -36,6 +37,7 @@ from tenantmig.server.errorcodes import (
     connection_lost,
     first_line,
     retry_reason,
+    sqlstate,
 )
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import qualified
@@ -100,8 +102,10 @@ class SchemaMigrator:
         compiled: Mapping[StepKey, CompiledStep | SegmentedStep] | None = None,
         backup: BackupPlan | None = None,
         run_id: int | None = None,
+        on_retry: Callable[[TenantRetry], None] | None = None,
     ) -> None:
         self.policy = policy
+        self.on_retry = on_retry
         self.scripts = scripts
         self.flavour = flavour
         self.engine = create_engine(url, role=role)
@@ -177,6 +181,7 @@ class SchemaMigrator:
                         self.log.error("failed: %s", message, extra=extra)
                         return replace(failed(TenantStatus.FAILED, message), lost_connection=True)
                     delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempts, 5))
+                    delay *= random.uniform(0.5, 1.0)
                     self.log.warning(
                         "attempt %d: connection lost (%s), reconnecting in %.2fs",
                         attempts,
@@ -184,7 +189,8 @@ class SchemaMigrator:
                         delay,
                         extra=extra,
                     )
-                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    self._retrying(job, attempts, "connection lost", exc, delay)
+                    time.sleep(delay)
                     continue
                 reason = retry_reason(exc)
                 if reason and attempts <= self.policy.retries:
@@ -193,6 +199,7 @@ class SchemaMigrator:
                     self.log.info(
                         "attempt %d: %s, retrying in %.2fs", attempts, reason, delay, extra=extra
                     )
+                    self._retrying(job, attempts, reason, exc, delay)
                     time.sleep(delay)
                     continue
                 message = first_line(exc)
@@ -454,13 +461,38 @@ class SchemaMigrator:
 
     def _blockers(self, schema: str) -> str:
         """Who holds locks in this schema, for a lock-timeout message (best effort)."""
+        holders = self._holders(schema)
+        return f"; blocked by {'; '.join(holders)}" if holders else ""
+
+    def _holders(self, schema: str) -> tuple[str, ...]:
         try:
             conn = self._connection()
             with conn.begin():
-                holders = self.flavour.lock_holders(conn, schema)
+                return tuple(h.describe() for h in self.flavour.lock_holders(conn, schema))
         except DBAPIError:
-            return ""
-        return f"; blocked by {'; '.join(h.describe() for h in holders)}" if holders else ""
+            return ()
+
+    def _retrying(
+        self, job: TenantJob, attempt: int, reason: str, exc: DBAPIError, delay: float
+    ) -> None:
+        """Tell the run's observers that ``attempt`` failed and another follows in ``delay``.
+        After a lock timeout, with who held the locks (read now: the attempt has rolled back,
+        the holders may still be there)."""
+        if self.on_retry is None:
+            return
+        blocked_by = self._holders(job.schema) if reason == LOCK_TIMEOUT_REASON else ()
+        self.on_retry(
+            TenantRetry(
+                job.name,
+                job.schema,
+                job.database,
+                attempt,
+                reason,
+                sqlstate(exc),
+                round(delay, 3),
+                blocked_by,
+            )
+        )
 
 
 class _Nothing:

@@ -151,6 +151,8 @@ class Settings:
     # notify / notify_format: where and how upgrade and downgrade report a run that ended.
     notify: tuple[str, ...] = ()
     notify_format: str = "json"
+    # events: where upgrade and downgrade write their event stream (None: nowhere).
+    events: str | None = None
     # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
     citus_schemas: str = "distributed"
     # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
@@ -326,6 +328,15 @@ def _option(parser: configparser.ConfigParser, path: Path, section: str, name: s
         raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
 
 
+def _events_path(value: str | None, config_file: Path) -> str | None:
+    """alembic.ini's ``events``: ``-`` (standard output), or a file; a relative path is
+    relative to alembic.ini's directory, wherever tenantmig runs from."""
+    value = (value or "").strip()
+    if not value or value == "-":
+        return value or None
+    return str(config_file.parent / Path(value).expanduser())
+
+
 def _read_ini(path: Path) -> configparser.ConfigParser:
     """alembic.ini, every value written in a chain's section interpolated once, so that a bad
     ``%`` there is reported here rather than as a traceback from inside Alembic. [DEFAULT]'s
@@ -456,6 +467,7 @@ def load_settings(
         ledger_keep_days=keep_days,
         notify=tuple(u for u in (ini_option("notify") or "").replace(",", " ").split() if u),
         notify_format=(ini_option("notify_format") or "json").strip().lower(),
+        events=_events_path(ini_option("events"), path),
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
         databases=directory,
