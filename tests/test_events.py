@@ -64,7 +64,7 @@ def test_a_run_as_events(
     assert first["command"] == "upgrade" and first["target"] == "head"
     assert first["selection"] == {
         "shared": False, "all_tenants": True, "tenants": None, "databases": None,
-        "only_failed": False,
+        "labels": None, "only_failed": False,
     }  # fmt: skip
     assert first["tenants"] == 4 and first["selected"] == 5 and first["jobs"] == 2
     assert first["databases"] == ["control"]

@@ -32,6 +32,7 @@ from tenantmig.run.plan import RunOptions, Selection, build_plan
 from tenantmig.run.preflight import Needs, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
 from tenantmig.schema import registry
+from tenantmig.schema.labels import check_labels
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
 from tenantmig.schema.versions import SchemaVersion, read_versions
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from tenantmig.run.sqlscript import SchemaSQL
     from tenantmig.schema.catalog import SchemaStructure
     from tenantmig.schema.drift_report import DriftReport
+    from tenantmig.schema.gate import DeployCheck
     from tenantmig.schema.status import StatusReport
 
 # Start-up: what only some verbs need (drops, stamps, grants, status, drift, restore, moves,
@@ -71,6 +73,7 @@ __all__ = [
     "DEMO_TENANTS",
     "DemoResult",
     "Drops",
+    "LabelChange",
     "QuietObserver",
     "RevisionInfo",
     "RunObserver",
@@ -83,6 +86,7 @@ __all__ = [
     "create_tenants",
     "database_url",
     "demo",
+    "deploy_check",
     "downgrade",
     "drift",
     "drop_tenants",
@@ -90,6 +94,7 @@ __all__ = [
     "heads",
     "history",
     "init_project",
+    "label_tenants",
     "merge",
     "move_tenant",
     "prune_runs",
@@ -263,10 +268,62 @@ def create_tenants(
     return created, upgrade(settings, selection, "head", options, observer)
 
 
-def tenants(settings: Settings) -> list[Tenant]:
+def tenants(settings: Settings, labels: Sequence[str] | None = None) -> list[Tenant]:
+    """The tenants of the configured source, with their labels (``labels``: only tenants with
+    one of them)."""
+    wanted = check_labels(labels or ())
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
         with own_reads(conn, settings.statement_timeout_s):
-            return list_tenants(conn, settings.tenant_source)
+            return registry.narrowed(list_tenants(conn, settings.tenant_source), labels=wanted)
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    """What ``label_tenants`` did: the labels added and removed, over these tenants."""
+
+    tenants: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    pairs_added: int  # (tenant, label) pairs that were not there before
+    pairs_removed: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tenants": list(self.tenants),
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "pairs_added": self.pairs_added,
+            "pairs_removed": self.pairs_removed,
+        }
+
+
+def label_tenants(
+    settings: Settings, names: Sequence[str], add: Sequence[str], remove: Sequence[str]
+) -> LabelChange:
+    """Add ``add`` to and remove ``remove`` from each of the tenants ``names``, in one
+    transaction; every name and label is checked first (nothing changes on a bad one)."""
+    from tenantmig.schema.labels import add_labels, remove_labels
+
+    added, removed = check_labels(add), check_labels(remove)
+    if not added and not removed:
+        raise ConfigError("nothing to do: give --add LABEL and/or --remove LABEL")
+    both = sorted(set(added) & set(removed))
+    if both:
+        raise ConfigError(f"both added and removed: {', '.join(both)}")
+    source = settings.tenant_source
+    registry.check_tenant_names(names, source)
+    with open_database(settings, notice=False) as database, database.engine.begin() as conn:
+        chosen = _select_tenants(conn, source, names)  # unknown names: an error, nothing done
+        if registry.labels_from_query(list_tenants(conn, source), source):
+            raise ConfigError(
+                "the labels come from the tenants_from query (its labels column): change them "
+                "where the query reads them"
+            )
+        tenant_names = [t.name for t in chosen]
+        shared = settings.shared_schema
+        new = add_labels(conn, shared, tenant_names, added) if added else 0
+        gone = remove_labels(conn, shared, tenant_names, removed) if removed else 0
+    return LabelChange(tuple(tenant_names), added, removed, new, gone)
 
 
 def register_tenants(
@@ -366,6 +423,7 @@ def status(
     settings: Settings,
     names: Sequence[str] | None = None,
     databases: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> StatusReport:
     """Every schema's revision against head, with each tenant's last recorded outcome;
     ``databases``: only tenants living there."""
@@ -389,7 +447,7 @@ def status(
             if names:
                 raise
             selected = []
-        selected = registry.in_databases(selected, databases)
+        selected = registry.narrowed(selected, databases, check_labels(labels or ()))
         versions: dict[str, SchemaVersion] = {}
         invalid: dict[str, list[str]] = {}
         nodes: dict[str, str] = {}
@@ -413,6 +471,51 @@ def status(
         shared_state=classify(shared_version, shared_scripts).state,
         tenants=tenant_states(selected, versions, tenant_scripts, invalid, last, nodes, down),
         moves=list(moves.values()),
+    )
+
+
+def deploy_check(
+    settings: Settings,
+    names: Sequence[str] | None = None,
+    databases: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    allow_behind: Sequence[str] = (),
+) -> DeployCheck:
+    """Is the shared schema and every active tenant (of the selection) at head? The deploy
+    gate (``tenantmig status --check``) and an application's readiness probe: versions only,
+    read in bulk. Tenants with a label in ``allow_behind`` may be behind. The shared schema
+    is checked unless tenants are named."""
+    from tenantmig.schema.gate import evaluate
+
+    wanted, allowed = check_labels(labels or ()), check_labels(allow_behind)
+    registry.check_tenant_names(names or (), settings.tenant_source)
+    settings.check_database_names(databases or ())
+    tenant_scripts = ChainScripts(settings, "tenant")
+    shared_scripts = None if names else ChainScripts(settings, "shared")
+    shared_schema = settings.shared_schema
+    limit = settings.statement_timeout_s
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        shared = read_versions(conn, [shared_schema], statement_timeout_s=limit)[shared_schema]
+        try:
+            with own_reads(conn, limit):
+                selected = _select_tenants(conn, settings.tenant_source, names)
+        except SharedSchemaNotReady:
+            if names:
+                raise
+            selected = []  # no registry yet: the shared schema's state says why
+        selected = registry.narrowed(selected, databases, wanted)
+        versions: dict[str, SchemaVersion] = {}
+        with _by_database(settings, database, selected) as places:
+            for name, member, group in places.reachable:
+                schemas = [t.schema for t in group if t.status == "active"]
+                if name == CONTROL:
+                    versions.update(read_versions(conn, schemas, statement_timeout_s=limit))
+                    continue
+                with member.engine.connect() as member_conn:
+                    versions.update(read_versions(member_conn, schemas, statement_timeout_s=limit))
+            down = list(places.down)
+    return evaluate(
+        shared_schema, shared, shared_scripts, selected, versions, down, tenant_scripts, allowed
     )
 
 
@@ -525,6 +628,7 @@ def drift(
     settings: Settings,
     names: Sequence[str] | None = None,
     databases: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> DriftReport:
     """Version and structural drift of the shared schema and the (named) tenants, in every
     database they live in (``databases``: only those). Expected structures are built once per
@@ -540,10 +644,12 @@ def drift(
             # Everything the control database lacks, in one message: the registry, and the
             # scratch schemas the shared schema's and its tenants' references are built in.
             check_privileges(conn, settings, Needs(read_registry=True, scratch=True))
-            selected = registry.in_databases(
-                _select_tenants(conn, settings.tenant_source, names), databases
+            selected = registry.narrowed(
+                _select_tenants(conn, settings.tenant_source, names),
+                databases,
+                check_labels(labels or ()),
             )
-        include_shared = not names and (databases is None or CONTROL in databases)
+        include_shared = not names and not labels and (databases is None or CONTROL in databases)
         caches: dict[tuple[int, str], dict[str | None, SchemaStructure]] = {}
         report: DriftReport | None = None
         if include_shared or any(t.database == CONTROL for t in selected):

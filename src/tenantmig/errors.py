@@ -14,7 +14,7 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     OK = 0
     USAGE = 1  # bad input or configuration; nothing was changed
-    DRIFT = 2  # drift found (drift command)
+    DRIFT = 2  # drift found (drift), or not every schema at head (status --check)
     TENANTS_FAILED = 3  # some tenants failed; the others finished
     LOCKED = 4  # another run holds the run lock
     RUN_ABORTED = 5  # a database error stopped a run after some tenants had committed

@@ -51,17 +51,20 @@ def _settings(args: argparse.Namespace, config_file: Path | None = None) -> Sett
 
 def _selection(args: argparse.Namespace) -> api.Selection:
     databases = getattr(args, "database", None)
+    labels = getattr(args, "label", None)
     if args.shared:
         if databases:
             raise ConfigError("--database selects tenants; the shared schema is in control")
+        if labels:
+            raise ConfigError("--label selects tenants; the shared schema has no labels")
         return api.Selection.shared_only()
     if args.tenant:
         selection = api.Selection.named(args.tenant)
-    elif args.all_tenants or databases:
+    elif args.all_tenants or databases or labels:
         selection = api.Selection.all_tenants()
     else:
         selection = api.Selection.everything()
-    return selection.in_databases(databases)
+    return selection.in_databases(databases).with_labels(labels)
 
 
 # Up to this many tenant names are printed; past it, a count and progress lines.
@@ -314,8 +317,32 @@ def _exports(args: argparse.Namespace) -> Exports:
     return Exports(getattr(args, "metrics_file", None), getattr(args, "pushgateway", None))
 
 
+def _labelled(changed: api.LabelChange, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(changed.to_json(), indent=2))
+        return ExitCode.OK
+    for verb, labels, count in (
+        ("added", changed.added, changed.pairs_added),
+        ("removed", changed.removed, changed.pairs_removed),
+    ):
+        if labels:
+            print(
+                f"{verb} {', '.join(labels)} for {len(changed.tenants)} tenant(s) "
+                f"({count} changed): {some_names(list(changed.tenants), BATCH_SHOWN)}"
+            )
+    return ExitCode.OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    report = api.status(_settings(args), args.tenant, args.database)
+    if args.check:
+        gate = api.deploy_check(
+            _settings(args), args.tenant, args.database, args.label, args.allow_behind or ()
+        )
+        print(json.dumps(gate.to_json(), indent=2) if args.json else gate.text())
+        return ExitCode.OK if gate.ok else ExitCode.DRIFT
+    if args.allow_behind:
+        raise ConfigError("--allow-behind goes with --check")
+    report = api.status(_settings(args), args.tenant, args.database, args.label)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
     else:
@@ -437,12 +464,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_tenants(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.tenants_command == "list":
-        rows = api.tenants(settings)
+        rows = api.tenants(settings, args.label)
         if args.json:
             print(json.dumps([t.to_json() for t in rows], indent=2))
         else:
             print(render.tenants_text(rows))
         return ExitCode.OK
+    if args.tenants_command == "label":
+        return _labelled(api.label_tenants(settings, args.names, args.add, args.remove), args)
     if args.tenants_command == "drop":
         _confirm(args, f"dropping {len(args.names)} tenant schema(s) deletes their data")
 
@@ -727,7 +756,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     from tenantmig.cli.drift_render import drift_html, drift_text
 
-    report = api.drift(_settings(args), args.tenant, args.database)
+    report = api.drift(_settings(args), args.tenant, args.database, args.label)
     if args.html is not None:
         try:
             args.html.write_text(drift_html(report), encoding="utf-8")

@@ -72,7 +72,7 @@ EPILOG = """\
 exit codes:
   0    success
   1    usage or configuration error (nothing was changed)
-  2    drift found
+  2    drift found (drift), or not every schema at head (status --check)
   3    some tenants failed (the others finished; failed ones were rolled back)
   4    another all-tenants run holds the run lock, or this run lost it (it started no
        tenant after that; its last line is the command that finishes it)
@@ -322,6 +322,17 @@ def _database_filter(parser: argparse.ArgumentParser) -> None:
         help="only tenants living in database DB: control (the --database-url one) or a name of "
         "the [databases] directory (repeatable)",
     )
+    _label_filter(parser)
+
+
+def _label_filter(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label",
+        action="append",
+        metavar="LABEL",
+        help="only tenants with label LABEL (repeatable: a tenant with any of them); see "
+        "`tenantmig tenants label`",
+    )
 
 
 def _read_timeout(parser: argparse.ArgumentParser, default: Any = None) -> None:
@@ -479,10 +490,25 @@ def build_parser(
 
     p = add(
         "status",
-        "Shared and per-tenant revisions against head, with each tenant's last run outcome.",
+        "Shared and per-tenant revisions against head, with each tenant's last run outcome. "
+        "With --check, the deploy gate: exit 0 when the shared schema and every active tenant "
+        "are at head, 2 when any is not (counts by state and the first names), 1 on a usage "
+        "or connection error; it reads only versions, in bulk.",
     )
     p.add_argument("--tenant", action="append", metavar="NAME", help="only this tenant")
     _database_filter(p)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 2 unless the shared schema and every selected active tenant are at head "
+        "(for a deploy pipeline or a readiness probe)",
+    )
+    p.add_argument(
+        "--allow-behind",
+        action="append",
+        metavar="LABEL",
+        help="with --check: tenants with label LABEL may be behind head (repeatable)",
+    )
     _json(p)
     _read_timeout(p)
 
@@ -596,8 +622,32 @@ def build_parser(
     )
     _json(register)
     listing = _action(tsub, "list", "list the tenants (from the configured tenant source)")
+    _label_filter(listing)
     _json(listing)
     _read_timeout(listing)
+    label = _action(
+        tsub,
+        "label",
+        "add or remove tenants' labels",
+        "Add labels to tenants or remove them. Labels select tenants (--label L on upgrade, "
+        "downgrade, stamp, status, drift and tenants list) and make rollout waves. They are "
+        "kept in tenantmig's own table in the shared schema (the tenant registry is not "
+        "changed); with tenants_from = query: ..., the query may return them instead, as a "
+        "column labels (text[]). A label is a lower-case letter, then lower-case letters, "
+        "digits, _ or - (at most 63).",
+    )
+    label.add_argument("names", nargs="+", metavar="NAME", help="the tenants to label")
+    label.add_argument(
+        "--add", action="append", default=[], metavar="LABEL", help="add LABEL (repeatable)"
+    )
+    label.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="remove LABEL (repeatable)",
+    )
+    _json(label)
     drop = _action(
         tsub,
         "drop",

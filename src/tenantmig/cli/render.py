@@ -162,13 +162,14 @@ def tenants_text(rows: Sequence[Tenant]) -> str:
     if not rows:
         return "no tenants registered"
     return table(
-        ["tenant", "schema", "database", "status", "created"],
+        ["tenant", "schema", "database", "status", "labels", "created"],
         [
             (
                 t.name,
                 t.schema,
                 "" if t.database == CONTROL else t.database,
                 t.status,
+                ",".join(t.labels),
                 t.created_at.strftime("%Y-%m-%d %H:%M") if t.created_at else "",
             )
             for t in rows

@@ -102,6 +102,7 @@ def _selection(selection: Selection, only_failed: bool) -> dict[str, Any]:
         "all_tenants": selection.every_tenant,
         "tenants": list(selection.tenants) if selection.tenants is not None else None,
         "databases": list(selection.databases) if selection.databases is not None else None,
+        "labels": list(selection.labels) if selection.labels is not None else None,
         "only_failed": only_failed,
     }
 

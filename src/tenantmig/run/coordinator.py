@@ -48,7 +48,6 @@ from tenantmig.schema.placement import read_placements
 from tenantmig.schema.registry import (
     Tenant,
     by_database,
-    in_databases,
     list_tenants,
     select_tenants,
 )
@@ -238,9 +237,8 @@ class _Coordinator:
         """
         plan, selection = self.plan, self.plan.selection
         with conn.begin():
-            selected = in_databases(
-                select_tenants(conn, plan.settings.tenant_source, selection.tenants),
-                selection.databases,
+            selected = selection.narrow(
+                select_tenants(conn, plan.settings.tenant_source, selection.tenants)
             )
         if not plan.only_failed and not plan.policy.relative:
             return selected, selected, {}  # an absolute target: repeating it is always safe
@@ -594,9 +592,8 @@ class _Coordinator:
         result = self.result
         if self.plan.selection.every_tenant and seen:
             with conn.begin():
-                now = in_databases(
-                    list_tenants(conn, self.plan.settings.tenant_source),
-                    self.plan.selection.databases,
+                now = self.plan.selection.narrow(
+                    list_tenants(conn, self.plan.settings.tenant_source), strict=False
                 )
             known = {t.name for t in seen}
             newly_registered = sum(1 for t in now if t.name not in known)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
 from tenantmig.errors import ConfigError
 from tenantmig.run.results import RunScope
-from tenantmig.schema.registry import check_tenant_names
+from tenantmig.schema.labels import check_labels
+from tenantmig.schema.registry import Tenant, check_tenant_names, narrowed
 from tenantmig.server.config import Settings
 from tenantmig.server.session import Timeouts
 
@@ -38,10 +39,22 @@ class Selection:
     include_tenants: bool = False
     # Only tenants living in these databases (directory names; None: wherever they live).
     databases: tuple[str, ...] | None = None
+    # Only tenants with one of these labels (None: whatever their labels).
+    labels: tuple[str, ...] | None = None
 
     def in_databases(self, databases: Sequence[str] | None) -> Selection:
         """The same selection, narrowed to tenants living in ``databases`` (None: all)."""
         return replace(self, databases=tuple(databases) if databases else None)
+
+    def with_labels(self, labels: Sequence[str] | None) -> Selection:
+        """The same selection, narrowed to tenants with one of ``labels`` (None: all);
+        checked here, before anything is read."""
+        return replace(self, labels=check_labels(labels) if labels else None)
+
+    def narrow(self, tenants: Sequence[Tenant], *, strict: bool = True) -> list[Tenant]:
+        """``tenants`` (all or the named ones) narrowed to the databases and labels asked
+        for; ``strict``: a label no tenant has is an error."""
+        return narrowed(tenants, self.databases, self.labels, strict=strict)
 
     @classmethod
     def everything(cls) -> Selection:

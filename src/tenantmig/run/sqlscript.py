@@ -15,7 +15,7 @@ from typing import Any
 from tenantmig.chains.offline import offline_sql
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.plan import Selection
-from tenantmig.schema.registry import Tenant, by_database, in_databases, select_tenants
+from tenantmig.schema.registry import Tenant, by_database, select_tenants
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -64,9 +64,8 @@ def schema_sql(
             chains.append(("shared", [Tenant(shared, shared, "active")]))
         if selection.include_tenants:
             with conn.begin():
-                tenants = in_databases(
-                    select_tenants(conn, settings.tenant_source, selection.tenants),
-                    selection.databases,
+                tenants = selection.narrow(
+                    select_tenants(conn, settings.tenant_source, selection.tenants)
                 )
             chains.append(("tenant", tenants))
         for chain, schemas in chains:

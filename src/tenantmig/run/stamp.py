@@ -31,7 +31,7 @@ from tenantmig.run.locks import RunLocks, acquire_run_lock
 from tenantmig.run.plan import Selection
 from tenantmig.run.preflight import Needs, check_can_migrate, check_privileges
 from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
-from tenantmig.schema.registry import Tenant, by_database, in_databases, select_tenants
+from tenantmig.schema.registry import Tenant, by_database, select_tenants
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -80,9 +80,8 @@ def stamp(
             if selection.shared:
                 schemas = [Tenant(settings.shared_schema, settings.shared_schema, "active")]
             else:
-                schemas = in_databases(
-                    select_tenants(conn, settings.tenant_source, selection.tenants),
-                    selection.databases,
+                schemas = selection.narrow(
+                    select_tenants(conn, settings.tenant_source, selection.tenants)
                 )
             here = [t.schema for t in schemas if t.database == CONTROL]
             check_privileges(conn, settings, Needs(schemas=here))

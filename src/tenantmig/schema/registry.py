@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from tenantmig.errors import (
     UnknownTenant,
     some_names,
 )
+from tenantmig.schema.labels import check_labels, forget_labels, known_labels, read_labels
 from tenantmig.schema.placement import place, read_placements
 from tenantmig.server.config import TenantSource
 from tenantmig.server.directory import CONTROL
@@ -45,6 +46,7 @@ class Tenant:
     status: str
     created_at: datetime | None = None
     database: str = CONTROL  # the directory's name of the database holding the schema
+    labels: tuple[str, ...] = ()  # sorted (schema/labels.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class Tenant:
             "status": self.status,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "database": self.database,
+            "labels": list(self.labels),
         }
 
 
@@ -74,6 +77,8 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
     naming it, before anything runs."""
     if source.kind == "query":
         tenants = _from_query(conn, source)
+        if not any(t.labels for t in tenants):  # the query gave none: the table's, if any
+            tenants = _labelled(conn, source, tenants)
     elif source.kind == "schemas":
         matching = conn.execute(
             sa.text(
@@ -85,7 +90,7 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
             ),
             {"pattern": source.schema_regex, "shared": source.shared_schema},
         ).scalars()
-        tenants = [Tenant(name, name, "active") for name in matching]
+        tenants = _labelled(conn, source, [Tenant(name, name, "active") for name in matching])
     else:
         require_tenants_table(conn, source.shared_schema)
         rows = conn.execute(
@@ -96,12 +101,56 @@ def list_tenants(conn: Connection, source: TenantSource) -> list[Tenant]:
             )
         ).all()
         placed = read_placements(conn, source.shared_schema)
+        labels = read_labels(conn, source.shared_schema)
         tenants = [
-            Tenant(r.name, r.schema_name, r.status, r.created_at, placed.get(r.name, CONTROL))
+            Tenant(
+                r.name,
+                r.schema_name,
+                r.status,
+                r.created_at,
+                placed.get(r.name, CONTROL),
+                labels.get(r.name, ()),
+            )
             for r in rows
         ]
     _check_schema_names(tenants, source)
     return tenants
+
+
+def _labelled(conn: Connection, source: TenantSource, tenants: list[Tenant]) -> list[Tenant]:
+    labels = read_labels(conn, source.shared_schema)
+    if not labels:
+        return tenants
+    return [replace(t, labels=labels.get(t.name, ())) for t in tenants]
+
+
+def labels_from_query(tenants: Sequence[Tenant], source: TenantSource) -> bool:
+    """The labels come from the application's query (its ``labels`` column), not the table."""
+    return source.kind == "query" and any(t.labels for t in tenants)
+
+
+def narrowed(
+    tenants: Sequence[Tenant],
+    databases: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    *,
+    strict: bool = True,
+) -> list[Tenant]:
+    """The tenants living in one of ``databases`` and having one of ``labels`` (None: any).
+    ``strict``: a label no tenant has is an error (a typo must not select nothing and
+    succeed)."""
+    chosen = in_databases(tenants, databases)
+    if not labels:
+        return chosen
+    known = known_labels({t.name: t.labels for t in tenants})
+    unknown = [label for label in labels if label not in known]
+    if unknown and strict:
+        raise ConfigError(
+            f"no tenant has the label(s) {some_names(unknown)}; labels in use: "
+            f"{some_names(known) if known else 'none'} (`tenantmig tenants label NAME --add L`)"
+        )
+    wanted = set(labels)
+    return [t for t in chosen if wanted.intersection(t.labels)]
 
 
 def by_database(tenants: Sequence[Tenant]) -> dict[str, list[Tenant]]:
@@ -127,7 +176,9 @@ def _from_query(conn: Connection, source: TenantSource) -> list[Tenant]:
         with conn.begin_nested():
             rows = conn.execute(
                 sa.text(
-                    f"SELECT CAST(name AS text) AS name, CAST(schema_name AS text) AS schema_name"
+                    # labels: a third column the query may return (text[]); null without it.
+                    f"SELECT CAST(name AS text) AS name, CAST(schema_name AS text) AS schema_name,"
+                    f" to_jsonb(tenant_source) -> 'labels' AS labels"
                     f" FROM ({source.query}) AS tenant_source ORDER BY 1"
                 ).columns(name=sa.Text, schema_name=sa.Text)
             ).all()
@@ -149,7 +200,22 @@ def _from_query(conn: Connection, source: TenantSource) -> list[Tenant]:
         raise ConfigError(
             f"tenants_from query returned tenant name(s) more than once: {some_names(repeated)}"
         )
-    return [Tenant(r.name, r.schema_name, "active") for r in rows]
+    return [Tenant(r.name, r.schema_name, "active", labels=_query_labels(r, source)) for r in rows]
+
+
+def _query_labels(row: Any, source: TenantSource) -> tuple[str, ...]:
+    value = row.labels
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"tenants_from query: the labels column must be text[] (tenant {row.name}): "
+            f"{source.query}"
+        )
+    try:
+        return tuple(sorted(check_labels(value)))
+    except ConfigError as exc:
+        raise ConfigError(f"tenants_from query, tenant {row.name}: {exc}") from None
 
 
 def _check_schema_names(tenants: Sequence[Tenant], source: TenantSource) -> None:
@@ -384,9 +450,10 @@ def drop_schema(conn: Connection, tenant: Tenant) -> None:
 
 
 def forget_tenant(conn: Connection, source: TenantSource, tenant: Tenant) -> None:
-    """The tenant's registry row and placement, in the control database."""
+    """The tenant's registry row, placement and labels, in the control database."""
     if tenant.database != CONTROL:
         place(conn, source.shared_schema, [tenant.name], CONTROL)
+    forget_labels(conn, source.shared_schema, [tenant.name])
     if source.is_registry:
         conn.execute(
             sa.text(
