@@ -82,6 +82,7 @@ __all__ = [
     "Selection",
     "TenantRetry",
     "branches",
+    "cancel_run",
     "check",
     "create_tenants",
     "database_url",
@@ -100,6 +101,7 @@ __all__ = [
     "prune_runs",
     "register_tenants",
     "restore",
+    "resume_run",
     "revision",
     "run_details",
     "run_psql",
@@ -164,6 +166,45 @@ def _migrate(
     plan = build_plan(settings, selection, direction, revision, options or RunOptions())
     with open_database(settings) as database:
         return coordinator.migrate(plan, database, observer)
+
+
+def resume_run(
+    settings: Settings,
+    run_id: int,
+    options: RunOptions | None = None,
+    observer: RunObserver | None = None,
+) -> RunResult:
+    """Go on with the rollout ``run_id`` (paused, stopped by a wave's gate, interrupted or
+    killed) as the same run: its unfinished tenants, each to the target and in the wave it
+    recorded, the stopped wave's failed tenants first; its own rules between waves."""
+    from tenantmig.run.rollout import resumable
+
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        state = resumable(Ledger(conn, settings.shared_schema), run_id)
+    asked = replace(options or RunOptions(), resume_run=run_id, waves=None)
+    direction: Direction = "downgrade" if state.command == "downgrade" else "upgrade"
+    return _migrate(settings, Selection.all_tenants(), direction, state.target, asked, observer)
+
+
+def cancel_run(settings: Settings, run_id: int) -> RunRecord:
+    """Give up the rollout ``run_id`` (paused, stopped, interrupted or killed): its tenants
+    stay where they are, and another all-tenants run may start. Returns the run as recorded."""
+    import getpass
+    import socket
+
+    from tenantmig.run.rollout import resumable
+
+    with open_database(settings, notice=False) as database, database.engine.connect() as conn:
+        ledger = Ledger(conn, settings.shared_schema)
+        state = resumable(ledger, run_id)
+        ledger.cancel(
+            run_id,
+            f"cancelled by {getpass.getuser()}@{socket.gethostname()} with "
+            f"{len(state.unfinished)} tenant(s) not finished",
+        )
+        found = ledger.run(run_id)
+    assert found is not None
+    return found[0]
 
 
 def sql(

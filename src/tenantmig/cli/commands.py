@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tenantmig import api
 from tenantmig.chains.scripts import Direction
@@ -21,7 +21,7 @@ from tenantmig.cli import render
 from tenantmig.cli.progress import Progress
 from tenantmig.errors import ConfigError, ExitCode, some_names
 from tenantmig.run.results import RunResult
-from tenantmig.server.config import ENV_CONFIG, Chain, Settings, load_settings
+from tenantmig.server.config import ENV_CONFIG, Chain, RolloutDefaults, Settings, load_settings
 from tenantmig.server.database import mask_url
 from tenantmig.server.directory import CONTROL
 
@@ -98,7 +98,7 @@ def _finish_run(
         print(json.dumps({**result.to_json(), "finish_command": finish}, indent=2), file=out)
     else:
         print(render.run_summary(result, finish), file=out)
-    if result.interrupted:
+    if result.interrupted or result.paused_by_signal:
         return ExitCode.INTERRUPTED
     if result.stopped is not None:
         return ExitCode.LOCKED  # it lost the run lock: the same code as finding it held
@@ -117,7 +117,26 @@ def finish_command(result: RunResult, rerun: list[str]) -> str | None:
         return _command_line(rerun)
     if result.run_id is None or all(o.status.is_done for o in result.outcomes):
         return None
+    if result.waves is not None:  # a rollout goes on as the same run, wave by wave
+        return _command_line([*_global_flags(rerun), "runs", "resume", str(result.run_id)])
     return _command_line([*(a for a in rerun if a != "--only-failed"), "--only-failed"])
+
+
+_GLOBAL_FLAGS = ("--config", "-c", "--database-url", "--shared-schema", "--tenants-from",
+                 "--scratch-schema")  # fmt: skip
+
+
+def _global_flags(rerun: list[str]) -> list[str]:
+    """The flags of ``rerun`` that choose the configuration and database (with their values),
+    for a printed command of another verb."""
+    kept: list[str] = []
+    for i, argument in enumerate(rerun):
+        name = argument.split("=", 1)[0]
+        if name in _GLOBAL_FLAGS:
+            kept.append(argument)
+            if "=" not in argument and i + 1 < len(rerun):
+                kept.append(rerun[i + 1])
+    return kept
 
 
 def _confirm(args: argparse.Namespace, consequence: str) -> None:
@@ -214,11 +233,40 @@ def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
+def _rollout(
+    args: argparse.Namespace, settings: Settings, selection: api.Selection
+) -> dict[str, Any]:
+    """The rollout options: the command line's, falling back to the [rollout] section's; its
+    waves apply to an all-tenants run (not --only-failed, not with --no-waves)."""
+    if args.no_waves and args.waves:
+        raise ConfigError("--waves and --no-waves: give one")
+    ini = settings.rollout
+    waves = args.waves
+    if waves is None and not args.no_waves and selection.every_tenant and not args.only_failed:
+        waves = ini.waves
+    if waves is None:  # no rollout: the rule options alone are refused by the plan
+        ini = RolloutDefaults()
+
+    def chosen(given: Any, configured: Any, default: Any) -> Any:
+        return given if given is not None else configured if configured is not None else default
+
+    return {
+        "waves": waves,
+        "wave_seed": chosen(args.wave_seed, ini.wave_seed, None),
+        "wave_max_failures": chosen(args.wave_max_failures, ini.wave_max_failures, 0),
+        "pause_after_wave": args.pause_after_wave or ini.pause_after_wave,
+        "soak_s": chosen(args.soak, ini.soak_s, 0.0),
+    }
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.sql or args.sql_dir is not None:
+        if args.waves:
+            raise ConfigError("--waves runs migrations; --sql and --sql-dir only print them")
         return cmd_sql(args, settings)
-    selection, options = _selection(args), _run_options(args)
+    selection = _selection(args)
+    options = replace(_run_options(args), **_rollout(args, settings, selection))
     exports, notifications = _exports(args), _notifications(args, settings)
     events = getattr(args, "events", None) or settings.events
     if events == "-" and args.json:
@@ -580,6 +628,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if getattr(args, "runs_command", None) == "prune":
         return _prune_runs(args, settings)
+    if getattr(args, "runs_command", None) == "resume":
+        return _resume(args, settings)
+    if getattr(args, "runs_command", None) == "cancel":
+        record = api.cancel_run(settings, args.run_id)
+        if args.json:
+            print(json.dumps(record.to_json(), indent=2))
+        else:
+            print(f"run {record.id} ({record.command} {record.target}): {record.reason}")
+        return ExitCode.OK
     if getattr(args, "runs_command", None) == "show":
         record, outcomes = api.run_details(settings, args.run_id)
         if args.json:
@@ -597,6 +654,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     else:
         print(render.runs_text(records))
     return ExitCode.OK
+
+
+def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    """`runs resume RUN_ID`: the rollout goes on, shown and ended like the run it is."""
+    options = api.RunOptions(jobs=args.jobs)
+    with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
+        result = api.resume_run(settings, args.run_id, options, progress)
+        progress.close(interrupted=result.interrupted)
+    return _finish_run(result, args, args.argv)
 
 
 def _prune_runs(args: argparse.Namespace, settings: Settings) -> int:

@@ -165,6 +165,50 @@ def _metrics_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _rollout_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "rollout in waves (with --all-tenants; defaults: the [rollout] section of alembic.ini)"
+    )
+    group.add_argument(
+        "--waves",
+        metavar="SPEC",
+        help="migrate in waves, each finished before the next: a comma-separated list of "
+        "label:L (tenants with label L), N%% (a share of the selected tenants), N (a count) "
+        "and rest, e.g. label:canary,5%%,25%%,rest; tenants left over make a last wave",
+    )
+    group.add_argument(
+        "--no-waves",
+        action="store_true",
+        help="one run over all tenants, whatever alembic.ini says",
+    )
+    group.add_argument(
+        "--wave-seed",
+        metavar="SEED",
+        help="re-seed the stable order that shares and counts draw tenants in (default: the "
+        "same order every rollout)",
+    )
+    group.add_argument(
+        "--wave-max-failures",
+        type=int,
+        metavar="N",
+        help="a wave with more failures than N stops the rollout (default 0); later waves are "
+        "not started; `tenantmig runs resume RUN_ID` goes on",
+    )
+    group.add_argument(
+        "--pause-after-wave",
+        action="store_true",
+        help="end after each wave with the run paused (exit 0); `tenantmig runs resume RUN_ID` "
+        "starts the next",
+    )
+    group.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long after each wave, then check its tenants with drift before the "
+        "next (drift found: the wave failed); Ctrl-C meanwhile leaves the run paused",
+    )
+
+
 def _notify_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("notifications")
     group.add_argument(
@@ -449,6 +493,7 @@ def build_parser(
         help="target revision: head (default), a revision id, or +N; with --sql also FROM:TO",
     )
     _engine_options(p)
+    _rollout_options(p)
     _metrics_options(p)
     _notify_options(p)
 
@@ -463,6 +508,7 @@ def build_parser(
     p.add_argument("revision", help="target revision: a revision id, base, or -N (e.g. -1)")
     _yes(p)
     _engine_options(p)
+    _rollout_options(p)
     _metrics_options(p)
     _notify_options(p)
 
@@ -741,6 +787,35 @@ def build_parser(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
     )
     _read_timeout(show, argparse.SUPPRESS)
+    resume = _action(
+        rsub,
+        "resume",
+        "go on with a paused or stopped rollout",
+        "Go on with a rollout (a run with --waves) that is paused, was stopped by a wave's "
+        "gate, was interrupted, or whose runner was killed: the same run, its unfinished "
+        "tenants each to the revision and in the wave it recorded, the stopped wave's failed "
+        "tenants first, then the later waves, with the rollout's own rules between waves. "
+        "Tenants moved to another database since are skipped and said so.",
+    )
+    resume.add_argument("run_id", type=int, help="the rollout's run id")
+    resume.add_argument(
+        "-j", "--jobs", type=int, metavar="N", help="worker processes (default: as for upgrade)"
+    )
+    resume.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
+    )
+    resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    cancel = _action(
+        rsub,
+        "cancel",
+        "give up a paused or stopped rollout",
+        "Give up a rollout that is paused, stopped, interrupted or abandoned: it is recorded "
+        "as cancelled, its tenants stay where they are, and another all-tenants run may start.",
+    )
+    cancel.add_argument("run_id", type=int, help="the rollout's run id")
+    cancel.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
+    )
     prune = _action(
         rsub,
         "prune",

@@ -92,7 +92,10 @@ class Progress(QuietObserver):
         if not pending:
             print("all selected tenants are already at the target", file=self.stream)
             return
-        print(f"migrating {pending} tenant(s) with {workers} worker(s)", file=self.stream)
+        in_waves = (
+            f" in {len(start.waves)} wave(s): {', '.join(start.waves)}" if start.waves else ""
+        )
+        print(f"migrating {pending} tenant(s) with {workers} worker(s){in_waves}", file=self.stream)
         if self.live:
             # Three columns short of the terminal: the "^C" the terminal echoes when Ctrl-C is
             # typed must fit on the bar's line, or it wraps and leaves a stale bar behind.

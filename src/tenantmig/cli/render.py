@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tenantmig.chains.scripts import Direction, RevisionInfo
 from tenantmig.run.ledger import RunRecord
-from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus
+from tenantmig.run.results import RunResult, TenantOutcome, TenantStatus, WaveResult
 from tenantmig.schema.registry import Tenant
 from tenantmig.server.directory import CONTROL
 
@@ -104,6 +104,12 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
                     "the moved tenants were left as they are, in their new database, where the "
                     "finishing command below migrates them"
                 )
+    if result.waves is not None:
+        lines.append(waves_text(result.waves))
+        if result.halted is not None:
+            lines.append(f"rollout stopped: {result.halted}")
+        if result.paused is not None:
+            lines.append(f"rollout {result.paused}")
     backups = [o.backup for o in result.outcomes if o.backup]
     if backups:
         folder = os.path.dirname(backups[0])
@@ -112,7 +118,14 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
         textwrap.fill(n, output_width(), initial_indent="note: ", subsequent_indent="      ")
         for n in result.notices
     )
-    if finish is not None:
+    if finish is not None and result.waves is not None:
+        lines.append(
+            "to go on with this rollout (once the cause is fixed: the stopped wave's failed "
+            "tenants first, then the later waves), or to give it up:"
+        )
+        lines.append(f"  {finish}")
+        lines.append(f"  {finish.replace(' runs resume ', ' runs cancel ')}")
+    elif finish is not None:
         lines.append(
             "to finish this run once the cause is fixed (it moves only the tenants this run did "
             "not finish, to the revisions this run meant for them):"
@@ -241,10 +254,30 @@ def runs_text(records: Sequence[RunRecord]) -> str:
     )
 
 
+def waves_text(waves: Sequence[WaveResult]) -> str:
+    """A rollout's waves, one row each: its spec, tenants, state and statuses."""
+    return table(
+        ["wave", "spec", "tenants", "state", "statuses"],
+        [
+            (
+                w.index + 1,
+                w.spec,
+                w.tenants,
+                w.state.replace("_", " "),
+                ", ".join(f"{n} {status}" for status, n in sorted(w.counts.items())),
+            )
+            for w in waves
+        ],
+        keep=("spec", "state"),
+    )
+
+
 def run_text(record: RunRecord, outcomes: Sequence[TenantOutcome]) -> str:
     head = runs_text([record])
     if record.reason:
         head += f"\nstopped before its end: {record.reason}"
+    if record.waves is not None:
+        head += "\n\n" + waves_text(record.waves)
     if not outcomes:
         return head
     headers = [

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from tenantmig.errors import ConfigError
 from tenantmig.run.observers import QuietObserver, RunStart, TenantRetry
-from tenantmig.run.results import RunResult, TenantJob, TenantOutcome, TenantStatus
+from tenantmig.run.results import RunResult, TenantJob, TenantOutcome, TenantStatus, WaveResult
 
 if TYPE_CHECKING:
     from tenantmig.run.observers import Execution
@@ -183,6 +183,9 @@ class EventStream(QuietObserver):
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         self._finished(outcome)
+
+    def wave_finished(self, wave: WaveResult) -> None:
+        self._emit("wave_finished", **wave.to_json())
 
     def _finished(self, outcome: TenantOutcome) -> None:
         # The fields and their values as --json and the notifications give them.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tenantmig.run.observers import RunObserver, RunStart, TenantHooks, TenantRetry
-from tenantmig.run.results import RunResult, TenantJob, TenantOutcome
+from tenantmig.run.results import RunResult, TenantJob, TenantOutcome, WaveResult
 
 if TYPE_CHECKING:
     from tenantmig.run.observers import Execution
@@ -77,6 +77,9 @@ class Observers:
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         self._each("outcome", outcome, execution)
+
+    def wave_finished(self, wave: WaveResult) -> None:
+        self._each("wave_finished", wave)
 
     def tenant_hooks(self) -> TenantHooks | None:
         hooks = [h for h in self._each("tenant_hooks") if h is not None]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tenantmig.errors import ConfigError
 from tenantmig.observe.urls import mask_url
 from tenantmig.run.observers import QuietObserver, RunStart, TenantRetry
-from tenantmig.run.results import RunResult, TenantJob, TenantOutcome, TenantStatus
+from tenantmig.run.results import RunResult, TenantJob, TenantOutcome, TenantStatus, WaveResult
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -376,6 +376,17 @@ class OtelRun(QuietObserver):
             attributes=_tenant_attributes(outcome, self.command),
         )
         _end_tenant_span(span, outcome)
+
+    def wave_finished(self, wave: WaveResult) -> None:
+        self.run_span.add_event(
+            "wave_finished",
+            {
+                "tenantmig.wave": wave.index + 1,
+                "tenantmig.wave_spec": wave.spec,
+                "tenantmig.wave_state": wave.state,
+                **{f"tenantmig.tenants.{status}": n for status, n in wave.counts.items()},
+            },
+        )
 
     def tenant_retry(self, retry: TenantRetry) -> None:
         self.retries.add(1, {"tenantmig.command": self.command, "tenantmig.reason": retry.reason})

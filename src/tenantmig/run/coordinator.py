@@ -61,9 +61,12 @@ from tenantmig.server.identifiers import quote_ident
 
 if TYPE_CHECKING:
     from tenantmig.run.executor import WorkerTarget
+    from tenantmig.run.ledger import RolloutState
     from tenantmig.run.observers import Execution
     from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey
+    from tenantmig.run.rollout import Resumed
     from tenantmig.run.segments import SegmentedStep
+    from tenantmig.run.waves import Rollout
 
 # Start-up: the worker pool, the per-tenant migrator and replay (with what they import) are
 # imported where a run first needs them, so that a run with nothing to do does not load them.
@@ -90,6 +93,7 @@ class _Coordinator:
         # The control database and the directory's others, opened as the run needs them.
         self.databases = DatabaseSet(plan.settings, database)
         self._locks: RunLocks | None = None
+        self.resumed: Resumed | None = None  # a resumed rollout's tenants (run/rollout.py)
 
     def run(self) -> RunResult:
         try:
@@ -236,6 +240,8 @@ class _Coordinator:
         finish a second step.
         """
         plan, selection = self.plan, self.plan.selection
+        if self.resumed is not None:
+            return self.resumed.tenants, self.resumed.tenants, self.resumed.targets
         with conn.begin():
             selected = selection.narrow(
                 select_tenants(conn, plan.settings.tenant_source, selection.tenants)
@@ -304,7 +310,31 @@ class _Coordinator:
             check_privileges(conn, plan.settings, Needs(ledger=True, read_registry=True))
         ledger = Ledger(conn, self.shared_schema)
         ledger.ensure()
+        state = None
+        if plan.resume_run is not None:
+            from tenantmig.run.rollout import resumable, resume_selection
+
+            state = resumable(ledger, plan.resume_run, plan.direction)
+            with conn.begin():
+                now = list_tenants(conn, plan.settings.tenant_source)
+            self.resumed = resume_selection(state, now)
+        elif plan.selection.every_tenant:
+            from tenantmig.run.rollout import refuse_beside_open_rollout
+
+            refuse_beside_open_rollout(ledger, plan.direction)
         selected, tenants, recorded = self._select(conn, ledger)
+        wave_of: dict[str, int] = {}
+        rollout = plan.rollout
+        if rollout is not None:
+            from tenantmig.run.waves import assign
+
+            waves, wave_of = assign(rollout.waves, selected, rollout.seed)
+            rollout = replace(rollout, waves=waves)
+        elif state is not None and self.resumed is not None:
+            from tenantmig.run.waves import Rollout
+
+            rollout = Rollout.from_options(state.options)
+            wave_of = self.resumed.waves
         places = _Places(self.databases, tenants, conn)
         places.check_privileges(plan.settings)
         versions = places.read_versions()
@@ -314,8 +344,11 @@ class _Coordinator:
         )
         jobs = sorted_out.jobs
         settled = [*places.unreachable_outcomes(), *sorted_out.settled]
+        if self.resumed is not None:
+            settled += self.resumed.moved
         self._confirm_drops(scripts, jobs)
-        if not jobs and all(o.status is TenantStatus.SKIPPED for o in settled):
+        nothing = not jobs and all(o.status is TenantStatus.SKIPPED for o in settled)
+        if nothing and state is None:
             # Nothing to do and nothing wrong: every tenant is at its target. Such a run is
             # not recorded: a deploy step that runs `upgrade --all-tenants` on every release
             # would otherwise add a row per tenant per deploy that says nothing, and bury the
@@ -329,20 +362,25 @@ class _Coordinator:
             return
 
         locks = self._run_locks()  # before the run is recorded: it is alive from its first row
-        run_id = ledger.start_run(
-            plan.direction,
-            plan.selection.scope,
-            plan.target,
-            {
-                "jobs": plan.jobs,
-                "fail_fast": plan.stop.fail_fast,
-                "max_failures": plan.stop.max_failures,
-                "only_failed": plan.only_failed,
-                "tenants": len(tenants),
-                "backup_dir": str(backup_dir) if backup_dir else None,
-                "databases": places.names,
-            },
-        )
+        if state is not None:
+            run_id = state.run_id  # a resumed rollout goes on as the same run
+            ledger.reopen(run_id)
+        else:
+            run_id = ledger.start_run(
+                plan.direction,
+                plan.selection.scope,
+                plan.target,
+                {
+                    "jobs": plan.jobs,
+                    "fail_fast": plan.stop.fail_fast,
+                    "max_failures": plan.stop.max_failures,
+                    "only_failed": plan.only_failed,
+                    "tenants": len(tenants),
+                    "backup_dir": str(backup_dir) if backup_dir else None,
+                    "databases": places.names,
+                    **(rollout.to_options() if rollout is not None else {}),
+                },
+            )
         result.run_id = run_id
         locks.mark_alive(run_id)
         watch = (
@@ -364,7 +402,7 @@ class _Coordinator:
             )
             for job in jobs
         ]
-        ledger.record(run_id, [*settled, *pending], sorted_out.targets)
+        ledger.record(run_id, [*settled, *pending], sorted_out.targets, wave_of or None)
         result.outcomes.extend(settled)
 
         caps = self._caps(jobs) if jobs else {}
@@ -381,6 +419,7 @@ class _Coordinator:
                 tuple(sorted({job.database for job in jobs})),
                 len(selected),
                 tuple(settled),
+                _wave_sizes(rollout, wave_of),
             )
         )
         writer = _OutcomeWriter(ledger, run_id, self.observer)
@@ -401,16 +440,25 @@ class _Coordinator:
                 self.migrating = True
                 log = configure_run_log(plan.log_file, run_id)
                 gate = _NotedGate(watch, ledger, log) if watch is not None else None
-                outcomes, interrupted = run_jobs(
-                    spec,
-                    jobs,
-                    workers,
-                    stop=plan.stop,
-                    on_outcome=writer,
-                    gate=gate,
-                    notices=result.notices,
-                    watcher=self.observer,
-                )
+
+                def batch(some: Sequence[TenantJob]) -> tuple[list[TenantOutcome], bool]:
+                    return run_jobs(
+                        spec,
+                        some,
+                        min(workers, len(some)),
+                        stop=plan.stop,
+                        on_outcome=writer,
+                        gate=gate,
+                        notices=result.notices,
+                        watcher=self.observer,
+                    )
+
+                if rollout is None:
+                    outcomes, interrupted = batch(jobs)
+                else:
+                    outcomes, interrupted = self._waves(
+                        rollout, wave_of, state, jobs, batch, writer, watch
+                    )
                 result.outcomes.extend(outcomes)
             writer.buffer.extend(self._follow_moves(conn))
         finally:
@@ -420,16 +468,84 @@ class _Coordinator:
                 result.notices.extend(watch.notices)
             reconnect = plan.policy.reconnect_timeout_s
             _durably(conn, reconnect, writer.flush)
-            _durably(
-                conn,
-                reconnect,
-                lambda: ledger.finish_run(
-                    run_id, result.outcome, result.totals(), reason=result.stopped
-                ),
-            )
+            reason = result.stopped or result.halted or result.paused
+
+            def finish() -> None:
+                # A resumed rollout's totals: all its tenants, as recorded, not only today's.
+                totals = ledger.recorded_totals(run_id) if state is not None else result.totals()
+                ledger.finish_run(run_id, result.outcome, totals, reason=reason)
+
+            _durably(conn, reconnect, finish)
         self._add_notices(conn, selected, interrupted)
         if plan.selection.every_tenant and plan.settings.ledger_keep_days is not None:
             self._prune_ledger(conn, plan.settings.ledger_keep_days)
+
+    def _waves(
+        self,
+        rollout: Rollout,
+        wave_of: Mapping[str, int],
+        state: RolloutState | None,
+        jobs: Sequence[TenantJob],
+        batch: Callable[[Sequence[TenantJob]], tuple[list[TenantOutcome], bool]],
+        writer: _OutcomeWriter,
+        watch: RunLockWatch | None,
+    ) -> tuple[list[TenantOutcome], bool]:
+        """Run ``jobs`` wave by wave (run/rollout.py); later waves' tenants that do not start
+        are recorded with why, as they are decided."""
+        from tenantmig.run.rollout import WaveRunner
+
+        later: list[TenantOutcome] = []
+
+        def record(outcome: TenantOutcome) -> None:
+            # A later wave's tenant that does not start: in the ledger (written with the
+            # rest at the end), not shown as progress: it never started.
+            later.append(outcome)
+            writer.buffer.append(outcome)
+
+        taken = {job.name for job in jobs}
+        done_before = (
+            {r.tenant: r.status for r in state.rows if r.status.is_done and r.tenant not in taken}
+            if state is not None
+            else {}
+        )
+        runner = WaveRunner(
+            rollout,
+            wave_of,
+            self.result,
+            self.observer,
+            record,
+            self._drifted,
+            failed_before=self.resumed.failed_before if self.resumed is not None else frozenset(),
+            done_before=done_before,
+        )
+        outcomes, interrupted = runner.run(
+            jobs, batch, lambda: watch is not None and watch.reason is not None
+        )
+        return [*outcomes, *later], interrupted
+
+    def _drifted(self, names: Sequence[str]) -> list[str]:
+        """Of the tenants ``names`` (migrated by this run), those whose structure differs from
+        what their migrations make: a soak's check between waves."""
+        from tenantmig.schema.drift import check
+
+        wanted = set(names)
+        drifted: list[str] = []
+        with self.database.engine.connect() as conn, conn.begin():
+            tenants = [t for t in list_tenants(conn, self.plan.settings.tenant_source)
+                       if t.name in wanted]  # fmt: skip
+        for name, group in by_database(tenants).items():
+            member = self.databases.get(name)
+            with member.engine.connect() as conn:
+                report = check(
+                    self.plan.settings,
+                    conn,
+                    member.flavour,
+                    group,
+                    include_shared=False,
+                    database_name=name,
+                )
+            drifted += [d.name for d in report.drifted if d.drifted]
+        return sorted(drifted)
 
     def _prune_ledger(self, conn: Connection, days: float) -> None:
         """ledger_keep_days: after an all-tenants run, its runs older than that go (see
@@ -590,7 +706,8 @@ class _Coordinator:
 
     def _add_notices(self, conn: Connection, seen: Sequence[Tenant], interrupted: bool) -> None:
         result = self.result
-        if self.plan.selection.every_tenant and seen:
+        # A resumed rollout took its own tenants, not the tenant list: nothing to compare.
+        if self.plan.selection.every_tenant and seen and self.resumed is None:
             with conn.begin():
                 now = self.plan.selection.narrow(
                     list_tenants(conn, self.plan.settings.tenant_source), strict=False
@@ -766,6 +883,17 @@ class _OutcomeWriter:
     def flush(self) -> None:
         self.ledger.record(self.run_id, self.buffer)
         self.buffer.clear()
+
+
+def _wave_sizes(rollout: Rollout | None, wave_of: Mapping[str, int]) -> tuple[str, ...]:
+    """A rollout's waves with their sizes, for the progress line: ``label:canary (2)``."""
+    if rollout is None:
+        return ()
+    sizes = [0] * len(rollout.waves)
+    for index in wave_of.values():
+        if 0 <= index < len(sizes):
+            sizes[index] += 1
+    return tuple(f"{wave} ({n})" for wave, n in zip(rollout.waves, sizes, strict=True))
 
 
 def _durably(conn: Connection, timeout_s: float, write: Callable[[], None]) -> None:

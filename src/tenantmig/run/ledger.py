@@ -17,7 +17,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -31,6 +31,7 @@ from tenantmig.run.results import (
     Target,
     TenantOutcome,
     TenantStatus,
+    WaveResult,
 )
 from tenantmig.schema.owned import RUN_TENANTS, RUN_TENANTS_INDEX, RUNS
 from tenantmig.server.directory import CONTROL
@@ -53,6 +54,7 @@ _ADDED_COLUMNS = {
     "replayed": "boolean NOT NULL DEFAULT false",
     "target_revision": "text",  # Target.to_ledger(): a revision id, or "base"
     "database": "text",  # the directory's name of the tenant's database (NULL: control)
+    "wave": "smallint",  # a rollout's wave, from 0 (NULL: not a rollout)
 }
 # Columns of the runs table added after its first release.
 _ADDED_RUN_COLUMNS = {
@@ -74,6 +76,7 @@ class RunRecord:
     outcome: str
     totals: dict[str, int]
     reason: str | None = None  # why it stopped before its end
+    waves: list[WaveResult] | None = None  # a rollout's waves, with each one's outcome (run())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class RunRecord:
             "outcome": self.outcome,
             "totals": self.totals,
             "reason": self.reason,
+            **({"waves": [w.to_json() for w in self.waves]} if self.waves is not None else {}),
         }
 
 
@@ -100,6 +104,41 @@ class Selected:
     tenant: str
     schema: str
     database: str
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """One tenant of a rollout as the ledger has it."""
+
+    tenant: str
+    schema: str
+    database: str
+    status: TenantStatus
+    wave: int
+    target: Target | None
+    from_revision: str | None
+    to_revision: str | None
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """A rollout as recorded: its run, options and every tenant with its wave."""
+
+    run_id: int
+    command: str
+    target: str
+    outcome: str  # as runs show reads it: abandoned when its runner was killed
+    options: Mapping[str, Any]
+    rows: Sequence[RolloutRow]
+
+    @property
+    def unfinished(self) -> list[RolloutRow]:
+        return [r for r in self.rows if not r.status.is_done]
+
+
+# Rollouts in these states (abandoned: killed mid-run) can be resumed or cancelled, and keep
+# another all-tenants run of the same command from starting while they have unfinished tenants.
+OPEN_ROLLOUT = ("paused", "failed", "stopped", "interrupted", "abandoned")
 
 
 @dataclass(frozen=True)
@@ -303,15 +342,17 @@ class Ledger:
         run_id: int,
         outcomes: Sequence[TenantOutcome],
         targets: Mapping[str, Target] | None = None,
+        waves: Mapping[str, int] | None = None,
     ) -> None:
         """Upsert outcomes (a tenant is recorded as not run at the start, then finished).
 
-        ``targets``: where the run means to take each tenant; kept when a later upsert of the
-        same tenant does not give one.
+        ``targets``: where the run means to take each tenant, and ``waves``: a rollout's wave
+        of each; both kept when a later upsert of the same tenant does not give them.
         """
         if not outcomes:
             return
         targets = targets or {}
+        waves = waves or {}
         # One statement for the whole batch (arrays unnested), not one round trip per tenant:
         # a run records every tenant at its start, thousands at once. The last outcome of a
         # tenant wins, as with row-by-row upserts (ON CONFLICT may touch a row once).
@@ -332,6 +373,7 @@ class Ledger:
                 [targets[o.name].to_ledger() if o.name in targets else None for o in latest],
             ),
             "database": ("text", [None if o.database == CONTROL else o.database for o in latest]),
+            "wave": ("smallint", [waves.get(o.name) for o in latest]),
         }
         arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, (kind, _) in columns.items())
         self.conn.execute(
@@ -345,7 +387,8 @@ class Ledger:
                 " backup_path = EXCLUDED.backup_path, replayed = EXCLUDED.replayed,"
                 " database = EXCLUDED.database,"
                 f" target_revision = coalesce(EXCLUDED.target_revision, {RUN_TENANTS}"
-                ".target_revision), recorded_at = now()"
+                f".target_revision), wave = coalesce(EXCLUDED.wave, {RUN_TENANTS}.wave),"
+                " recorded_at = now()"
             ),
             {"run_id": run_id, **{name: values for name, (_, values) in columns.items()}},
         )
@@ -373,6 +416,107 @@ class Ledger:
                 "reason": reason,
             },
         )
+
+    @_committed
+    def reopen(self, run_id: int) -> None:
+        """A rollout resumed: running again, by this process (``runs show`` says who)."""
+        self.conn.execute(
+            sa.text(
+                f"UPDATE {self.runs} SET outcome = 'running', finished_at = NULL, reason = NULL,"
+                " host = :host, pid = :pid WHERE id = :id"
+            ),
+            {"id": run_id, "host": socket.gethostname(), "pid": os.getpid()},
+        )
+
+    @_committed
+    def cancel(self, run_id: int, reason: str) -> None:
+        self.conn.execute(
+            sa.text(
+                f"UPDATE {self.runs} SET outcome = 'cancelled', finished_at = now(),"
+                " reason = :reason WHERE id = :id"
+            ),
+            {"id": run_id, "reason": reason},
+        )
+
+    @_read
+    def rollout(self, run_id: int) -> RolloutState | None:
+        """The rollout ``run_id`` with every tenant's wave, or None (no such run, or a run
+        that is not a rollout)."""
+        return self._rollout(run_id)
+
+    def _rollout(self, run_id: int) -> RolloutState | None:
+        if not self._has_tables():
+            return None
+        row = self.conn.execute(
+            sa.text(f"SELECT * FROM {self.runs} WHERE id = :id"), {"id": run_id}
+        ).first()
+        if row is None or not (row.options or {}).get("waves"):
+            return None
+        tenants = self.conn.execute(
+            sa.text(
+                "SELECT tenant, schema_name, status, wave, target_revision, from_revision,"
+                f" to_revision, database FROM {self.run_tenants} WHERE run_id = :id"
+                " ORDER BY wave, tenant"
+            ),
+            {"id": run_id},
+        ).all()
+        return RolloutState(
+            run_id=row.id,
+            command=row.command,
+            target=row.target,
+            outcome=_run_record(row, live_runs(self.conn)).outcome,
+            options=dict(row.options),
+            rows=[
+                RolloutRow(
+                    t.tenant,
+                    t.schema_name,
+                    t.database or CONTROL,
+                    TenantStatus(t.status),
+                    t.wave if t.wave is not None else 0,
+                    Target.from_ledger(t.target_revision) if t.target_revision else None,
+                    t.from_revision,
+                    t.to_revision,
+                )
+                for t in tenants
+            ],
+        )
+
+    @_read
+    def open_rollout(self, command: str) -> RolloutState | None:
+        """The latest rollout of ``command`` that is paused, stopped, failed, interrupted or
+        abandoned with tenants left to do: another all-tenants run must wait for it."""
+        if not self._has_tables():
+            return None
+        run_id = self.conn.execute(
+            sa.text(
+                f"SELECT id FROM {self.runs} r WHERE command = :command AND options ? 'waves'"
+                " AND outcome <> 'cancelled' AND outcome <> 'succeeded'"
+                f" AND EXISTS (SELECT 1 FROM {self.run_tenants} t WHERE t.run_id = r.id"
+                "  AND t.status NOT IN ('ok', 'skipped'))"
+                " ORDER BY id DESC LIMIT 1"
+            ),
+            {"command": command},
+        ).scalar()
+        if run_id is None:
+            return None
+        state = self._rollout(int(run_id))
+        return state if state is not None and state.outcome in OPEN_ROLLOUT else None
+
+    @_committed
+    def recorded_totals(self, run_id: int) -> dict[str, int]:
+        """The run's tenants by status as the ledger has them (a resumed rollout's totals:
+        every invocation's tenants, not only the last one's)."""
+        rows = self.conn.execute(
+            sa.text(
+                f"SELECT status, count(*) AS n FROM {self.run_tenants} WHERE run_id = :id"
+                " GROUP BY status"
+            ),
+            {"id": run_id},
+        ).all()
+        found = {r.status: int(r.n) for r in rows}
+        totals = {status.value: found.get(status.value, 0) for status in TenantStatus}
+        totals["total"] = sum(found.values())
+        return totals
 
     @_committed
     def note_reason(self, run_id: int, reason: str) -> None:
@@ -513,7 +657,11 @@ class Ledger:
             )
             for t in tenants
         ]
-        return _run_record(row, live_runs(self.conn)), outcomes
+        record = _run_record(row, live_runs(self.conn))
+        specs = (row.options or {}).get("waves")
+        if specs:
+            record = replace(record, waves=_waves(specs, tenants))
+        return record, outcomes
 
     @_committed
     def last_selected_by(self, command: str, tenants: Sequence[str]) -> dict[str, Selected]:
@@ -536,6 +684,28 @@ class Ledger:
             r.tenant: Selected(r.run_id, r.tenant, r.schema_name, r.database or CONTROL)
             for r in rows
         }
+
+
+def _waves(specs: Sequence[str], rows: Sequence[Any]) -> list[WaveResult]:
+    """Each wave of a rollout with its tenants' statuses: finished when every one of its
+    tenants is done, unfinished when some started, else not started (the run's reason says
+    why a rollout stopped or paused)."""
+    waves = [WaveResult(i, spec, 0) for i, spec in enumerate(specs)]
+    for row in rows:
+        index = getattr(row, "wave", None)
+        if index is None or not 0 <= index < len(waves):
+            continue
+        wave = waves[index]
+        wave.tenants += 1
+        wave.counts[row.status] = wave.counts.get(row.status, 0) + 1
+    for wave in waves:
+        done = sum(n for status, n in wave.counts.items() if TenantStatus(status).is_done)
+        started = sum(n for status, n in wave.counts.items() if status != "not_run")
+        if wave.tenants and done == wave.tenants:
+            wave.state = "finished"
+        elif started:
+            wave.state = "unfinished"
+    return waves
 
 
 def _run_record(row: Any, alive: set[int]) -> RunRecord:

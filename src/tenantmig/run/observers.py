@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tenantmig.run.results import TenantJob, TenantOutcome
+from tenantmig.run.results import TenantJob, TenantOutcome, WaveResult
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RunStart:
     # Tenants the run recorded without migrating them: already at the target, schema missing,
     # database unreachable.
     settled: tuple[TenantOutcome, ...] = ()
+    waves: tuple[str, ...] = ()  # a rollout's waves with their sizes: "label:canary (2)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class RunObserver(Protocol):
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None: ...
 
+    def wave_finished(self, wave: WaveResult) -> None:
+        """A rollout's wave is over: finished, or stopped by its gate."""
+
     def tenant_hooks(self) -> TenantHooks | None:
         """Hooks to run where each tenant is migrated, or None."""
 
@@ -107,6 +111,9 @@ class QuietObserver:
         pass
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
+        pass
+
+    def wave_finished(self, wave: WaveResult) -> None:
         pass
 
     def tenant_hooks(self) -> TenantHooks | None:
@@ -174,6 +181,9 @@ class GuardedObserver:
 
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         self._call("outcome", outcome, execution)
+
+    def wave_finished(self, wave: WaveResult) -> None:
+        self._call("wave_finished", wave)
 
     def tenant_hooks(self) -> TenantHooks | None:
         hooks = self._call("tenant_hooks")

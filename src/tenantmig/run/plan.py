@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tenantmig.chains.scripts import ChainScripts, Direction, is_relative
 from tenantmig.errors import ConfigError
 from tenantmig.run.results import RunScope
+from tenantmig.run.waves import DEFAULT_SEED, Rollout, check_rollout, parse_waves
 from tenantmig.schema.labels import check_labels
 from tenantmig.schema.registry import Tenant, check_tenant_names, narrowed
 from tenantmig.server.config import Settings
@@ -112,6 +113,14 @@ class RunOptions:
     # A downgrade that would drop tables or columns, or take a tenant to base, asks this once
     # every tenant's target is resolved (None: go on without asking, as before).
     confirm_drops: ConfirmDrops | None = None
+    # A rollout in waves (run/waves.py): the spec, and the rules between waves.
+    waves: str | None = None
+    wave_seed: str | None = None
+    wave_max_failures: int = 0
+    pause_after_wave: bool = False
+    soak_s: float = 0.0
+    # Go on with this paused, stopped or killed rollout instead of starting a run.
+    resume_run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ class RunPlan:
     log_file: Path
     backup_dir: Path | None
     confirm_drops: ConfirmDrops | None = field(default=None, compare=False, repr=False)
+    rollout: Rollout | None = None  # waves as written (assigned to tenants by the coordinator)
+    resume_run: int | None = None
     shared_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
     tenant_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
 
@@ -197,11 +208,38 @@ def check_options(selection: Selection, options: RunOptions) -> None:
         raise ConfigError("--max-failures must be at least 1")
     if options.wait_s < 0:
         raise ConfigError("--wait must be 0 or more seconds")
+    check_rollout(options.wave_max_failures, options.soak_s)
+    rollout_asked = (
+        options.wave_max_failures or options.pause_after_wave or options.soak_s or options.wave_seed
+    )
+    if rollout_asked and options.waves is None and options.resume_run is None:
+        raise ConfigError(
+            "--wave-max-failures, --pause-after-wave, --soak and --wave-seed go with --waves"
+        )
+    if options.waves is not None:
+        if not selection.every_tenant:
+            raise ConfigError("--waves rolls out over all tenants: give --all-tenants")
+        if options.only_failed:
+            raise ConfigError(
+                "a rollout is finished with `tenantmig runs resume RUN_ID`, not --only-failed"
+            )
     if options.backup_dir is not None and not selection.include_tenants:
         raise ConfigError(
             "--backup dumps tenant schemas and this run migrates only the shared schema; "
             "back it up with pg_dump -Fc -n SCHEMA instead"
         )
+
+
+def _rollout(options: RunOptions) -> Rollout | None:
+    if options.waves is None:
+        return None
+    return Rollout(
+        waves=parse_waves(options.waves),
+        seed=options.wave_seed or DEFAULT_SEED,
+        max_failures=options.wave_max_failures,
+        pause_after_wave=options.pause_after_wave,
+        soak_s=options.soak_s,
+    )
 
 
 def build_plan(
@@ -248,6 +286,8 @@ def build_plan(
         log_file=log_file(settings, options.log_file),
         backup_dir=options.backup_dir,
         confirm_drops=options.confirm_drops,
+        rollout=_rollout(options),
+        resume_run=options.resume_run,
         shared_scripts=shared_scripts,
         tenant_scripts=tenant_scripts,
     )

@@ -58,6 +58,8 @@ class RunOutcome(str, Enum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     STOPPED = "stopped"  # it lost its run lock: started no tenant after that (reason recorded)
+    PAUSED = "paused"  # a rollout that ended after a wave, as asked (`runs resume` goes on)
+    CANCELLED = "cancelled"  # a paused or stopped rollout given up (`runs cancel`)
     ABANDONED = "abandoned"
 
 
@@ -155,6 +157,12 @@ class RunResult:
     stopped: str | None = None  # why it stopped starting tenants: it lost its run lock
     duration_s: float = 0.0
     notices: list[str] = field(default_factory=list)
+    # A rollout: each wave as it went; and why it ended before its last wave (a wave's gate
+    # failed: ``halted``; --pause-after-wave: ``paused``).
+    waves: list[WaveResult] | None = None
+    halted: str | None = None
+    paused: str | None = None
+    paused_by_signal: bool = False  # Ctrl-C or SIGTERM during a soak: paused, exit 130
 
     def count(self, status: TenantStatus) -> int:
         return sum(1 for o in self.outcomes if o.status is status)
@@ -166,7 +174,13 @@ class RunResult:
     @property
     def succeeded(self) -> bool:
         shared_ok = self.shared is None or self.shared.status.is_done
-        return shared_ok and not self.failed and not self.interrupted and self.stopped is None
+        return (
+            shared_ok
+            and not self.failed
+            and not self.interrupted
+            and self.stopped is None
+            and self.halted is None
+        )
 
     @property
     def outcome(self) -> RunOutcome:
@@ -174,7 +188,9 @@ class RunResult:
             return RunOutcome.INTERRUPTED
         if self.stopped is not None:
             return RunOutcome.STOPPED
-        return RunOutcome.FAILED if self.failed else RunOutcome.SUCCEEDED
+        if self.failed or self.halted is not None:
+            return RunOutcome.FAILED
+        return RunOutcome.PAUSED if self.paused is not None else RunOutcome.SUCCEEDED
 
     def totals(self) -> dict[str, int]:
         totals = {status.value: self.count(status) for status in TenantStatus}
@@ -193,4 +209,33 @@ class RunResult:
             "tenants": [o.to_json() for o in self.outcomes],
             "totals": self.totals(),
             "notices": self.notices,
+            **(
+                {
+                    "waves": [wave.to_json() for wave in self.waves],
+                    "halted": self.halted,
+                    "paused": self.paused,
+                }
+                if self.waves is not None
+                else {}
+            ),
+        }
+
+
+@dataclass
+class WaveResult:
+    """One wave of a rollout: its spec, its tenants, and how far it got."""
+
+    index: int  # from 0
+    spec: str
+    tenants: int
+    state: str = "not_started"  # not_started / finished / stopped (its gate failed)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "wave": self.index + 1,
+            "spec": self.spec,
+            "tenants": self.tenants,
+            "state": self.state,
+            "counts": self.counts,
         }

@@ -9,7 +9,9 @@ foreign key's ON DELETE CASCADE) only when it is finished and old enough, and ne
   run of a kind, and removing it would make an older one the latest;
 - it holds a tenant's latest row and that row says the tenant is not where it was meant to be
   (failed, interrupted, not run, missing, moved): that row is how ``status`` and the next run
-  know what is left.
+  know what is left;
+- it is a rollout that is not over (paused, stopped by a wave's gate, interrupted) with
+  tenants left: ``runs resume`` goes on from its rows.
 
 Runs are deleted a batch at a time, each batch its own short transaction: the rows they lock are
 the removed runs' own, so a run writing the ledger meanwhile is not held up.
@@ -114,6 +116,7 @@ class PruneResult:
 KEPT_RUNNING = "running or abandoned"
 KEPT_LATEST_OF_KIND = "the latest run of its kind"
 KEPT_UNFINISHED = "the latest run of a tenant it left unfinished"
+KEPT_OPEN_ROLLOUT = "a paused or stopped rollout with tenants left (runs resume, runs cancel)"
 
 
 def plan_prune(conn: Connection, shared_schema: str, retention: Retention) -> PrunePlan:
@@ -124,7 +127,8 @@ def plan_prune(conn: Connection, shared_schema: str, retention: Retention) -> Pr
     unfinished = [s.value for s in TenantStatus if not s.is_done]
     rows = conn.execute(
         sa.text(
-            f"WITH eligible AS (SELECT id, command, scope, outcome FROM {runs}"
+            f"WITH eligible AS (SELECT id, command, scope, outcome, options ? 'waves' AS waves"
+            f" FROM {runs}"
             " WHERE (CAST(:days AS double precision) IS NULL"
             "        OR started_at < now() - make_interval(secs => :days * 86400))"
             "   AND (CAST(:keep AS integer) IS NULL OR id NOT IN"
@@ -138,6 +142,10 @@ def plan_prune(conn: Connection, shared_schema: str, retention: Retention) -> Pr
             f"   {run_tenants} x WHERE x.tenant = t.tenant ORDER BY x.run_id DESC LIMIT 1) AS last"
             "  WHERE last.status = ANY(:unfinished))"
             " SELECT e.id, e.outcome,"
+            # A rollout that is not over (paused, stopped, ...) with tenants left: resumable.
+            "  e.waves AND e.outcome NOT IN ('succeeded', 'cancelled') AND EXISTS (SELECT 1"
+            f"   FROM {run_tenants} u WHERE u.run_id = e.id AND u.status = ANY(:unfinished))"
+            "   AS open_rollout,"
             "  e.id IN (SELECT id FROM latest_of_kind) AS latest,"
             "  e.id IN (SELECT id FROM pinned) AS pinned"
             " FROM eligible e ORDER BY e.id"
@@ -150,6 +158,8 @@ def plan_prune(conn: Connection, shared_schema: str, retention: Retention) -> Pr
     for row in rows:
         if row.outcome == RunOutcome.RUNNING.value or row.id in alive:
             reason = KEPT_RUNNING
+        elif row.open_rollout:
+            reason = KEPT_OPEN_ROLLOUT
         elif row.latest:
             reason = KEPT_LATEST_OF_KIND
         elif row.pinned:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tenantmig.errors import ConfigError
 from tenantmig.server.directory import (
@@ -153,6 +153,8 @@ class Settings:
     notify_format: str = "json"
     # events: where upgrade and downgrade write their event stream (None: nowhere).
     events: str | None = None
+    # [rollout]: what an all-tenants upgrade or downgrade does without --waves and its options.
+    rollout: RolloutDefaults = field(default_factory=lambda: RolloutDefaults())
     # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
     citus_schemas: str = "distributed"
     # On a Citus coordinator: shared tables made reference tables after `upgrade --shared`
@@ -328,6 +330,47 @@ def _option(parser: configparser.ConfigParser, path: Path, section: str, name: s
         raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
 
 
+@dataclass(frozen=True)
+class RolloutDefaults:
+    """The [rollout] section of alembic.ini: waves for every all-tenants upgrade and downgrade
+    (``--waves`` and its options override; ``--no-waves`` leaves them out)."""
+
+    waves: str | None = None
+    wave_seed: str | None = None
+    wave_max_failures: int | None = None
+    pause_after_wave: bool = False
+    soak_s: float | None = None
+
+
+def _rollout_section(parser: configparser.ConfigParser, path: Path) -> RolloutDefaults:
+    if not parser.has_section("rollout"):
+        return RolloutDefaults()
+
+    def value(name: str) -> str | None:
+        found = _option(parser, path, "rollout", name)
+        return found.strip() if found is not None and found.strip() else None
+
+    def number(name: str, kind: type[int] | type[float]) -> Any:
+        text = value(name)
+        if text is None:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{path}: [rollout] {name} = {text!r} is not a number") from None
+
+    pause = (value("pause_after_wave") or "false").lower()
+    if pause not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        raise ConfigError(f"{path}: [rollout] pause_after_wave = {pause!r}: give true or false")
+    return RolloutDefaults(
+        waves=value("waves"),
+        wave_seed=value("wave_seed"),
+        wave_max_failures=number("wave_max_failures", int),
+        pause_after_wave=pause in ("true", "yes", "on", "1"),
+        soak_s=number("soak", float),
+    )
+
+
 def _events_path(value: str | None, config_file: Path) -> str | None:
     """alembic.ini's ``events``: ``-`` (standard output), or a file; a relative path is
     relative to alembic.ini's directory, wherever tenantmig runs from."""
@@ -468,6 +511,7 @@ def load_settings(
         notify=tuple(u for u in (ini_option("notify") or "").replace(",", " ").split() if u),
         notify_format=(ini_option("notify_format") or "json").strip().lower(),
         events=_events_path(ini_option("events"), path),
+        rollout=_rollout_section(parser, path),
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
         databases=directory,
