@@ -470,3 +470,25 @@ def test_a_least_privileged_role_migrates_and_checks_drift_after_grant(
             conn.exec_driver_sql(f'DROP OWNED BY "{role}" CASCADE')
         with citus_engine.begin() as conn:
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
+def test_a_rollout_stopped_by_its_canary_resumes_on_citus(
+    citus_settings: Settings, citus_url: str, citus_engine: sa.Engine
+) -> None:
+    tenants = names(4)
+    make_tenants(citus_settings, tenants, OLD)
+    run_cli("tenants", "label", "t000", "t001", "--add", "canary", url=citus_url)
+    with citus_engine.begin() as conn:  # what revision 003 creates, made by hand in t001
+        conn.exec_driver_sql("CREATE TABLE t001.locations (id int PRIMARY KEY)")
+    done = run_cli(
+        "upgrade", "--all-tenants", "--waves", "label:canary,rest", "--json", url=citus_url
+    )
+    assert done.returncode == 3, done.stderr
+    result = json.loads(done.stdout)
+    assert [w["state"] for w in result["waves"]] == ["stopped", "not_started"]
+    assert [version(citus_engine, t) for t in tenants] == [TENANT_HEAD, OLD, OLD, OLD]
+    with citus_engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE t001.locations")
+    resumed = run_cli("runs", "resume", str(result["run_id"]), url=citus_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert all(version(citus_engine, t) == TENANT_HEAD for t in tenants)

@@ -452,3 +452,33 @@ def test_move_copies_verifies_and_switches_and_a_failed_move_changes_nothing(
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
         us.dispose()
         eu.dispose()
+
+
+def test_a_rollout_resumes_across_databases_and_follows_a_moved_tenant(layout: Layout) -> None:
+    """A paused rollout over three databases; a tenant of a later wave is moved to another
+    database meanwhile; the resume migrates it where it lives now, and every other tenant in
+    its own database, each once."""
+    placed = place_tenants(layout)
+    assert layout.cli("tenants", "label", "a1", "e1", "u1", "--add", "canary").returncode == 0
+    done = layout.cli(
+        "upgrade", "--all-tenants", "--waves", "label:canary,rest", "--pause-after-wave", "--json"
+    )
+    paused = json_of(done)
+    assert isinstance(paused, dict) and done.returncode == 0, done.stderr
+    assert [w["state"] for w in paused["waves"]] == ["finished", "not_started"]
+    moved = layout.cli("tenants", "move", "e2", "--to", "us")
+    assert moved.returncode == 0, moved.stderr
+    resumed = layout.cli("runs", "resume", str(paused["run_id"]), "--json")
+    result = json_of(resumed)
+    assert isinstance(result, dict) and resumed.returncode == 0, resumed.stderr
+    where = {t["name"]: t["database"] for t in result["tenants"]}
+    assert where["e2"] == "us" and where["e3"] == "eu" and where["u2"] == "us"
+    placed["eu"].remove("e2")
+    placed["us"].append("e2")
+    for database, names in placed.items():
+        engine = layout.engine(database)
+        assert all(version(engine, n) == TENANT_HEAD for n in names), database
+        engine.dispose()
+    shown = json_of(layout.cli("runs", "show", str(paused["run_id"]), "--json"))
+    assert isinstance(shown, dict) and shown["outcome"] == "succeeded"
+    assert all(t["status"] == "ok" for t in shown["tenants"])

@@ -795,7 +795,8 @@ def build_parser(
         "gate, was interrupted, or whose runner was killed: the same run, its unfinished "
         "tenants each to the revision and in the wave it recorded, the stopped wave's failed "
         "tenants first, then the later waves, with the rollout's own rules between waves. "
-        "Tenants moved to another database since are skipped and said so.",
+        "A tenant migrated meanwhile (by a --tenant run) is skipped; one moved to another "
+        "database since is migrated where it lives now.",
     )
     resume.add_argument("run_id", type=int, help="the rollout's run id")
     resume.add_argument(

@@ -345,7 +345,7 @@ class _Coordinator:
         jobs = sorted_out.jobs
         settled = [*places.unreachable_outcomes(), *sorted_out.settled]
         if self.resumed is not None:
-            settled += self.resumed.moved
+            settled += self.resumed.gone
         self._confirm_drops(scripts, jobs)
         nothing = not jobs and all(o.status is TenantStatus.SKIPPED for o in settled)
         if nothing and state is None:

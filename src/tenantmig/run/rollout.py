@@ -80,46 +80,40 @@ class Resumed:
     """What a resumed rollout takes: its unfinished tenants, as they are now."""
 
     tenants: list[Tenant]
-    moved: list[TenantOutcome]  # moved to another database since: skipped, and said so
+    gone: list[TenantOutcome]  # no longer registered: recorded missing, not resumed
     targets: dict[str, Target]
     waves: dict[str, int]
     failed_before: frozenset[str] = field(default_factory=frozenset)
 
 
 def resume_selection(state: RolloutState, current: Sequence[Tenant]) -> Resumed:
-    """The rollout's unfinished tenants, found in today's tenant list. A tenant that moved to
-    another database since the rollout started is skipped (outcome ``moved``): the finishing
-    `upgrade --tenant` migrates it where it lives now. One no longer registered is skipped too
-    (``missing``)."""
+    """The rollout's unfinished tenants, found in today's tenant list: each where it lives now
+    (a tenant moved to another database since the rollout started is migrated there, to the
+    target recorded for it). One no longer registered is recorded ``missing``, not resumed.
+    A tenant migrated meanwhile by a run of its own is found at its target under its lock and
+    skipped, as any tenant already there."""
     now = {t.name: t for t in current}
     chosen: list[Tenant] = []
-    skipped: list[TenantOutcome] = []
+    gone: list[TenantOutcome] = []
     for row in state.unfinished:
         tenant = now.get(row.tenant)
-        if tenant is None or tenant.database != row.database:
-            status = TenantStatus.MISSING if tenant is None else TenantStatus.MOVED
-            where = (
-                "no longer registered"
-                if tenant is None
-                else f"moved to {tenant.database} since the rollout started; migrate it there "
-                f"with `tenantmig {state.command} --tenant {row.tenant} {state.target}`"
-            )
-            skipped.append(
+        if tenant is None:
+            gone.append(
                 TenantOutcome(
                     row.tenant,
                     row.schema,
-                    status,
+                    TenantStatus.MISSING,
                     row.from_revision,
                     row.to_revision,
-                    error=f"{where}: not resumed",
-                    database=tenant.database if tenant is not None else row.database,
+                    error="no longer registered: not resumed",
+                    database=row.database,
                 )
             )
             continue
         chosen.append(tenant)
     return Resumed(
         tenants=chosen,
-        moved=skipped,
+        gone=gone,
         targets={r.tenant: r.target for r in state.unfinished if r.target is not None},
         waves={r.tenant: r.wave for r in state.rows},
         failed_before=frozenset(r.tenant for r in state.rows if r.status.is_failure),
