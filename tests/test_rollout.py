@@ -18,6 +18,7 @@ from tenantmig.server.config import Settings
 from tests.helpers import CONFIG, REPO, run_cli
 from tests.test_engine import make_tenants
 from tests.test_events import _events
+from tests.test_notifications import _Receiver, _receiver
 
 HEAD = "003_add_inventory_tracking"
 OLD = "001_initial_schema"
@@ -51,7 +52,7 @@ def _ok_rows(engine: sa.Engine, run_id: int) -> dict[str, int]:
 
 
 def test_a_failing_canary_stops_the_rollout_and_resume_finishes_it(
-    settings: Settings, engine: sa.Engine, database_url: str
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
 ) -> None:
     tenants = ["c1", "c2", *(f"t{i}" for i in range(6))]
     make_tenants(settings, tenants, OLD)
@@ -99,9 +100,15 @@ def test_a_failing_canary_stops_the_rollout_and_resume_finishes_it(
 
     with engine.begin() as conn:
         conn.exec_driver_sql('DROP TABLE "c2".locations')  # the cause, fixed
-    resumed = run_cli("runs", "resume", str(run_id), "--json", url=database_url)
+    events = tmp_path / "events.jsonl"
+    resumed = run_cli(
+        "runs", "resume", str(run_id), "--json", "--events", str(events), url=database_url
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     again = json.loads(resumed.stdout)
+    streamed = _events(events.read_text())  # a resume reports like the run it is
+    assert streamed[0]["event"] == "run_started" and streamed[0]["run_id"] == run_id
+    assert [e["wave"] for e in streamed if e["event"] == "wave_finished"] == [1, 2, 3]
     assert again["run_id"] == run_id and again["finish_command"] is None
     assert [w["state"] for w in again["waves"]] == ["finished"] * 3
     assert _versions(engine, tenants) == dict.fromkeys(tenants, HEAD)
@@ -163,11 +170,17 @@ def test_a_soak_finds_drift_and_stops_the_rollout(
     run_cli("tenants", "label", "s1", "--add", "canary", url=database_url)
     with engine.begin() as conn:  # not made by any migration: drift once s1 is at head
         conn.exec_driver_sql('CREATE TABLE "s1".hand_made (id int)')
-    done = run_cli(
-        "upgrade", "--all-tenants", "--waves", "label:canary,rest", "--soak", "0.2", "--jobs",
-        "1", "--json", url=database_url,
-    )  # fmt: skip
+    with _receiver("ok") as hook:
+        done = run_cli(
+            "upgrade", "--all-tenants", "--waves", "label:canary,rest", "--soak", "0.2",
+            "--jobs", "1", "--json", "--notify", hook, "--notify-format", "slack",
+            url=database_url,
+        )  # fmt: skip
     assert done.returncode == 3, done.stderr
+    (sent,) = _Receiver.bodies  # the notification says the rollout stopped, and how to go on
+    assert "rollout stopped: drift found" in str(sent["text"]) and "runs resume" in str(
+        sent["text"]
+    )
     result = json.loads(done.stdout)
     assert "drift found after the 0.2s soak after wave 1 of 2" in result["halted"]
     assert "s1" in result["halted"]

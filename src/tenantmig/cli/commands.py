@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -267,14 +267,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return cmd_sql(args, settings)
     selection = _selection(args)
     options = replace(_run_options(args), **_rollout(args, settings, selection))
-    exports, notifications = _exports(args), _notifications(args, settings)
-    events = getattr(args, "events", None) or settings.events
-    if events == "-" and args.json:
-        raise ConfigError("--events - and --json both write to standard output: give --events "
-                          "a file, or leave out --json")  # fmt: skip
-    # Before anything changes: a missing package or directory, a bad URL is a usage error.
-    exports.check()
-    notifications.check()
+    monitoring = _Monitoring.asked(args, settings)
     if args.command == "downgrade" and selection.shared:
         # The shared schema goes first, before tenants are read: asked up front.
         what = "the shared schema" + (" and every tenant" if selection.include_tenants else "")
@@ -293,23 +286,64 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
         options = replace(options, confirm_drops=confirm)
     verb = api.upgrade if args.command == "upgrade" else api.downgrade
-    with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
-        with _watching(args, selection, events, progress) as observers:
-            result = verb(settings, selection, args.revision, options, observers)
-            progress.close(interrupted=result.interrupted)
-            # With the event stream on standard output, the summary goes to standard error.
-            code = _finish_run(result, args, args.argv, sys.stderr if events == "-" else None)
-            observers.finished(result, code, finish_command(result, args.argv))
-    if exports:
-        from tenantmig.observe.prometheus import export
 
-        export(result, code, exports, _warn)
-    if notifications:
-        from tenantmig.observe.notify import payload, send
+    def run(observer: api.RunObserver) -> RunResult:
+        return verb(settings, selection, args.revision, options, observer)
 
-        finish = finish_command(result, args.argv)
-        send(notifications, payload(result, code, finish, notifications.format), _warn)
-    return code
+    return monitoring.run(args, args.command, args.revision, selection, run)
+
+
+@dataclass(frozen=True)
+class _Monitoring:
+    """Where a run reports besides the terminal: events, telemetry, metrics, notifications."""
+
+    events: str | None
+    exports: Exports
+    notifications: Notifications
+
+    @classmethod
+    def asked(cls, args: argparse.Namespace, settings: Settings) -> _Monitoring:
+        """As the command line (else alembic.ini) asks; checked before anything changes: a
+        missing package or directory, a bad URL is a usage error."""
+        events = getattr(args, "events", None) or settings.events
+        if events == "-" and getattr(args, "json", False):
+            raise ConfigError("--events - and --json both write to standard output: give "
+                              "--events a file, or leave out --json")  # fmt: skip
+        monitoring = cls(events, _exports(args), _notifications(args, settings))
+        monitoring.exports.check()
+        monitoring.notifications.check()
+        return monitoring
+
+    def run(
+        self,
+        args: argparse.Namespace,
+        command: str,
+        target: str,
+        selection: api.Selection,
+        run: Callable[[api.RunObserver], RunResult],
+    ) -> int:
+        """``run`` with the progress display and these observers; its summary printed, then
+        its metrics and notifications sent. The run's exit code."""
+        quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+        with live_progress(Progress(quiet=quiet)) as progress:
+            with _watching(args, command, target, selection, self.events, progress) as observers:
+                result = run(observers)
+                progress.close(interrupted=result.interrupted)
+                # With the event stream on standard output, the summary goes to standard error.
+                out = sys.stderr if self.events == "-" else None
+                code = _finish_run(result, args, args.argv, out)
+                observers.finished(result, code, finish_command(result, args.argv))
+        if self.exports:
+            from tenantmig.observe.prometheus import export
+
+            export(result, code, self.exports, _warn)
+        if self.notifications:
+            from tenantmig.observe.notify import payload, send
+
+            finish = finish_command(result, args.argv)
+            body = payload(result, code, finish, self.notifications.format)
+            send(self.notifications, body, _warn)
+        return code
 
 
 def _warn(text: str) -> None:
@@ -318,7 +352,12 @@ def _warn(text: str) -> None:
 
 @contextmanager
 def _watching(
-    args: argparse.Namespace, selection: api.Selection, events: str | None, progress: Progress
+    args: argparse.Namespace,
+    command: str,
+    target: str,
+    selection: api.Selection,
+    events: str | None,
+    progress: Progress,
 ) -> Iterator[Observers]:
     """The run's observers: the progress display, and the event stream and OpenTelemetry when
     asked for. Each is told how the run ended (also when it ended in an error), then closed:
@@ -332,11 +371,11 @@ def _watching(
 
         only_failed = bool(getattr(args, "only_failed", False))
         stream = EventStream(
-            EventSink.open(events), args.command, args.revision, selection, only_failed=only_failed
+            EventSink.open(events), command, target, selection, only_failed=only_failed
         )
         watchers.append(stream)
     if otel.check(bool(getattr(args, "otel", False)), _warn):
-        watchers.append(otel.OtelRun(args.command, args.revision))
+        watchers.append(otel.OtelRun(command, target))
     observers = Observers(watchers, _warn)
     try:
         yield observers
@@ -657,12 +696,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace, settings: Settings) -> int:
-    """`runs resume RUN_ID`: the rollout goes on, shown and ended like the run it is."""
+    """`runs resume RUN_ID`: the rollout goes on, shown, reported and ended like the run it
+    is (events, telemetry, metrics and notifications as for upgrade)."""
+    monitoring = _Monitoring.asked(args, settings)
+    record, _ = api.run_details(settings, args.run_id)
     options = api.RunOptions(jobs=args.jobs)
-    with live_progress(Progress(quiet=args.quiet or args.json)) as progress:
-        result = api.resume_run(settings, args.run_id, options, progress)
-        progress.close(interrupted=result.interrupted)
-    return _finish_run(result, args, args.argv)
+
+    def run(observer: api.RunObserver) -> RunResult:
+        return api.resume_run(settings, args.run_id, options, observer)
+
+    selection = api.Selection.all_tenants()
+    return monitoring.run(args, record.command, record.target, selection, run)
 
 
 def _prune_runs(args: argparse.Namespace, settings: Settings) -> int:

@@ -806,6 +806,8 @@ def build_parser(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object"
     )
     resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _metrics_options(resume)
+    _notify_options(resume)
     cancel = _action(
         rsub,
         "cancel",

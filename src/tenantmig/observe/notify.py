@@ -74,7 +74,18 @@ def _slack_text(result: RunResult, exit_code: int, finish: str | None) -> str:
         lines.append(f"• {outcome.name} {outcome.status.value}: {outcome.error or ''}".rstrip())
     if len(failed) > FAILED_SHOWN:
         lines.append(f"… and {len(failed) - FAILED_SHOWN} more")
-    if finish:
+    if result.waves is not None:
+        lines.append(
+            "waves: "
+            + "; ".join(f"{w.index + 1} {w.spec} {w.state.replace('_', ' ')}" for w in result.waves)
+        )
+        if result.halted:
+            lines.append(f"rollout stopped: {result.halted}")
+        if result.paused:
+            lines.append(f"rollout {result.paused}")
+    if finish and result.waves is not None:
+        lines.append(f"go on with: `{finish}` (or give it up: `runs cancel`)")
+    elif finish:
         lines.append(f"finish it with: `{finish}`")
     return "\n".join(lines)
 
