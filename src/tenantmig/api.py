@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from tenantmig.backup.restore import RestoreResult
     from tenantmig.chains.autogen import CheckResult
     from tenantmig.chains.project import InitResult
+    from tenantmig.risk.plan import PlanReport
     from tenantmig.run.bulk import BatchCallback, DropResult
     from tenantmig.run.drops import Drops
     from tenantmig.run.grants import GrantResult
@@ -98,6 +99,7 @@ __all__ = [
     "label_tenants",
     "merge",
     "move_tenant",
+    "plan",
     "prune_runs",
     "register_tenants",
     "restore",
@@ -166,6 +168,24 @@ def _migrate(
     plan = build_plan(settings, selection, direction, revision, options or RunOptions())
     with open_database(settings) as database:
         return coordinator.migrate(plan, database, observer)
+
+
+def plan(
+    settings: Settings, selection: Selection, direction: Direction, revision: str
+) -> PlanReport:
+    """What ``upgrade``/``downgrade`` to ``revision`` would do to the selected tenants: each
+    distinct step with its tenants (largest first, by the size of the tables it rewrites or
+    scans), its statements, and each statement's lock and effect. Nothing is changed."""
+    from tenantmig.risk.plan import build
+    from tenantmig.risk.statements import require_parser
+
+    require_parser()
+    if not selection.include_tenants:
+        raise ConfigError("plan reviews tenant migrations: give --all-tenants or --tenant NAME")
+    registry.check_tenant_names(selection.tenants or (), settings.tenant_source)
+    settings.check_database_names(selection.databases or ())
+    with open_database(settings) as database:
+        return build(settings, database, selection, direction, revision)
 
 
 def resume_run(

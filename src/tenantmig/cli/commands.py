@@ -259,7 +259,24 @@ def _rollout(
     }
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`tenantmig plan` (and `upgrade --plan`, `downgrade --plan`)."""
+    downgrade = getattr(args, "downgrade", False) or args.command == "downgrade"
+    selection = _selection(args)
+    if selection.shared and not selection.include_tenants:
+        raise ConfigError("plan reviews tenant migrations: give --all-tenants or --tenant NAME")
+    if selection.shared:  # no selection: every tenant (the shared chain is not planned)
+        selection = replace(selection, shared=False)
+    report = api.plan(
+        _settings(args), selection, "downgrade" if downgrade else "upgrade", args.revision
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return ExitCode.OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if getattr(args, "plan", False):
+        return cmd_plan(args)
     settings = _settings(args)
     if args.sql or args.sql_dir is not None:
         if args.waves:
@@ -884,6 +901,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "upgrade": cmd_migrate,
     "downgrade": cmd_migrate,
+    "plan": cmd_plan,
     "status": cmd_status,
     "current": cmd_current,
     "history": cmd_history,

@@ -318,6 +318,12 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     review.add_argument(
         "--sql-dir", type=Path, metavar="DIR", help="like --sql, one SCHEMA.sql file per schema"
     )
+    review.add_argument(
+        "--plan",
+        action="store_true",
+        help="show what the run would do instead of running it: `tenantmig plan` (each "
+        "step's statements, locks and effects, and the largest tenants)",
+    )
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -496,6 +502,28 @@ def build_parser(
     _rollout_options(p)
     _metrics_options(p)
     _notify_options(p)
+
+    p = add(
+        "plan",
+        "Show what an upgrade or downgrade would do to each tenant, before it runs.",
+        "Show what `tenantmig upgrade` (or `downgrade`, with --downgrade) to REVISION would "
+        "do to the selected tenants, changing nothing: for every distinct step they need, the "
+        "tenants that take it, its statements as compiled (as a run replays them; Alembic's "
+        "offline SQL for a step that cannot be compiled), the strongest lock each takes and "
+        "on which table, what it does to the rows (rewrite, scan, metadata-only, "
+        "destructive), and the tenants with the largest tables it rewrites or scans first. "
+        "Needs read access and a scratch schema, as a run's compilation does "
+        "(pip install 'tenantmig[plan]').",
+    )
+    _selector(p, required=False)
+    p.add_argument(
+        "--downgrade", action="store_true", help="plan a downgrade to REVISION (default: upgrade)"
+    )
+    p.add_argument(
+        "revision", nargs="?", default="head", help="target revision: head (default), a revision "
+        "id, +N, or with --downgrade a revision, base or -N",
+    )  # fmt: skip
+    _json(p)
 
     p = add(
         "downgrade",

@@ -1,0 +1,292 @@
+"""`tenantmig plan`: what a run would do to each tenant, and what that costs, before it runs.
+
+For every distinct step the selected tenants need (from revision, to revision): the tenants
+that take it, its statements as compiled (the SQL Alembic sends, as a run replays it; for a
+step that cannot be compiled, Alembic's offline SQL instead, said so), each statement's
+strongest lock and effect (``risk.classify``), and for each tenant the size of the tables a
+rewrite or scan touches, read in bulk, largest first. Nothing is changed: the compilation runs
+in rolled-back scratch schemas, as a run's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tenantmig.chains.context import VERSION_TABLE
+from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.risk.classify import assess
+from tenantmig.risk.statements import BLOCKS, Assessment, Catalog
+from tenantmig.run.plan import Selection
+from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
+from tenantmig.schema.registry import Tenant, by_database, select_tenants
+from tenantmig.schema.versions import SchemaVersion, read_versions
+from tenantmig.server.config import Settings
+from tenantmig.server.database import Database, DatabaseSet
+
+_SIZE_CHUNK = 1000  # schemas per size query
+SHOWN = 10  # tenants listed per step in text; --json has all
+
+
+@dataclass(frozen=True)
+class TenantCost:
+    """A tenant taking a step, with the size of the tables the step rewrites or scans."""
+
+    name: str
+    schema: str
+    database: str
+    bytes: int = 0
+    rows: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "schema": self.schema,
+            "database": self.database,
+            "bytes": self.bytes,
+            "rows": self.rows,
+        }
+
+
+@dataclass
+class StepPlan:
+    key: StepKey
+    tenants: list[TenantCost]  # largest first
+    statements: list[Assessment]
+    compiled: bool  # the statements are the compiled step's (replayed); else offline SQL
+    note: str | None = None  # why the step is not replayed, when it is not
+
+    @property
+    def touched(self) -> list[str]:
+        """The tables a rewrite or scan of this step touches, in the order first seen."""
+        return list(dict.fromkeys(a.table for a in self.statements if a.touches_rows and a.table))
+
+    @property
+    def strongest(self) -> Assessment | None:
+        from tenantmig.risk.statements import LOCK_MODES
+
+        locked = [a for a in self.statements if a.lock is not None]
+        return max(locked, key=lambda a: LOCK_MODES.index(a.lock or "ACCESS SHARE"), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.key.from_revision or "base",
+            "to": self.key.to_revision or "base",
+            "tenants": [t.to_json() for t in self.tenants],
+            "compiled": self.compiled,
+            "note": self.note,
+            "touched_tables": self.touched,
+            "statements": [a.to_json() for a in self.statements],
+        }
+
+
+@dataclass
+class PlanReport:
+    command: str
+    target: str
+    steps: list[StepPlan]
+    selected: int
+    at_target: int
+    unreadable: list[str] = field(default_factory=list)  # no schema, or a database down
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "target": self.target,
+            "selected": self.selected,
+            "at_target": self.at_target,
+            "unreadable": self.unreadable,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+    def text(self) -> str:
+        taking = sum(len(s.tenants) for s in self.steps)
+        lines = [
+            f"plan: {self.command} {self.target}: {taking} of {self.selected} tenant(s) to "
+            f"migrate in {len(self.steps)} step(s); {self.at_target} already there"
+            + (f"; not read: {', '.join(self.unreadable[:5])}" if self.unreadable else "")
+        ]
+        for step in self.steps:
+            lines += ["", _step_text(step)]
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _step_text(step: StepPlan) -> str:
+    how = "compiled, replayed in each tenant" if step.compiled else "Alembic's offline SQL"
+    lines = [
+        f"step {step.key.describe()}: {len(step.tenants)} tenant(s); {how}"
+        + (f"\n  {step.note}" if step.note else "")
+    ]
+    for number, a in enumerate(step.statements, 1):
+        lock = f"{a.lock} on {a.table}" if a.lock else "no lock on an existing table"
+        lines.append(f"  {number:>2}. {a.sql}")
+        lines.append(f"      {lock}; {a.effect}" + (f": {'; '.join(a.why)}" if a.why else ""))
+    strongest = step.strongest
+    if strongest is not None and strongest.lock is not None:
+        lines.append(
+            f"  strongest lock: {strongest.lock} on {strongest.table}, held to the tenant's "
+            f"commit (blocks {BLOCKS[strongest.lock]})"
+        )
+    touched = step.touched
+    if touched:
+        lines.append(f"  largest tenants for what it rewrites or scans ({', '.join(touched)}):")
+        for tenant in step.tenants[:SHOWN]:
+            lines.append(
+                f"    {tenant.name:<24} {_size(tenant.bytes):>10}  {tenant.rows:>12,} row(s)"
+            )
+        if len(step.tenants) > SHOWN:
+            lines.append(f"    ... and {len(step.tenants) - SHOWN} more (--json lists them all)")
+    return "\n".join(lines)
+
+
+# -- building the plan ---------------------------------------------------------------------------
+def build(
+    settings: Settings,
+    database: Database,
+    selection: Selection,
+    direction: Direction,
+    target: str,
+) -> PlanReport:
+    scripts = ChainScripts(settings, "tenant")
+    if not target.startswith(("+", "-")):
+        scripts.resolve_target(target)  # an unknown revision: an error before anything is read
+    with database.engine.connect() as conn, conn.begin():
+        tenants = selection.narrow(select_tenants(conn, settings.tenant_source, selection.tenants))
+    databases = DatabaseSet(settings, database)
+    try:
+        versions, down = _versions(databases, tenants)
+        groups: dict[StepKey, list[Tenant]] = {}
+        at_target, unreadable = 0, [f"{t.name} (database {t.database} unreachable)"
+                                    for t in tenants if t.database in down]  # fmt: skip
+        for tenant in tenants:
+            if tenant.database in down:
+                continue
+            version = versions.get(tenant.schema)
+            if version is None or not version.schema_exists:
+                unreadable.append(f"{tenant.name} (no schema)")
+                continue
+            current = version.revision
+            destination = scripts.resolve_target(target, current)
+            if scripts.already_there(direction, current, destination):
+                at_target += 1
+                continue
+            key = StepKey(current, destination, version.has_version_table)
+            groups.setdefault(key, []).append(tenant)
+        steps = [
+            _plan_step(settings, database, databases, scripts, direction, key, members)
+            for key, members in sorted(
+                groups.items(), key=lambda item: (-len(item[1]), item[0].describe())
+            )
+        ]
+    finally:
+        databases.close()
+    return PlanReport(direction, target, steps, len(tenants), at_target, unreadable)
+
+
+def _versions(
+    databases: DatabaseSet, tenants: Sequence[Tenant]
+) -> tuple[dict[str, SchemaVersion], set[str]]:
+    found: dict[str, SchemaVersion] = {}
+    down: set[str] = set()
+    for name, group in by_database(tenants).items():
+        if databases.unreachable(name) is not None:
+            down.add(name)
+            continue
+        with databases.get(name).engine.connect() as conn:
+            found.update(read_versions(conn, [t.schema for t in group]))
+    return found, down
+
+
+def _plan_step(
+    settings: Settings,
+    control: Database,
+    databases: DatabaseSet,
+    scripts: ChainScripts,
+    direction: Direction,
+    key: StepKey,
+    tenants: list[Tenant],
+) -> StepPlan:
+    sample = tenants[0]
+    with control.engine.connect() as conn:
+        found = compile_or_explain(
+            conn,
+            scripts,
+            key,
+            direction,
+            settings.timeouts,
+            control.flavour,
+            settings.scratch_schemas,
+        )
+    note = None
+    if isinstance(found, CompiledStep):
+        sql = ";\n".join(found.for_schema(sample.schema))
+    else:
+        from tenantmig.chains.offline import offline_sql
+
+        note = found.describe(len(tenants))
+        sql = offline_sql(
+            settings, "tenant", sample.schema, direction, key.from_revision, key.to_revision
+        )
+    member = databases.get(sample.database)
+    with member.engine.connect() as conn, _in_schema(conn, sample.schema) as catalog:
+        statements = [a for a in assess(sql, catalog) if not _bookkeeping(a)]
+    step = StepPlan(key, [], statements, isinstance(found, CompiledStep), note)
+    step.tenants = _costs(databases, tenants, step.touched)
+    return step
+
+
+def _bookkeeping(assessment: Assessment) -> bool:
+    """Alembic's own statements (its version table): not the migration's."""
+    return assessment.table == VERSION_TABLE or VERSION_TABLE in assessment.sql
+
+
+@contextmanager
+def _in_schema(conn: Connection, schema: str) -> Iterator[Catalog]:
+    """A catalog that answers about ``schema`` (its search_path), read in one transaction."""
+    with conn.begin():
+        conn.execute(sa.text("SELECT set_config('search_path', :s, true)"), {"s": f'"{schema}"'})
+
+        def ask(query: str, params: dict[str, Any]) -> list[Any]:
+            return list(conn.execute(sa.text(query), params).all())
+
+        yield Catalog(ask)
+
+
+def _costs(databases: DatabaseSet, tenants: list[Tenant], tables: list[str]) -> list[TenantCost]:
+    """Each tenant with the total size and rows of ``tables`` in its schema, largest first
+    (one query per database and chunk of schemas)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    if tables:
+        for name, group in by_database(tenants).items():
+            schemas = [t.schema for t in group]
+            with databases.get(name).engine.connect() as conn, conn.begin():
+                for start in range(0, len(schemas), _SIZE_CHUNK):
+                    rows = conn.execute(
+                        sa.text(
+                            "SELECT n.nspname AS schema,"
+                            " sum(pg_total_relation_size(c.oid))::bigint AS bytes,"
+                            " sum(greatest(c.reltuples, 0))::bigint AS rows"
+                            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                            " WHERE n.nspname = ANY(:schemas) AND c.relname = ANY(:tables)"
+                            " AND c.relkind IN ('r', 'p', 'm') GROUP BY n.nspname"
+                        ),
+                        {"schemas": schemas[start : start + _SIZE_CHUNK], "tables": tables},
+                    ).all()
+                    sizes.update({r.schema: (int(r.bytes), int(r.rows)) for r in rows})
+    costs = [
+        TenantCost(t.name, t.schema, t.database, *sizes.get(t.schema, (0, 0))) for t in tenants
+    ]
+    return sorted(costs, key=lambda c: (-c.bytes, -c.rows, c.name))
