@@ -81,6 +81,7 @@ def _run_options(args: argparse.Namespace) -> api.RunOptions:
         wait_s=args.wait,
         log_file=args.log_file,
         replay=not args.no_replay,
+        order=args.order,
         backup_dir=args.backup,
         # What migrations print is always in the run log; on a terminal it is shown as well,
         # never in --json mode, whose stdout is one JSON document.

@@ -299,6 +299,13 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         help="run Alembic for every tenant instead of replaying each step's compiled SQL",
     )
     group.add_argument(
+        "--order",
+        choices=("size", "name"),
+        default="size",
+        help="which tenants start first: size (the largest schemas, from the catalog, so that "
+        "none finishes last alone; the default) or name",
+    )
+    group.add_argument(
         "--backup",
         type=Path,
         metavar="DIR",

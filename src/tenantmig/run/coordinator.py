@@ -343,6 +343,11 @@ class _Coordinator:
             places.reachable, versions, scripts, plan.direction, plan.target, recorded=recorded
         )
         jobs = sorted_out.jobs
+        if plan.order == "size" and len(jobs) > 1:
+            # Largest first (longest-processing-time-first): a large tenant started last would
+            # finish last, alone, while the other workers sit idle.
+            sizes = places.read_sizes(jobs)
+            jobs = sorted(jobs, key=lambda job: -sizes.get((job.database, job.schema), 0))
         settled = [*places.unreachable_outcomes(), *sorted_out.settled]
         if self.resumed is not None:
             settled += self.resumed.gone
@@ -996,3 +1001,18 @@ class _Places:
             for found in pool.map(lambda item: read(*item), reachable):
                 versions.update(found)
         return versions
+
+    def read_sizes(self, jobs: Sequence[TenantJob]) -> dict[tuple[str, str], int]:
+        """(database, schema) -> the schema's estimated size, from the catalog of each
+        database the jobs are in (one query per 2,000 schemas)."""
+        from tenantmig.schema.sizes import schema_sizes
+
+        sizes: dict[tuple[str, str], int] = {}
+        by_db: dict[str, list[str]] = {}
+        for job in jobs:
+            by_db.setdefault(job.database, []).append(job.schema)
+        for name, schemas in by_db.items():
+            with self._connect(name) as conn:
+                for schema, size in schema_sizes(conn, schemas).items():
+                    sizes[(name, schema)] = size
+        return sizes

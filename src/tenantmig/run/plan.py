@@ -121,6 +121,8 @@ class RunOptions:
     soak_s: float = 0.0
     # Go on with this paused, stopped or killed rollout instead of starting a run.
     resume_run: int | None = None
+    # The queue's order: "size" (largest schema first, the default) or "name".
+    order: str = "size"
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class RunPlan:
     confirm_drops: ConfirmDrops | None = field(default=None, compare=False, repr=False)
     rollout: Rollout | None = None  # waves as written (assigned to tenants by the coordinator)
     resume_run: int | None = None
+    order: str = "size"  # the queue: largest schema first, or by name
     shared_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
     tenant_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
 
@@ -209,6 +212,8 @@ def check_options(selection: Selection, options: RunOptions) -> None:
     if options.wait_s < 0:
         raise ConfigError("--wait must be 0 or more seconds")
     check_rollout(options.wave_max_failures, options.soak_s)
+    if options.order not in ("size", "name"):
+        raise ConfigError(f"--order {options.order}: give size or name")
     rollout_asked = (
         options.wave_max_failures or options.pause_after_wave or options.soak_s or options.wave_seed
     )
@@ -288,6 +293,7 @@ def build_plan(
         confirm_drops=options.confirm_drops,
         rollout=_rollout(options),
         resume_run=options.resume_run,
+        order=options.order,
         shared_scripts=shared_scripts,
         tenant_scripts=tenant_scripts,
     )
