@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from tenantmig.backup.restore import RestoreResult
     from tenantmig.chains.autogen import CheckResult
     from tenantmig.chains.project import InitResult
+    from tenantmig.risk.lint import LintReport
     from tenantmig.risk.plan import PlanReport
     from tenantmig.run.bulk import BatchCallback, DropResult
     from tenantmig.run.drops import Drops
@@ -97,6 +98,7 @@ __all__ = [
     "history",
     "init_project",
     "label_tenants",
+    "lint",
     "merge",
     "move_tenant",
     "plan",
@@ -186,6 +188,19 @@ def plan(
     settings.check_database_names(selection.databases or ())
     with open_database(settings) as database:
         return build(settings, database, selection, direction, revision)
+
+
+def lint(
+    settings: Settings, revisions: Sequence[str] = (), allow: Sequence[str] = ()
+) -> LintReport:
+    """Lint tenant revisions (default: those some tenant has not got yet) with tenantmig's
+    fleet rules and squawk (when installed); ``allow``: rules allowed for this lint."""
+    from tenantmig.risk.lint import lint as run_lint
+    from tenantmig.risk.statements import require_parser
+
+    require_parser()
+    with open_database(settings) as database:
+        return run_lint(settings, database, revisions, allow)
 
 
 def resume_run(

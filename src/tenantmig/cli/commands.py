@@ -275,6 +275,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    report = api.lint(_settings(args), args.revisions, args.allow)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return ExitCode.DRIFT if report.errors else ExitCode.OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     if getattr(args, "plan", False):
         return cmd_plan(args)
@@ -903,6 +909,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "upgrade": cmd_migrate,
     "downgrade": cmd_migrate,
     "plan": cmd_plan,
+    "lint": cmd_lint,
     "status": cmd_status,
     "current": cmd_current,
     "history": cmd_history,

@@ -152,6 +152,23 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "output)",
     ),
     ConfigKey(
+        "lint_max_table_size",
+        "[DEFAULT]",
+        "",
+        "",
+        "`100MB`",
+        "`lint`: a rewrite or scan that blocks writes on a table larger than this in a tenant "
+        "is an error",
+    ),
+    ConfigKey(
+        "lint_allow",
+        "[DEFAULT]",
+        "",
+        "--allow",
+        "none",
+        "`lint` rules allowed for every revision (space- or comma-separated)",
+    ),
+    ConfigKey(
         "waves",
         "[rollout]",
         "",

@@ -72,7 +72,7 @@ EPILOG = """\
 exit codes:
   0    success
   1    usage or configuration error (nothing was changed)
-  2    drift found (drift), or not every schema at head (status --check)
+  2    drift found (drift), not every schema at head (status --check), lint errors
   3    some tenants failed (the others finished; failed ones were rolled back)
   4    another all-tenants run holds the run lock, or this run lost it (it started no
        tenant after that; its last line is the command that finishes it)
@@ -530,6 +530,28 @@ def build_parser(
         "revision", nargs="?", default="head", help="target revision: head (default), a revision "
         "id, +N, or with --downgrade a revision, base or -N",
     )  # fmt: skip
+    _json(p)
+
+    p = add(
+        "lint",
+        "Check tenant revisions for what is risky across the fleet (exit 2 on errors).",
+        "Check tenant revisions (default: those some tenant has not got yet) before they run: "
+        "tenantmig's rules, which weigh each statement by the tenants' tables (a rewrite or "
+        "scan that blocks writes on a table larger than lint_max_table_size in some tenant; a "
+        "lock above ROW EXCLUSIVE held while rows are written; destructive statements), and "
+        "squawk's (pip install 'tenantmig[lint]'). Exit 2 when an error-level finding is not "
+        "allowed, 0 otherwise. Allow a rule in a revision file with a comment "
+        "`# tenantmig: allow RULE reason`, for every revision with lint_allow in alembic.ini, "
+        "or here with --allow RULE.",
+    )
+    p.add_argument("revisions", nargs="*", metavar="REVISION", help="revisions to lint")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="allow a rule for this lint (repeatable), e.g. destructive",
+    )
     _json(p)
 
     p = add(

@@ -153,6 +153,10 @@ class Settings:
     notify_format: str = "json"
     # events: where upgrade and downgrade write their event stream (None: nowhere).
     events: str | None = None
+    # tenantmig lint: a rewrite or scan of a table larger than this in a tenant is an error;
+    # rules allowed for every revision.
+    lint_max_table_size: int = 100 * 1024**2
+    lint_allow: tuple[str, ...] = ()
     # [rollout]: what an all-tenants upgrade or downgrade does without --waves and its options.
     rollout: RolloutDefaults = field(default_factory=lambda: RolloutDefaults())
     # On a Citus coordinator: new tenant schemas distributed (each on one worker) or local.
@@ -328,6 +332,18 @@ def _option(parser: configparser.ConfigParser, path: Path, section: str, name: s
         return parser.get(section, name, fallback=None)
     except configparser.Error as exc:
         raise ConfigError(f"{path}: {_ini_problem(exc)}") from None
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)?\s*", re.I)
+
+
+def parse_size(text: str) -> int:
+    """``100MB``, ``1.5 GB``, ``64kB``, ``1048576`` -> bytes; a clear error otherwise."""
+    found = _SIZE.fullmatch(text)
+    if not found:
+        raise ConfigError(f"lint_max_table_size = {text!r}: give a size such as 100MB or 2GB")
+    power = ("b", "kb", "mb", "gb", "tb").index((found.group(2) or "b").lower())
+    return int(float(found.group(1)) * 1024**power)
 
 
 @dataclass(frozen=True)
@@ -512,6 +528,10 @@ def load_settings(
         notify_format=(ini_option("notify_format") or "json").strip().lower(),
         events=_events_path(ini_option("events"), path),
         rollout=_rollout_section(parser, path),
+        lint_max_table_size=parse_size(ini_option("lint_max_table_size") or "100MB"),
+        lint_allow=tuple(
+            r for r in (ini_option("lint_allow") or "").replace(",", " ").split() if r
+        ),
         citus_schemas=citus.strip().lower(),
         citus_reference_tables=reference_tables,
         databases=directory,
