@@ -4,6 +4,8 @@ ordered by the size of what the step rewrites or scans; nothing is changed."""
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -19,8 +21,31 @@ def _runs(engine: sa.Engine) -> int:
         return int(conn.exec_driver_sql("SELECT count(*) FROM tenantmig_runs").scalar() or 0)
 
 
+class _Text(HTMLParser):
+    """The text of an HTML page, and the elements left open (void ones aside)."""
+
+    VOID = frozenset({"meta", "br", "link", "img", "input", "hr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, (tag, self.open)
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if data.strip():
+            self.text.append(data.strip())
+
+
 def test_a_plan_names_locks_effects_and_the_largest_tenants_first(
-    settings: Settings, engine: sa.Engine, database_url: str
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
 ) -> None:
     make_tenants(settings, ["small", "big", "mid", "done"], OLD)
     assert run_cli("upgrade", "--tenant", "done", url=database_url).returncode == 0
@@ -64,6 +89,16 @@ def test_a_plan_names_locks_effects_and_the_largest_tenants_first(
         for schema in ("small", "big", "mid"):
             version = conn.exec_driver_sql(f'SELECT version_num FROM "{schema}".alembic_version')
             assert version.scalar() == OLD
+
+    page = tmp_path / "plan.html"
+    with_html = run_cli("plan", "--all-tenants", "--html", str(page), url=database_url)
+    assert with_html.returncode == 0 and f"HTML plan written to {page}" in with_html.stdout
+    reader = _Text()
+    reader.feed(page.read_text())
+    assert reader.open == [], reader.open  # every element closed
+    shown = " ".join(reader.text)
+    assert "step 001_initial_schema -> 003_add_inventory_tracking" in shown
+    assert "SHARE on inventory_items" in shown and shown.index("big") < shown.index("small")
 
     text = run_cli("upgrade", "--all-tenants", "--plan", url=database_url)
     assert text.returncode == 0, text.stderr

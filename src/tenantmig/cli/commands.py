@@ -268,10 +268,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ConfigError("plan reviews tenant migrations: give --all-tenants or --tenant NAME")
     if selection.shared:  # no selection: every tenant (the shared chain is not planned)
         selection = replace(selection, shared=False)
+    html_file = getattr(args, "html", None)
+    if html_file is not None and not Path(html_file).parent.is_dir():
+        raise ConfigError(f"--html: no directory {Path(html_file).parent}")
     report = api.plan(
         _settings(args), selection, "downgrade" if downgrade else "upgrade", args.revision
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    if html_file is not None:
+        from tenantmig.cli.plan_render import plan_html
+
+        Path(html_file).write_text(plan_html(report), encoding="utf-8")
+        if not args.json:
+            print(f"HTML plan written to {html_file}")
     return ExitCode.OK
 
 

@@ -84,7 +84,7 @@ def drift_text(report: DriftReport) -> str:
     return "\n".join(lines)
 
 
-_STYLE = """
+STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
 h1{margin-bottom:.2em}.meta{color:#555;margin-top:0}
 .summary{font-size:1.1em;padding:.6em 1em;border-radius:6px;margin:1em 0}
@@ -107,7 +107,7 @@ def drift_html(report: DriftReport) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>tenantmig drift: {esc(report.database)}</title><style>{_STYLE}</style>",
+        f"<title>tenantmig drift: {esc(report.database)}</title><style>{STYLE}</style>",
         "</head><body>",
         "<h1>tenantmig drift report</h1>",
         f"<p class='meta'>{esc(header[0])}</p>",

@@ -531,6 +531,12 @@ def build_parser(
         "id, +N, or with --downgrade a revision, base or -N",
     )  # fmt: skip
     _json(p)
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the plan as a self-contained HTML file",
+    )
 
     p = add(
         "lint",

@@ -116,7 +116,7 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -145,7 +145,7 @@ def _step_text(step: StepPlan) -> str:
         lines.append(f"  largest tenants for what it rewrites or scans ({', '.join(touched)}):")
         for tenant in step.tenants[:SHOWN]:
             lines.append(
-                f"    {tenant.name:<24} {_size(tenant.bytes):>10}  {tenant.rows:>12,} row(s)"
+                f"    {tenant.name:<24} {size_text(tenant.bytes):>10}  {tenant.rows:>12,} row(s)"
             )
         if len(step.tenants) > SHOWN:
             lines.append(f"    ... and {len(step.tenants) - SHOWN} more (--json lists them all)")
