@@ -343,15 +343,15 @@ class _Coordinator:
             places.reachable, versions, scripts, plan.direction, plan.target, recorded=recorded
         )
         jobs = sorted_out.jobs
+        settled = [*places.unreachable_outcomes(), *sorted_out.settled]
+        if self.resumed is not None:
+            settled += self.resumed.gone
+        self._confirm_drops(scripts, jobs)  # asked about the tenants in name order
         if plan.order == "size" and len(jobs) > 1:
             # Largest first (longest-processing-time-first): a large tenant started last would
             # finish last, alone, while the other workers sit idle.
             sizes = places.read_sizes(jobs)
             jobs = sorted(jobs, key=lambda job: -sizes.get((job.database, job.schema), 0))
-        settled = [*places.unreachable_outcomes(), *sorted_out.settled]
-        if self.resumed is not None:
-            settled += self.resumed.gone
-        self._confirm_drops(scripts, jobs)
         nothing = not jobs and all(o.status is TenantStatus.SKIPPED for o in settled)
         if nothing and state is None:
             # Nothing to do and nothing wrong: every tenant is at its target. Such a run is
