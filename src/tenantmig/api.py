@@ -50,6 +50,7 @@ from tenantmig.server.reads import own_reads
 
 if TYPE_CHECKING:
     from alembic.script import Script
+    from sqlalchemy.engine import Connection
 
     from tenantmig.backup.move import MoveResult
     from tenantmig.backup.restore import RestoreResult
@@ -514,16 +515,9 @@ def status(
     settings.check_database_names(databases or ())
     limit = settings.statement_timeout_s  # bounds every read below (None: no limit)
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        shared = read_versions(conn, [shared_schema], statement_timeout_s=limit)
-        shared_version = shared[shared_schema]
-        try:
-            with own_reads(conn, limit):
-                selected = _select_tenants(conn, settings.tenant_source, names)
-        except SharedSchemaNotReady:
-            if names:
-                raise
-            selected = []
-        selected = registry.narrowed(selected, databases, check_labels(labels or ()))
+        shared_version, selected = _shared_and_selected(
+            conn, settings, names, databases, check_labels(labels or ())
+        )
         versions: dict[str, SchemaVersion] = {}
         invalid: dict[str, list[str]] = {}
         nodes: dict[str, str] = {}
@@ -550,6 +544,28 @@ def status(
     )
 
 
+def _shared_and_selected(
+    conn: Connection,
+    settings: Settings,
+    names: Sequence[str] | None,
+    databases: Sequence[str] | None,
+    labels: Sequence[str],
+) -> tuple[SchemaVersion, list[Tenant]]:
+    """The shared schema's version and the selected tenants (none when there is no registry
+    yet and none were named: the shared schema's state says why), each read within the
+    statement timeout."""
+    limit = settings.statement_timeout_s
+    shared = read_versions(conn, [settings.shared_schema], statement_timeout_s=limit)
+    try:
+        with own_reads(conn, limit):
+            selected = _select_tenants(conn, settings.tenant_source, names)
+    except SharedSchemaNotReady:
+        if names:
+            raise
+        selected = []
+    return shared[settings.shared_schema], registry.narrowed(selected, databases, labels)
+
+
 def deploy_check(
     settings: Settings,
     names: Sequence[str] | None = None,
@@ -571,15 +587,7 @@ def deploy_check(
     shared_schema = settings.shared_schema
     limit = settings.statement_timeout_s
     with open_database(settings, notice=False) as database, database.engine.connect() as conn:
-        shared = read_versions(conn, [shared_schema], statement_timeout_s=limit)[shared_schema]
-        try:
-            with own_reads(conn, limit):
-                selected = _select_tenants(conn, settings.tenant_source, names)
-        except SharedSchemaNotReady:
-            if names:
-                raise
-            selected = []  # no registry yet: the shared schema's state says why
-        selected = registry.narrowed(selected, databases, wanted)
+        shared, selected = _shared_and_selected(conn, settings, names, databases, wanted)
         versions: dict[str, SchemaVersion] = {}
         with _by_database(settings, database, selected) as places:
             for name, member, group in places.reachable:

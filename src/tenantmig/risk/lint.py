@@ -32,20 +32,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import ConfigError, some_names
 from tenantmig.risk.classify import assess
-from tenantmig.risk.statements import LOCK_MODES, Assessment, Catalog
+from tenantmig.risk.statements import LOCK_MODES, Assessment, Catalog, catalog_of
 from tenantmig.schema.registry import Tenant, by_database, list_tenants
+from tenantmig.schema.sizes import table_sizes
 from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
@@ -66,7 +63,6 @@ OWN_RULES = (
     "destructive",
 )
 _ALLOW = re.compile(r"#\s*tenantmig:\s*allow\s+([a-z0-9_-]+)(.*)$", re.M)
-_SIZE_CHUNK = 1000
 _NAMED = 5  # tenants named in a finding's text; --json has them all
 
 
@@ -221,26 +217,10 @@ def _sample(tenants: Sequence[Tenant], positions: dict[str, int], index: int) ->
 
 def _assessed(databases: DatabaseSet, sample: Tenant | None, sql: str) -> list[Assessment]:
     if sample is None:
-        return [a for a in assess(sql, Catalog(None)) if not _bookkeeping(a)]
-    with databases.get(sample.database).engine.connect() as conn, _in(conn, sample) as catalog:
-        return [a for a in assess(sql, catalog) if not _bookkeeping(a)]
-
-
-@contextmanager
-def _in(conn: Connection, tenant: Tenant) -> Iterator[Catalog]:
-    with conn.begin():
-        conn.execute(
-            sa.text("SELECT set_config('search_path', :s, true)"), {"s": f'"{tenant.schema}"'}
-        )
-
-        def ask(query: str, params: dict[str, Any]) -> list[Any]:
-            return list(conn.execute(sa.text(query), params).all())
-
-        yield Catalog(ask)
-
-
-def _bookkeeping(a: Assessment) -> bool:
-    return a.table == "alembic_version" or "alembic_version" in a.sql
+        return [a for a in assess(sql, Catalog(None)) if not a.bookkeeping]
+    with databases.get(sample.database).engine.connect() as conn:
+        with catalog_of(conn, sample.schema) as catalog:
+            return [a for a in assess(sql, catalog) if not a.bookkeeping]
 
 
 def _own_rules(revision: str, assessed: list[Assessment]) -> list[Finding]:
@@ -342,21 +322,10 @@ def _sizes(
         if databases.unreachable(name) is not None:
             continue
         by_schema = {t.schema: t.name for t in group}
-        schemas = list(by_schema)
         with databases.get(name).engine.connect() as conn, conn.begin():
-            for start in range(0, len(schemas), _SIZE_CHUNK):
-                rows = conn.execute(
-                    sa.text(
-                        "SELECT n.nspname AS schema, c.relname AS table,"
-                        " pg_total_relation_size(c.oid) AS bytes"
-                        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                        " WHERE n.nspname = ANY(:schemas) AND c.relname = ANY(:tables)"
-                        " AND c.relkind IN ('r', 'p', 'm')"
-                    ),
-                    {"schemas": schemas[start : start + _SIZE_CHUNK], "tables": tables},
-                ).all()
-                for r in rows:
-                    sizes[(by_schema[r.schema], r.table)] = int(r.bytes)
+            found = table_sizes(conn, list(by_schema), tables)
+        for (schema, table), (size, _rows) in found.items():
+            sizes[(by_schema[schema], table)] = size
     return sizes
 
 

@@ -10,26 +10,21 @@ in rolled-back scratch schemas, as a run's does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.risk.classify import assess
-from tenantmig.risk.statements import BLOCKS, Assessment, Catalog
+from tenantmig.risk.statements import BLOCKS, Assessment, catalog_of
 from tenantmig.run.plan import Selection
 from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
 from tenantmig.schema.registry import Tenant, by_database, select_tenants
+from tenantmig.schema.sizes import table_sizes
 from tenantmig.schema.versions import SchemaVersion, read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
 
-_SIZE_CHUNK = 1000  # schemas per size query
 SHOWN = 10  # tenants listed per step in text; --json has all
 
 
@@ -241,51 +236,24 @@ def _plan_step(
             settings, "tenant", sample.schema, direction, key.from_revision, key.to_revision
         )
     member = databases.get(sample.database)
-    with member.engine.connect() as conn, _in_schema(conn, sample.schema) as catalog:
-        statements = [a for a in assess(sql, catalog) if not _bookkeeping(a)]
+    with member.engine.connect() as conn, catalog_of(conn, sample.schema) as catalog:
+        statements = [a for a in assess(sql, catalog) if not a.bookkeeping]
     step = StepPlan(key, [], statements, isinstance(found, CompiledStep), note)
     step.tenants = _costs(databases, tenants, step.touched)
     return step
 
 
-def _bookkeeping(assessment: Assessment) -> bool:
-    """Alembic's own statements (its version table): not the migration's."""
-    return assessment.table == VERSION_TABLE or VERSION_TABLE in assessment.sql
-
-
-@contextmanager
-def _in_schema(conn: Connection, schema: str) -> Iterator[Catalog]:
-    """A catalog that answers about ``schema`` (its search_path), read in one transaction."""
-    with conn.begin():
-        conn.execute(sa.text("SELECT set_config('search_path', :s, true)"), {"s": f'"{schema}"'})
-
-        def ask(query: str, params: dict[str, Any]) -> list[Any]:
-            return list(conn.execute(sa.text(query), params).all())
-
-        yield Catalog(ask)
-
-
 def _costs(databases: DatabaseSet, tenants: list[Tenant], tables: list[str]) -> list[TenantCost]:
     """Each tenant with the total size and rows of ``tables`` in its schema, largest first
-    (one query per database and chunk of schemas)."""
+    (one query per database and 1,000 schemas)."""
     sizes: dict[str, tuple[int, int]] = {}
     if tables:
         for name, group in by_database(tenants).items():
-            schemas = [t.schema for t in group]
             with databases.get(name).engine.connect() as conn, conn.begin():
-                for start in range(0, len(schemas), _SIZE_CHUNK):
-                    rows = conn.execute(
-                        sa.text(
-                            "SELECT n.nspname AS schema,"
-                            " sum(pg_total_relation_size(c.oid))::bigint AS bytes,"
-                            " sum(greatest(c.reltuples, 0))::bigint AS rows"
-                            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                            " WHERE n.nspname = ANY(:schemas) AND c.relname = ANY(:tables)"
-                            " AND c.relkind IN ('r', 'p', 'm') GROUP BY n.nspname"
-                        ),
-                        {"schemas": schemas[start : start + _SIZE_CHUNK], "tables": tables},
-                    ).all()
-                    sizes.update({r.schema: (int(r.bytes), int(r.rows)) for r in rows})
+                found = table_sizes(conn, [t.schema for t in group], tables)
+            for (schema, _table), (size, rows) in found.items():
+                total = sizes.get(schema, (0, 0))
+                sizes[schema] = (total[0] + size, total[1] + rows)
     costs = [
         TenantCost(t.name, t.schema, t.database, *sizes.get(t.schema, (0, 0))) for t in tenants
     ]

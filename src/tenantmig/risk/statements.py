@@ -22,9 +22,13 @@ the schema of a tenant that takes the step, at the revision the step starts from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from tenantmig.errors import ConfigError
 
@@ -88,6 +92,11 @@ class Assessment:
     def does(self, effect: str, why: str) -> None:
         self.effect = worse(self.effect, effect)
         self.why.append(why)
+
+    @property
+    def bookkeeping(self) -> bool:
+        """Alembic's own statement (its version table), not the migration's."""
+        return self.table == "alembic_version" or "alembic_version" in self.sql
 
     @property
     def touches_rows(self) -> bool:
@@ -182,6 +191,18 @@ def _typmod(base: str, mods: Sequence[int]) -> int:
         scale = mods[1] if len(mods) > 1 else 0
         return ((mods[0] << 16) | scale) + 4
     return mods[0]  # timestamp(p), time(p), interval(p)
+
+
+@contextmanager
+def catalog_of(conn: Connection, schema: str) -> Iterator[Catalog]:
+    """A catalog that answers about ``schema`` (its search_path), in one transaction."""
+    with conn.begin():
+        conn.execute(sa.text("SELECT set_config('search_path', :s, true)"), {"s": f'"{schema}"'})
+
+        def ask(query: str, params: dict[str, Any]) -> list[Any]:
+            return list(conn.execute(sa.text(query), params).all())
+
+        yield Catalog(ask)
 
 
 def require_parser() -> None:

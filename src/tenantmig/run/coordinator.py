@@ -396,17 +396,7 @@ class _Coordinator:
         # Every tenant is in the ledger from the start, with its target: the jobs as not run
         # (yet), so even a run killed now can be finished exactly, and its record says where
         # each tenant it did not reach is (from and to: the revision read).
-        pending = [
-            TenantOutcome(
-                job.name,
-                job.schema,
-                TenantStatus.NOT_RUN,
-                job.seen_revision,
-                job.seen_revision,
-                database=job.database,
-            )
-            for job in jobs
-        ]
+        pending = [job.not_run() for job in jobs]
         ledger.record(run_id, [*settled, *pending], sorted_out.targets, wave_of or None)
         result.outcomes.extend(settled)
 

@@ -553,18 +553,7 @@ class _Run:
         if self.gate_stopped:
             error = "not started: the run lost its run lock"
         for job in self.queue.remaining():
-            self.record(
-                TenantOutcome(
-                    job.name,
-                    job.schema,
-                    TenantStatus.NOT_RUN,
-                    # Untouched: still where the run found it, at its start and at its end.
-                    job.seen_revision,
-                    job.seen_revision,
-                    error=error,
-                    database=job.database,
-                )
-            )
+            self.record(job.not_run(error))
 
 
 def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalState) -> None:

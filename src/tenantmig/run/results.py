@@ -92,6 +92,19 @@ class TenantJob:
     target: Target | None = None
     database: str = CONTROL  # the directory's name of the database holding the schema
 
+    def not_run(self, error: str | None = None) -> TenantOutcome:
+        """This tenant, untouched: still where the run found it, at its start and at its end
+        (from and to: the revision read), with why it did not start."""
+        return TenantOutcome(
+            self.name,
+            self.schema,
+            TenantStatus.NOT_RUN,
+            self.seen_revision,
+            self.seen_revision,
+            error=error,
+            database=self.database,
+        )
+
 
 @dataclass(frozen=True)
 class TenantOutcome:

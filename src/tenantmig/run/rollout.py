@@ -260,14 +260,4 @@ class WaveRunner:
         for job in jobs:
             wave = self.wave_of.get(job.name, 0)
             if wave >= first:
-                self.record(
-                    TenantOutcome(
-                        job.name,
-                        job.schema,
-                        TenantStatus.NOT_RUN,
-                        job.seen_revision,
-                        job.seen_revision,
-                        error=f"wave {wave + 1} not started: {why}",
-                        database=job.database,
-                    )
-                )
+                self.record(job.not_run(f"wave {wave + 1} not started: {why}"))
