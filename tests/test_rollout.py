@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tenantmig.server.config import Settings
-from tests.helpers import CONFIG, REPO, run_cli
+from tests.helpers import CONFIG, REPO, run_cli, run_in_terminal
 from tests.test_engine import make_tenants
 from tests.test_events import _events
 from tests.test_notifications import _Receiver, _receiver
@@ -250,3 +250,17 @@ def test_sigkill_of_the_coordinator_mid_wave_then_resume(
     assert resumed.returncode == 0, resumed.stderr
     assert _versions(engine, tenants) == dict.fromkeys(tenants, HEAD)
     assert _ok_rows(engine, run_id) == dict.fromkeys(tenants, 1)  # each once, none forgotten
+
+
+def test_the_terminal_counts_the_whole_rollout(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    """On a terminal the bar and its last line count the run's tenants, not one wave's."""
+    make_tenants(settings, ["v1", "v2", "v3", "v4"], OLD)
+    code, seen = run_in_terminal(
+        "upgrade", "--all-tenants", "--waves", "1,rest", "--jobs", "1", url=database_url
+    )
+    assert code == 0, seen
+    assert "in 2 wave(s): 1 (1), rest (3)" in seen
+    assert "4/4 done · 0 failed" in seen, seen
+    assert "not started" not in seen and "/1 done" not in seen and "/3 done" not in seen

@@ -75,7 +75,8 @@ exit codes:
   2    drift found (drift), not every schema at head (status --check), lint errors
   3    some tenants failed (the others finished; failed ones were rolled back)
   4    another all-tenants run holds the run lock, or this run lost it (it started no
-       tenant after that; its last line is the command that finishes it)
+       tenant after that; its last line is the command that finishes it), or a rollout
+       is paused or stopped (`runs resume` or `runs cancel` it first)
   5    a database error stopped a run after it had started migrating (schemas it reached
        may have committed; each is at its old or new revision): see `tenantmig status`
   130  interrupted (SIGINT/SIGTERM); in-flight tenants committed or rolled back

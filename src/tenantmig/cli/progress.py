@@ -50,14 +50,15 @@ class _Counts:
         self.total = 0
         self.done = 0  # migrated, or already there
         self.failed = 0
+        self.seen = 0  # every outcome, the not-run ones too: the plain lines' numbering
         self.started = time.monotonic()
 
     @property
     def finished(self) -> int:
         return self.done + self.failed
 
-    def add(self, outcome: TenantOutcome, execution: Execution) -> None:
-        self.total, self.started = execution.total, execution.started
+    def add(self, outcome: TenantOutcome) -> None:
+        self.seen += 1
         if outcome.status.is_done:
             self.done += 1
         elif outcome.status.is_failure:
@@ -89,6 +90,9 @@ class Progress(QuietObserver):
         if self.quiet:
             return
         pending, workers = start.pending, start.workers
+        # The run's counts, from its start: a rollout hands its tenants out a wave at a time,
+        # each wave counted from 1 by the executor, while a person wants the whole run's.
+        self._counts.total, self._counts.started = pending, time.monotonic()
         if not pending:
             print("all selected tenants are already at the target", file=self.stream)
             return
@@ -127,7 +131,7 @@ class Progress(QuietObserver):
     def outcome(self, outcome: TenantOutcome, execution: Execution) -> None:
         if self.quiet:
             return
-        self._counts.add(outcome, execution)
+        self._counts.add(outcome)
         if self._bar is not None:
             if outcome.status.is_failure:
                 self._bar.console.print(
@@ -143,7 +147,8 @@ class Progress(QuietObserver):
             return  # on a terminal, before the bar started: nothing to draw yet
         error = f": {outcome.error}" if outcome.error else ""
         print(
-            f"[{execution.done}/{execution.total}] {outcome.status.value:<11} {outcome.name} "
+            f"[{self._counts.seen}/{self._counts.total}] {outcome.status.value:<11} "
+            f"{outcome.name} "
             f"{outcome.from_revision or 'base'} -> {_reached(outcome)} "
             f"({outcome.duration_s:.2f}s){error}",
             file=self.stream,

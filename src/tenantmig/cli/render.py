@@ -119,10 +119,13 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
         for n in result.notices
     )
     if finish is not None and result.waves is not None:
-        lines.append(
-            "to go on with this rollout (once the cause is fixed: the stopped wave's failed "
-            "tenants first, then the later waves), or to give it up:"
-        )
+        if result.paused is not None and result.halted is None and not result.failed:
+            lines.append("to go on with the next wave, or to give the rollout up:")
+        else:
+            lines.append(
+                "to go on with this rollout (once the cause is fixed: the stopped wave's "
+                "failed tenants first, then the later waves), or to give it up:"
+            )
         lines.append(f"  {finish}")
         lines.append(f"  {finish.replace(' runs resume ', ' runs cancel ')}")
     elif finish is not None:

@@ -48,6 +48,10 @@ SERVICE_NAME = "tenantmig"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 # How long the end of a run (or a worker's exit) waits for the exporters to send what is left.
 SHUTDOWN_TIMEOUT_S = 10.0
+# How long a worker process waits, when it exits, for its last spans to go out. Short: the
+# coordinator waits for its workers before it finishes the run (and releases the run lock).
+WORKER_FLUSH_S = 2.0
+_ERROR_SHOWN = 200  # characters of the first export error in the warning
 _TENANT_SPAN = "migrate tenant"
 _INSTRUMENTATION = "tenantmig"
 
@@ -124,7 +128,10 @@ class _Failures(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
         if self.first is None:
-            self.first = record.getMessage().splitlines()[0][:300]
+            line = record.getMessage().splitlines()[0]
+            if len(line) > _ERROR_SHOWN:
+                line = line[:_ERROR_SHOWN].rsplit(" ", 1)[0] + " ..."
+            self.first = line
 
 
 @dataclass
@@ -185,18 +192,24 @@ def _this_process(role: str) -> _Process:
     return _process
 
 
-def _bounded(what: Callable[[], object], timeout_s: float) -> bool:
-    """Run ``what`` (an exporter's shutdown) for at most ``timeout_s``; True if it finished."""
-    thread = threading.Thread(target=what, name="tenantmig-otel-shutdown", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return not thread.is_alive()
+def _bounded(timeout_s: float, *jobs: Callable[[], object]) -> bool:
+    """Run ``jobs`` (exporters' shutdowns) side by side for at most ``timeout_s`` in all;
+    True if every one finished. The ones still going are left to the process's exit."""
+    threads = [
+        threading.Thread(target=job, name="tenantmig-otel-shutdown", daemon=True) for job in jobs
+    ]
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in threads)
 
 
 def _shutdown_process() -> None:
     global _process
     if _process is not None:
-        _bounded(_process.tracer_provider.shutdown, SHUTDOWN_TIMEOUT_S)
+        _bounded(WORKER_FLUSH_S, _process.tracer_provider.shutdown)
         _process = None
 
 
@@ -440,10 +453,7 @@ class OtelRun(QuietObserver):
         """Send what is left (spans, then the metrics), within a bounded time; warn once if
         the collector was not reached."""
         global _coordinator
-        done = all(
-            _bounded(what, SHUTDOWN_TIMEOUT_S / 2)
-            for what in (self._shutdown_traces, self.meters.shutdown)
-        )
+        done = _bounded(SHUTDOWN_TIMEOUT_S, self._shutdown_traces, self.meters.shutdown)
         _coordinator = None
         where, first = mask_url(_endpoint()), self.failures.first
         if not done:

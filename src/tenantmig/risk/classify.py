@@ -20,12 +20,17 @@ AE, SRE, SUE, SH, RE, AS = (
     "ACCESS SHARE",
 )
 _SERIALS = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
-_QUOTED = 160  # a statement shown in a plan: one line, this long at most
+_SHOWN = 100  # a statement in a plan's or lint's text: one line, this long at most
 
 
 def one_line(sql: str) -> str:
-    line = " ".join(sql.split())
-    return line if len(line) <= _QUOTED else line[: _QUOTED - 3] + "..."
+    """``sql`` on one line, whole (as --json and the HTML plan show it)."""
+    return " ".join(sql.split())
+
+
+def shortened(sql: str, width: int = _SHOWN) -> str:
+    """``sql`` cut to ``width`` characters, for a terminal."""
+    return sql if len(sql) <= width else sql[: width - 3] + "..."
 
 
 def assess(sql: str, catalog: Catalog) -> list[Assessment]:

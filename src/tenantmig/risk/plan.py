@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenantmig.chains.scripts import ChainScripts, Direction
-from tenantmig.risk.classify import assess
+from tenantmig.risk.classify import assess, shortened
 from tenantmig.risk.statements import BLOCKS, Assessment, catalog_of
 from tenantmig.run.plan import Selection
 from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
@@ -127,13 +127,13 @@ def _step_text(step: StepPlan) -> str:
     ]
     for number, a in enumerate(step.statements, 1):
         lock = f"{a.lock} on {a.table}" if a.lock else "no lock on an existing table"
-        lines.append(f"  {number:>2}. {a.sql}")
+        lines.append(f"  {number:>2}. {shortened(a.sql)}")
         lines.append(f"      {lock}; {a.effect}" + (f": {'; '.join(a.why)}" if a.why else ""))
     strongest = step.strongest
     if strongest is not None and strongest.lock is not None:
         lines.append(
             f"  strongest lock: {strongest.lock} on {strongest.table}, held to the tenant's "
-            f"commit (blocks {BLOCKS[strongest.lock]})"
+            f"commit; it blocks {BLOCKS[strongest.lock]}"
         )
     touched = step.touched
     if touched:

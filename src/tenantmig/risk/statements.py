@@ -48,11 +48,11 @@ EFFECTS = ("metadata-only", "scan", "rewrite", "destructive")
 BLOCKS = {
     "ACCESS SHARE": "nothing but ACCESS EXCLUSIVE",
     "ROW SHARE": "EXCLUSIVE locks only",
-    "ROW EXCLUSIVE": "SHARE and stronger locks (no reads or writes blocked)",
-    "SHARE UPDATE EXCLUSIVE": "other schema changes and VACUUM (reads and writes go on)",
-    "SHARE": "writes (reads go on)",
-    "SHARE ROW EXCLUSIVE": "writes (reads go on)",
-    "EXCLUSIVE": "writes and SELECT FOR UPDATE (plain reads go on)",
+    "ROW EXCLUSIVE": "SHARE and stronger locks; no read or write",
+    "SHARE UPDATE EXCLUSIVE": "other schema changes and VACUUM; reads and writes go on",
+    "SHARE": "writes; reads go on",
+    "SHARE ROW EXCLUSIVE": "writes; reads go on",
+    "EXCLUSIVE": "writes and SELECT FOR UPDATE; plain reads go on",
     "ACCESS EXCLUSIVE": "every read and write",
 }
 

@@ -414,7 +414,9 @@ class _Coordinator:
                 tuple(sorted({job.database for job in jobs})),
                 len(selected),
                 tuple(settled),
-                _wave_sizes(rollout, wave_of),
+                # What each wave holds of the tenants this process will migrate (a resumed
+                # rollout: what is left of each).
+                _wave_sizes(rollout, {job.name: wave_of.get(job.name, 0) for job in jobs}),
             )
         )
         writer = _OutcomeWriter(ledger, run_id, self.observer)

@@ -209,7 +209,7 @@ class WaveRunner:
                     f"{rollout.describe(index)} had {failures} failure(s), more than "
                     f"--wave-max-failures {rollout.max_failures}: the rollout stopped"
                 )
-                self._not_started(jobs, index + 1, result.halted)
+                self._not_started(jobs, index + 1, f"the rollout stopped at wave {index + 1}")
                 self.observer.wave_finished(wave)
                 break
             wave.state = "finished"
@@ -220,7 +220,7 @@ class WaveRunner:
                 result.paused = (
                     f"paused after {rollout.describe(index)}; next: {rollout.describe(index + 1)}"
                 )
-                self._not_started(jobs, index + 1, result.paused)
+                self._not_started(jobs, index + 1, f"the rollout paused after wave {index + 1}")
                 break
             if rollout.soak_s > 0 and not self._soaked(jobs, index, outcomes):
                 break
@@ -239,7 +239,7 @@ class WaveRunner:
                 f"interrupted during the {rollout.soak_s:g}s soak after "
                 f"{rollout.describe(index)}; next: {rollout.describe(index + 1)}"
             )
-            self._not_started(jobs, index + 1, result.paused)
+            self._not_started(jobs, index + 1, f"the rollout paused after wave {index + 1}")
             return False
         finished = [o.name for o in outcomes if o.status is TenantStatus.OK]
         drifted = self.drift(finished) if finished else []
@@ -251,12 +251,13 @@ class WaveRunner:
                 f"drift found after the {rollout.soak_s:g}s soak after {rollout.describe(index)}"
                 f" in {len(drifted)} tenant(s): {some_names(drifted)}; see `tenantmig drift`"
             )
-            self._not_started(jobs, index + 1, result.halted)
+            self._not_started(jobs, index + 1, f"the rollout stopped at wave {index + 1}")
             return False
         return True
 
     def _not_started(self, jobs: Sequence[TenantJob], first: int, why: str) -> None:
-        """The jobs of wave ``first`` and later: not started, and why."""
+        """The jobs of wave ``first`` and later: not started, and why in a few words (each
+        tenant's row says it; the run's reason says it in full)."""
         for job in jobs:
             wave = self.wave_of.get(job.name, 0)
             if wave >= first:
