@@ -220,7 +220,7 @@ def test_sigkill_of_the_coordinator_mid_wave_then_resume(
     make_tenants(settings, tenants, OLD)
     events = tmp_path / "events.jsonl"
     with engine.connect() as blocker:
-        # The third tenant of wave 2 waits for this lock: the coordinator is killed meanwhile.
+        # The first tenant to start waits for this lock: the coordinator is killed meanwhile.
         blocker.exec_driver_sql(
             "LOCK TABLE "
             + ", ".join(f'"{t}".inventory_items' for t in tenants)
