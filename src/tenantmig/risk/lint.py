@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from tenantmig.chains.scripts import ChainScripts
-from tenantmig.errors import ConfigError, SharedSchemaNotReady, some_names
+from tenantmig.errors import ConfigError, SharedSchemaNotReady
 from tenantmig.risk.classify import assess, shortened
+from tenantmig.risk.plan import versions_where_they_live
 from tenantmig.risk.statements import LOCK_MODES, Assessment, Catalog, catalog_of
 from tenantmig.schema.registry import Tenant, by_database, list_tenants
 from tenantmig.schema.sizes import table_sizes
-from tenantmig.schema.versions import read_versions
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
 
@@ -63,7 +63,6 @@ OWN_RULES = (
     "destructive",
 )
 _ALLOW = re.compile(r"#\s*tenantmig:\s*allow\s+([a-z0-9_-]+)(.*)$", re.M)
-_NAMED = 5  # tenants named in a finding's text; --json has them all
 
 
 @dataclass
@@ -151,7 +150,8 @@ def lint(
     from tenantmig.chains.offline import offline_sql
 
     scripts = ChainScripts(settings, "tenant")
-    ordered = [info.revision for info in reversed(scripts.revisions())]  # base first
+    ordered = list(scripts.order)  # base first
+    infos = {info.revision: info for info in scripts.revisions()}
     for revision in revisions:
         if revision not in ordered:
             raise ConfigError(f"revision {revision!r} is not in the tenant migrations")
@@ -169,7 +169,7 @@ def lint(
                               **dict.fromkeys(allow, "--allow")}  # fmt: skip
         findings: list[Finding] = []
         for revision in chosen:
-            info = next(i for i in scripts.revisions() if i.revision == revision)
+            info = infos[revision]
             down = info.down_revision
             sample = _sample(tenants, positions, ordered.index(revision))
             sql = offline_sql(
@@ -200,18 +200,14 @@ def _positions(
     databases: DatabaseSet, tenants: Sequence[Tenant], scripts: ChainScripts
 ) -> dict[str, int]:
     """Each reachable tenant's position in the chain (-1: at base)."""
+    versions, _down = versions_where_they_live(databases, tenants)
     positions: dict[str, int] = {}
-    for name, group in by_database(tenants).items():
-        if databases.unreachable(name) is not None:
+    for tenant in tenants:
+        version = versions.get(tenant.schema)
+        if version is None or not version.schema_exists:
             continue
-        with databases.get(name).engine.connect() as conn:
-            versions = read_versions(conn, [t.schema for t in group])
-        for tenant in group:
-            version = versions.get(tenant.schema)
-            if version is None or not version.schema_exists:
-                continue
-            revision = version.revision
-            positions[tenant.name] = scripts.position(revision) if scripts.knows(revision) else -1
+        revision = version.revision
+        positions[tenant.name] = scripts.position(revision) if scripts.knows(revision) else -1
     return positions
 
 
@@ -401,7 +397,3 @@ def _squawk(revision: str, sql: str) -> list[Finding]:
             )
         )
     return findings
-
-
-def names(tenants: Sequence[str]) -> str:
-    return some_names(list(tenants), _NAMED)

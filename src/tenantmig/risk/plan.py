@@ -162,7 +162,7 @@ def build(
         tenants = selection.narrow(select_tenants(conn, settings.tenant_source, selection.tenants))
     databases = DatabaseSet(settings, database)
     try:
-        versions, down = _versions(databases, tenants)
+        versions, down = versions_where_they_live(databases, tenants)
         groups: dict[StepKey, list[Tenant]] = {}
         at_target, unreadable = 0, [f"{t.name} (database {t.database} unreachable)"
                                     for t in tenants if t.database in down]  # fmt: skip
@@ -191,9 +191,11 @@ def build(
     return PlanReport(direction, target, steps, len(tenants), at_target, unreadable)
 
 
-def _versions(
+def versions_where_they_live(
     databases: DatabaseSet, tenants: Sequence[Tenant]
 ) -> tuple[dict[str, SchemaVersion], set[str]]:
+    """Each tenant's version, read in bulk in the database it lives in; and the databases
+    that could not be reached (their tenants have no version here)."""
     found: dict[str, SchemaVersion] = {}
     down: set[str] = set()
     for name, group in by_database(tenants).items():

@@ -171,8 +171,11 @@ class Catalog:
         return bool(rows)
 
     def volatile(self, functions: Sequence[str]) -> bool:
-        if not functions or self.ask is None:
-            return bool(functions) and self.ask is None
+        """Is any of ``functions`` volatile? Without a server, any function is assumed so."""
+        if not functions:
+            return False
+        if self.ask is None:
+            return True
         rows = self.ask(
             "SELECT 1 FROM pg_proc WHERE proname = ANY(:f) AND provolatile = 'v' LIMIT 1",
             {"f": list(functions)},

@@ -196,7 +196,7 @@ class WaveRunner:
             outcomes.extend(done)
             for outcome in done:
                 wave.counts[outcome.status.value] = wave.counts.get(outcome.status.value, 0) + 1
-            failures = sum(1 for o in outcomes if o.status.is_failure and self._in(o, index))
+            failures = sum(1 for o in done if o.status.is_failure)
             if interrupted or stopped():
                 wave.state = "stopped"
                 self._not_started(
@@ -225,9 +225,6 @@ class WaveRunner:
             if rollout.soak_s > 0 and not self._soaked(jobs, index, outcomes):
                 break
         return outcomes, interrupted
-
-    def _in(self, outcome: TenantOutcome, index: int) -> bool:
-        return self.wave_of.get(outcome.name) == index
 
     def _soaked(self, jobs: Sequence[TenantJob], index: int, outcomes: list[TenantOutcome]) -> bool:
         """Wait, then check the finished waves' migrated tenants with drift. False: the
