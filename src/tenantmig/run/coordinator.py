@@ -779,7 +779,8 @@ class _Coordinator:
         """
         from tenantmig.logs import configure_run_log
         from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
-        from tenantmig.run.segments import SegmentedStep, plan_step
+        from tenantmig.run.segments import SegmentedStep, ThroughAlembic, plan_step
+        from tenantmig.run.walk import walk_step
 
         waiting: dict[StepKey, int] = {}
         for job in jobs:
@@ -806,8 +807,33 @@ class _Coordinator:
                 fingerprint_start=fingerprint_start,
             )
 
+        walkable = self.plan.settings.scratch_schemas is None
         for key in sorted(waiting, key=lambda k: (k.from_revision or "", k.has_version_table)):
-            found = plan_step(scripts, key, self.plan.direction, compile_step, ruled_out)
+            # One walk of the step's revisions settles most steps; what it cannot settle is
+            # planned compile by compile, which says why in its own words.
+            walked = (
+                walk_step(
+                    conn,
+                    scripts,
+                    key,
+                    self.plan.direction,
+                    self.plan.policy.timeouts,
+                    flavour,
+                    ruled_out,
+                )
+                if walkable
+                else None
+            )
+            if isinstance(walked, SegmentedStep):
+                for part in walked.parts:
+                    if isinstance(part, ThroughAlembic):
+                        for why in part.whys:
+                            if why.revision is not None:
+                                ruled_out.setdefault(why.revision, why)
+            if walkable and walked is None:
+                log.info("step %s: compiled segment by segment (one walk did not settle it)",
+                         key.describe())  # fmt: skip
+            found = walked or plan_step(scripts, key, self.plan.direction, compile_step, ruled_out)
             if isinstance(found, CompiledStep):
                 compiled.append(found)
                 continue

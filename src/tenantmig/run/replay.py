@@ -72,6 +72,14 @@ _SCRATCH_NAMES = ("tenantmig_compile_{pid}_{token}", "Tenantmig_Replay_Check_{pi
 _BUILD_NAME = "tenantmig_build_{pid}_{token}"
 
 
+def scratch_names() -> tuple[str, str, str]:
+    """New names for the two compilations and for the second's build: (plain, needs quoting,
+    build)."""
+    token = secrets.token_hex(4)
+    plain, quoted = (n.format(pid=os.getpid(), token=token) for n in _SCRATCH_NAMES)
+    return plain, quoted, _BUILD_NAME.format(pid=os.getpid(), token=token)
+
+
 @dataclass(frozen=True)
 class StepKey:
     from_revision: str | None
@@ -150,7 +158,7 @@ class _StartingStateFailed(Exception):
     step itself was never tried, and must not be reported as failing."""
 
 
-class _NotReplayable(Exception):
+class Unreplayable(Exception):
     """Raised while compiling; ``reason`` is a clause whose subject is the revision ("it
     ...") when ``revision`` is known, else the step."""
 
@@ -158,6 +166,34 @@ class _NotReplayable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.revision = revision
+
+
+OPTED_OUT = "it sets tenantmig_replay = False (remove that line to have it replayed)"
+AUTOCOMMIT_BLOCK = (
+    "it has an autocommit block (statements that run outside a transaction, "
+    "such as CREATE INDEX CONCURRENTLY), which Alembic runs in a transaction per "
+    "revision; a replayed step is one transaction"
+)
+
+
+def reads_data(sql: str) -> str:
+    """Why a revision that ran ``sql``, which returned rows, is not replayed."""
+    return (
+        f"it reads from the database ({_shortened(sql)}) and may act on what "
+        "it reads, which can differ per tenant. That is correct, only slower; to have "
+        "it replayed, do the work in SQL alone (INSERT ... SELECT, UPDATE ... WHERE, "
+        "a DO block) instead of reading rows into Python"
+    )
+
+
+def unquoted_name(exc: BaseException) -> str:
+    """Why a revision that ran under one scratch name and failed (``exc``) under the name
+    that needs quoting is not replayed."""
+    return (
+        "it fails in a scratch schema whose name needs quoting "
+        f"({type(exc).__name__}: {first_line(exc)}): it writes the schema's name into "
+        "SQL unquoted, which Alembic sends as written"
+    )
 
 
 def step_revisions(scripts: ChainScripts, key: StepKey, direction: Direction) -> list[str]:
@@ -175,11 +211,16 @@ def replay_allowed(scripts: ChainScripts, key: StepKey, direction: Direction) ->
 
 def _opted_out(scripts: ChainScripts, key: StepKey, direction: Direction) -> str | None:
     for revision in step_revisions(scripts, key, direction):
-        found = scripts.script.get_revision(revision)
-        module = found.module if found is not None else None
-        if getattr(module, "tenantmig_replay", True) is False:
+        if opts_out(scripts, revision):
             return revision
     return None
+
+
+def opts_out(scripts: ChainScripts, revision: str) -> bool:
+    """``revision`` sets ``tenantmig_replay = False`` at module level."""
+    found = scripts.script.get_revision(revision)
+    module = found.module if found is not None else None
+    return getattr(module, "tenantmig_replay", True) is False
 
 
 def compile_step(
@@ -195,7 +236,7 @@ def compile_step(
     return found if isinstance(found, CompiledStep) else None
 
 
-def _title(scripts: ChainScripts, revision: str | None) -> str | None:
+def title_of(scripts: ChainScripts, revision: str | None) -> str | None:
     """The first line of ``revision``'s message, to name it in words as well as by id."""
     if revision is None:
         return None
@@ -239,12 +280,7 @@ def compile_or_explain(
     flavour = flavour or PostgreSQL()
     opted_out = _opted_out(scripts, key, direction)
     if opted_out is not None:
-        return NotReplayable(
-            key,
-            "it sets tenantmig_replay = False (remove that line to have it replayed)",
-            opted_out,
-            _title(scripts, opted_out),
-        )
+        return NotReplayable(key, OPTED_OUT, opted_out, title_of(scripts, opted_out))
     compiler = _Compiler(
         conn, scripts, key, direction, timeouts, flavour, scratch is not None, fingerprint_start
     )
@@ -255,8 +291,8 @@ def compile_or_explain(
     try:
         for name, build_in in zip(names, builds, strict=True):
             compiled.append(compiler.compile(name, build_in))
-    except _NotReplayable as exc:
-        return NotReplayable(key, exc.reason, exc.revision, _title(scripts, exc.revision))
+    except Unreplayable as exc:
+        return NotReplayable(key, exc.reason, exc.revision, title_of(scripts, exc.revision))
     except _StartingStateFailed as exc:
         cause = exc.__cause__ or exc
         revision = compiler.origins.in_traceback(cause)
@@ -273,26 +309,21 @@ def compile_or_explain(
             # quoting: it writes the schema's name into SQL unquoted. Alembic sends that as
             # written, which fails for a tenant whose name needs quoting, so the revision is
             # not replayed; the rest of the step can be.
-            reason = (
-                "it fails in a scratch schema whose name needs quoting "
-                f"({type(exc).__name__}: {first_line(exc)}): it writes the schema's name into "
-                "SQL unquoted, which Alembic sends as written"
-            )
-            return NotReplayable(key, reason, revision, _title(scripts, revision))
+            return NotReplayable(key, unquoted_name(exc), revision, title_of(scripts, revision))
         if raised_by_autocommit_block(exc):
-            reason = (
-                "it has an autocommit block (statements that run outside a transaction, "
-                "such as CREATE INDEX CONCURRENTLY), which Alembic runs in a transaction per "
-                "revision; a replayed step is one transaction"
-            )
             return NotReplayable(
-                key, reason, revision, _title(scripts, revision), revision is not None, True
+                key,
+                AUTOCOMMIT_BLOCK,
+                revision,
+                title_of(scripts, revision),
+                revision is not None,
+                True,
             )
         reason = (
             f"{'it' if revision else 'the step'} failed in a scratch schema "
             f"({type(exc).__name__}: {first_line(exc)}); each tenant will report the error"
         )
-        return NotReplayable(key, reason, revision, _title(scripts, revision), False)
+        return NotReplayable(key, reason, revision, title_of(scripts, revision), False)
     (first, first_start), (second, second_start) = compiled
     if fingerprint_start and first_start != second_start:
         return NotReplayable(
@@ -301,30 +332,38 @@ def compile_or_explain(
             "structure cannot be checked against it",
             splittable=False,
         )
-    # The first schema's name needs no quoting, the second's does: where the first shows the
-    # name always quoted, so does the second, where SQLAlchemy quotes too. Compared alike; the
-    # first compilation's marks say which is which.
-    second = [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in second]
-    if [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in first] == second:
-        second = first
-    if first != second and _normalised(first) == _normalised(second):
-        # Only the order of CREATE INDEX statements in a row differs: Alembic creates a new
-        # table's indexes by iterating a set (Table.indexes), in an order that changes between
-        # runs of the same code. Each names its index and builds it on a table that exists
-        # before the run starts; none depends on another, so any order gives the same schema,
-        # and the first compilation's order is one Alembic itself sends.
-        second = first
-    if first != second:
-        changed = next(
-            (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
-            min(len(first), len(second)),
-        )
+    changed = first_difference(first, second)
+    if changed is not None:
         return NotReplayable(
             key,
             "its SQL differs between two compilations (statement "
             f"{changed + 1} depends on the schema name, the clock or chance)",
         )
     return CompiledStep(key, tuple(first), first_start)
+
+
+def first_difference(first: Sequence[str], second: Sequence[str]) -> int | None:
+    """Where two compilations of the same statements (the first under a name that needs no
+    quoting, the second under one that does) differ, or None where they say the same; the
+    first's statements are then the ones to replay."""
+    # The first schema's name needs no quoting, the second's does: where the first shows the
+    # name always quoted, so does the second, where SQLAlchemy quotes too. Compared alike; the
+    # first compilation's marks say which is which.
+    alike = [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in first]
+    other = [statement.replace(_SQL_MARK_QUOTED, _SQL_MARK) for statement in second]
+    if alike == other:
+        return None
+    if _normalised(alike) == _normalised(other):
+        # Only the order of CREATE INDEX statements in a row differs: Alembic creates a new
+        # table's indexes by iterating a set (Table.indexes), in an order that changes between
+        # runs of the same code. Each names its index and builds it on a table that exists
+        # before the run starts; none depends on another, so any order gives the same schema,
+        # and the first compilation's order is one Alembic itself sends.
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(alike, other, strict=False)) if a != b),
+        min(len(alike), len(other)),
+    )
 
 
 _CREATE_INDEX = re.compile(r"\s*CREATE\s+(UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)", re.I)
@@ -362,7 +401,7 @@ class _Compiler:
     fingerprint_start: bool = False  # read the starting state's structural fingerprint
 
     def __post_init__(self) -> None:
-        self.origins = _RevisionFiles(self.scripts)
+        self.origins = RevisionFiles(self.scripts)
 
     def compile(self, scratch: str, build_in: str) -> tuple[list[str], str | None]:
         """The step's statements as the server saw them, the scratch name marked; with the
@@ -372,23 +411,8 @@ class _Compiler:
         recorded = self._record(scratch, build_in)
         reads = [r for r in recorded if r.read]
         if reads:
-            raise _NotReplayable(
-                f"it reads from the database ({_shortened(reads[0].sql)}) and may act on what "
-                "it reads, which can differ per tenant. That is correct, only slower; to have "
-                "it replayed, do the work in SQL alone (INSERT ... SELECT, UPDATE ... WHERE, "
-                "a DO block) instead of reading rows into Python",
-                reads[0].revision,
-            )
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            statements = [
-                _mark(rendered, scratch, statement.revision)
-                for statement in recorded
-                for rendered in _render(cursor, statement)
-            ]
-        finally:
-            cursor.close()
-        return statements, self._start_fingerprint
+            raise Unreplayable(reads_data(reads[0].sql), reads[0].revision)
+        return rendered(self.conn, recorded, scratch), self._start_fingerprint
 
     def _record(self, scratch: str, build_in: str) -> list[_Recorded]:
         """Run the step in ``scratch`` inside a transaction that is always rolled back, and
@@ -405,7 +429,7 @@ class _Compiler:
             if exc.__cause__ is None or not raised_by_autocommit_block(exc.__cause__):
                 raise
         if self.existing_scratch:
-            raise _NotReplayable(
+            raise Unreplayable(
                 "the revisions before it have an autocommit block, so its starting state "
                 "must be built outside a transaction, and the configured scratch schema is "
                 "only used inside rolled-back ones (without scratch_schema, a role that may "
@@ -419,16 +443,8 @@ class _Compiler:
 
     def _start(self, conn: Connection, scratch: str, *, per_migration: bool) -> None:
         """Bring ``scratch`` to the step's starting state (not recorded)."""
-        start, scripts = self.key.from_revision, self.scripts
-        if not (self.key.has_version_table or start is not None):
-            return  # a new schema: nothing before the step
         try:
-            if start is None:  # an empty version table: up to the first revision and back
-                run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0],
-                            per_migration=per_migration)  # fmt: skip
-                run_alembic(conn, scripts, scratch, "downgrade", None, per_migration=per_migration)
-            else:
-                run_alembic(conn, scripts, scratch, "upgrade", start, per_migration=per_migration)
+            build_starting_state(conn, self.scripts, self.key, scratch, per_migration=per_migration)
         except Exception as exc:
             raise _StartingStateFailed() from exc
 
@@ -460,20 +476,7 @@ class _Compiler:
         self, scratch: str, build_in: str, *, build: bool
     ) -> list[_Recorded]:
         conn = self.conn
-        recorded: list[_Recorded] = []
-
-        def after(_conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
-            revision = self.origins.on_stack()
-            if cursor.description is not None:
-                if revision is not None:
-                    recorded.append(_Recorded(sql, params, many, revision, read=True))
-                elif not sql.lstrip().upper().startswith("SELECT"):
-                    # A write of Alembic's that returns rows (a version row INSERT ... RETURNING).
-                    recorded.append(_Recorded(sql, params, many, None))
-                # Alembic's own reads are not replayed: the tenant's state is verified instead.
-                return
-            recorded.append(_Recorded(sql, params, many, revision))
-
+        recorder = Recorder(self.origins)
         transaction = conn.begin()
         try:
             self.flavour.begin_scratch(conn)
@@ -493,14 +496,74 @@ class _Compiler:
                 self.flavour.prepare_migration(conn, scratch, self.timeouts)
             if self.fingerprint_start:
                 self._start_fingerprint = read_fingerprints(conn, [scratch]).get(scratch)
-            event.listen(conn, "after_cursor_execute", after)
-            try:
+            with recorder.listening(conn):
                 run_alembic(conn, self.scripts, scratch, self.direction, self.key.to_revision)
-            finally:
-                event.remove(conn, "after_cursor_execute", after)
         finally:
             transaction.rollback()
-        return recorded
+        return recorder.recorded
+
+
+def build_starting_state(
+    conn: Connection, scripts: ChainScripts, key: StepKey, scratch: str, *, per_migration: bool
+) -> None:
+    """Bring ``scratch`` to the state ``key`` starts from, through Alembic (not recorded)."""
+    start = key.from_revision
+    if not (key.has_version_table or start is not None):
+        return  # a new schema: nothing before the step
+    if start is None:  # an empty version table: up to the first revision and back
+        run_alembic(conn, scripts, scratch, "upgrade", scripts.order[0],
+                    per_migration=per_migration)  # fmt: skip
+        run_alembic(conn, scripts, scratch, "downgrade", None, per_migration=per_migration)
+    else:
+        run_alembic(conn, scripts, scratch, "upgrade", start, per_migration=per_migration)
+
+
+class Recorder:
+    """Each statement sent on a connection while it listens, with the revision that issued it
+    (``after_cursor_execute``): what a step sends, to be replayed."""
+
+    def __init__(self, origins: RevisionFiles) -> None:
+        self.origins = origins
+        self.recorded: list[_Recorded] = []
+
+    @property
+    def read_any(self) -> bool:
+        """A revision's statement returned rows."""
+        return any(statement.read for statement in self.recorded)
+
+    @contextlib.contextmanager
+    def listening(self, conn: Connection) -> Iterator[None]:
+        event.listen(conn, "after_cursor_execute", self._after)
+        try:
+            yield
+        finally:
+            event.remove(conn, "after_cursor_execute", self._after)
+
+    def _after(self, _conn: Any, cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        revision = self.origins.on_stack()
+        if cursor.description is not None:
+            if revision is not None:
+                self.recorded.append(_Recorded(sql, params, many, revision, read=True))
+            elif not sql.lstrip().upper().startswith("SELECT"):
+                # A write of Alembic's that returns rows (a version row INSERT ... RETURNING).
+                self.recorded.append(_Recorded(sql, params, many, None))
+            # Alembic's own reads are not replayed: the tenant's state is verified instead.
+            return
+        self.recorded.append(_Recorded(sql, params, many, revision))
+
+
+def rendered(conn: Connection, recorded: Sequence[_Recorded], scratch: str) -> list[str]:
+    """The recorded statements as the server received them, ``scratch``'s name marked.
+    Raises Unreplayable for a statement that cannot be (see ``_mark``)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return [
+            _mark(text, scratch, statement.revision)
+            for statement in recorded
+            for text in _render(cursor, statement)
+        ]
+    finally:
+        cursor.close()
 
 
 def require_empty(conn: Connection, schema: str) -> None:
@@ -511,7 +574,7 @@ def require_empty(conn: Connection, schema: str) -> None:
         {"s": quote_ident(schema)},
     ).scalar()
     if objects:
-        raise _NotReplayable(
+        raise Unreplayable(
             f"the scratch schema {schema!r} is not empty ({objects} relation(s)); drop what "
             "is in it"
         )
@@ -531,7 +594,7 @@ def _render(cursor: Any, statement: _Recorded) -> Iterator[str]:
         try:
             rendered = cursor.mogrify(statement.sql, params)
         except Exception as exc:
-            raise _NotReplayable(
+            raise Unreplayable(
                 f"a statement's parameters cannot be rendered as SQL ({type(exc).__name__})",
                 statement.revision,
             ) from exc
@@ -541,7 +604,7 @@ def _render(cursor: Any, statement: _Recorded) -> Iterator[str]:
 def _mark(sql: str, scratch: str, revision: str | None) -> str:
     mentions = find_mentions(sql, scratch)
     if mentions.elsewhere:
-        raise _NotReplayable(
+        raise Unreplayable(
             f"the schema's name is used inside {mentions.elsewhere[0]}, not only as an identifier",
             revision,
         )
@@ -555,7 +618,7 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
     if len(spans) + len(always_quoted) != len(mentions.identifiers):
         # Put there by hand, not as SQLAlchemy renders a schema: for a tenant whose name must
         # be quoted (a keyword), Alembic would send it as written, and replay must not differ.
-        raise _NotReplayable(
+        raise Unreplayable(
             "the schema's name is written into its SQL by hand, unquoted (leave the schema out: "
             "search_path is the tenant's schema)",
             revision,
@@ -568,7 +631,7 @@ def _mark(sql: str, scratch: str, revision: str | None) -> str:
     return marked.strip()
 
 
-class _RevisionFiles:
+class RevisionFiles:
     """Which revision of the chain (if any) is running, from the Python stack."""
 
     def __init__(self, scripts: ChainScripts) -> None:

@@ -12,6 +12,8 @@ what it does to the structure may depend on them (an index only where rows exist
 the segment after it is replayed only where the tenant's structure at that point is exactly
 the structure the segment was compiled from (the catalog fingerprint drift compares, read in
 the tenant's transaction); anywhere else the rest of the step runs through Alembic.
+``plan_step`` checks after every revision it splits around; ``run.walk``, which sees what each
+revision sent, only after one that read (or opted out).
 
 A revision with an autocommit block (CREATE INDEX CONCURRENTLY) cannot run inside the tenant's
 one transaction. Alembic runs such a chain a transaction per revision; a step split around one

@@ -362,9 +362,6 @@ class _Snapshot(SchemaStructure):
 _FINGERPRINTS = r"""
 WITH s AS MATERIALIZED (
     SELECT oid, nspname, nspowner, nspacl FROM pg_namespace WHERE nspname = ANY(:schemas)
-), extension_members AS MATERIALIZED (
-    -- Few rows on any server: objects extensions created, left out like the deep read does.
-    SELECT objid, classid FROM pg_depend WHERE deptype = 'e'
 ), rels AS MATERIALIZED (
     -- One pass over pg_class; every other catalog is then reached through its index on the
     -- relation's oid, so a chunk costs what its own schemas hold, not the whole database.
@@ -372,8 +369,8 @@ WITH s AS MATERIALIZED (
            c.relrowsecurity, c.relforcerowsecurity, c.relacl, c.reloptions,
            CASE WHEN c.relowner = s.nspowner THEN '' ELSE c.relowner::text END AS owner
     FROM pg_class c JOIN s ON s.oid = c.relnamespace
-    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
-                      WHERE e.objid = c.oid AND e.classid = 'pg_class'::regclass)
+    WHERE NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
+                      AND e.objid = c.oid AND e.deptype = 'e')
 ), parts AS (
     SELECT r.ns, concat_ws('|', 't', r.relname, r.relkind, r.relrowsecurity,
         r.relforcerowsecurity, r.relacl::text, r.owner) AS item
@@ -408,8 +405,8 @@ WITH s AS MATERIALIZED (
     WHERE (t.typtype IN ('e', 'd', 'r')
            OR (t.typtype = 'c'
                AND t.oid IN (SELECT r.reltype FROM rels r WHERE r.relkind = 'c')))
-      AND NOT EXISTS (SELECT 1 FROM extension_members e
-                      WHERE e.objid = t.oid AND e.classid = 'pg_type'::regclass)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_type'::regclass
+                      AND e.objid = t.oid AND e.deptype = 'e')
   UNION ALL
     SELECT r.ns, concat_ws('|', 'c', r.relname, a.attname, a.attnum, a.atttypid,
         a.atttypmod, a.attnotnull, a.attidentity, a.attgenerated,
@@ -428,8 +425,8 @@ WITH s AS MATERIALIZED (
     JOIN pg_index i ON i.indexrelid = r.oid
     JOIN pg_class tc ON tc.oid = i.indrelid
     JOIN pg_am am ON am.oid = r.relam
-    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
-                      WHERE e.objid = i.indrelid AND e.classid = 'pg_class'::regclass)
+    WHERE NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
+                      AND e.objid = i.indrelid AND e.deptype = 'e')
   UNION ALL
     SELECT r.ns, concat_ws('|', 'k', r.relname, con.conname, con.contype,
         con.conkey::text, fc.relname, fn.nspname = r.nspname, con.confkey::text,
@@ -459,8 +456,8 @@ WITH s AS MATERIALIZED (
         pg_get_function_identity_arguments(p.oid), p.prorettype, md5(p.prosrc), p.proacl::text,
         CASE WHEN p.proowner = s.nspowner THEN '' ELSE p.proowner::text END)
     FROM pg_proc p JOIN s ON s.oid = p.pronamespace
-    WHERE NOT EXISTS (SELECT 1 FROM extension_members e
-                      WHERE e.objid = p.oid AND e.classid = 'pg_proc'::regclass)
+    WHERE NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass
+                      AND e.objid = p.oid AND e.deptype = 'e')
 )
 -- COLLATE "C": a byte order is all the fingerprint needs, and sorting tens of thousands of
 -- items with the database's linguistic collation was most of the query's time.
@@ -492,20 +489,46 @@ def _strip_sql(guard: str, expression: str) -> str:
 _STRIP = re.compile(r"\{strip:([^{}:]+):([^{}]+)\}")
 
 
+# Up to this many schemas, a fingerprint read walks the catalogs' indexes (see below).
+_FEW_SCHEMAS = 10
+
+
 def read_fingerprints(conn: Connection, schemas: Sequence[str]) -> dict[str, str]:
     """A structural fingerprint per existing schema, in one query (see _FINGERPRINTS).
 
     Call inside a transaction: JIT is switched off for it. The query's cost estimate is far
     above jit_above_cost (catalog subqueries are estimated badly), and compiling it took 2 of
     the 2.5 seconds a chunk of 500 schemas cost on a server built with LLVM.
+
+    For a few schemas (a tenant's structure checked before a replayed segment) hash and merge
+    joins are switched off too: the planner, misled by the same estimates, hashes whole
+    catalogs (every tenant's columns and constraints), so one schema's check cost what the
+    whole database holds, 100 ms at 200 tenants of 260 relations and growing with each
+    tenant. Nested loops over the catalogs' indexes cost what the schema holds (20 ms there).
+
+    The settings are put back as they were afterwards: the caller's transaction may be a
+    tenant's migration, whose own statements must plan as they always do.
     """
+    planner = ("jit", "enable_hashjoin", "enable_mergejoin")
+    before = conn.execute(
+        sa.text("SELECT " + ", ".join(f"current_setting('{name}')" for name in planner))
+    ).one()
     conn.exec_driver_sql("SET LOCAL jit = off")
+    if len(schemas) <= _FEW_SCHEMAS:
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
     version = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
     # NULLS NOT DISTINCT exists from PostgreSQL 15 on.
     nulls = "i.indnullsnotdistinct" if version >= 150000 else "false"
     query = _STRIP.sub(lambda m: _strip_sql(m.group(1), m.group(2)), _FINGERPRINTS)
     query = query.replace("{nulls_not_distinct}", nulls)
-    rows = conn.execute(sa.text(query), {"schemas": list(schemas)})
+    rows = conn.execute(sa.text(query), {"schemas": list(schemas)}).all()
+    conn.execute(
+        sa.text(
+            "SELECT " + ", ".join(f"set_config('{n}', :v{i}, true)" for i, n in enumerate(planner))
+        ),
+        {f"v{i}": value for i, value in enumerate(before)},
+    )
     return {r.schema: r.fingerprint for r in rows}
 
 

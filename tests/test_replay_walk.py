@@ -1,0 +1,201 @@
+"""One walk of a step compiles the same segments as planning it compile by compile.
+
+``run.walk`` records each revision once per scratch name in a schema committed between them;
+``run.segments.plan_step`` compiles every segment from a freshly built starting state. Over the
+corpus chain (autocommit blocks early, a squash, alembic_utils entities, data migrations), for
+steps up and down from several starting points, both must split the step at the same
+revisions for the same reasons and replay the same statements. The walk checks a tenant's
+structure before a segment only after a revision whose effect may depend on its rows (one that
+reads them), where planning checks after every revision it split around: where the walk
+checks, both compare against the same fingerprint. That the replayed statements give what
+Alembic gives is tests/test_replay_chain_corpus.py's to prove; this proves the walk is a faster
+way to the same compile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.run.replay import (
+    CompiledStep,
+    NotReplayable,
+    StepKey,
+    compile_or_explain,
+    first_difference,
+)
+from tenantmig.run.segments import Replayed, SegmentedStep, ThroughAlembic, plan_step
+from tenantmig.run.walk import walk_step
+from tenantmig.schema.catalog import read_fingerprints
+from tenantmig.server.config import Settings, load_settings
+from tenantmig.server.flavour import PostgreSQL
+from tenantmig.server.session import Timeouts
+from tests.helpers import TENANT_HEAD, project_with
+from tests.test_engine import make_tenants
+
+CHAIN = Path(__file__).parent / "corpus_chain"
+FILES = sorted(CHAIN.glob("k[0-9][0-9]_*.py"))
+STEPS: list[tuple[StepKey, Direction]] = [
+    (StepKey(None, "k12_views", False), "upgrade"),  # a new schema to head: every kind
+    (StepKey(None, "k02_squash", True), "upgrade"),  # an empty version table
+    (StepKey("k01_orders_index_concurrently", "k06_user_columns", True), "upgrade"),
+    (StepKey("k06_user_columns", "k10_invoice_columns", True), "upgrade"),  # a read in it
+    (StepKey("k12_views", "k08_user_domain_index", True), "downgrade"),
+    (StepKey("k08_user_domain_index", "003_add_inventory_tracking", True), "downgrade"),
+    (StepKey("k10_invoice_columns", "k12_views", True), "upgrade"),  # replayed whole
+]
+
+
+@pytest.fixture
+def scripts(database_url: str, tmp_path: Path) -> ChainScripts:
+    root = tmp_path
+    config = project_with(root, {p.name: p.read_text() for p in FILES})
+    settings = load_settings(config_file=config, database_url=database_url, home=root / "h")
+    return ChainScripts(settings, "tenant")
+
+
+def _shape(found: object) -> list[tuple[str, ...]]:
+    """Each part as (kind, revisions or key, reasons): what a run's notice says."""
+    if isinstance(found, CompiledStep):
+        return [("replayed", found.key.describe())]
+    if isinstance(found, NotReplayable):
+        return [("not replayable", str(found.revision), found.reason)]
+    assert isinstance(found, SegmentedStep)
+    shape: list[tuple[str, ...]] = []
+    for part in found.parts:
+        if isinstance(part, Replayed):
+            shape.append(("replayed", part.step.key.describe()))
+        else:
+            reasons = tuple(f"{w.revision}: {w.reason.split(' (')[0]}" for w in part.whys)
+            shape.append(("alembic", *part.revisions, *reasons))
+    return shape
+
+
+def _replayed(found: object) -> list[CompiledStep]:
+    if isinstance(found, CompiledStep):
+        return [found]
+    if isinstance(found, SegmentedStep):
+        return [part.step for part in found.parts if isinstance(part, Replayed)]
+    return []
+
+
+@pytest.mark.parametrize(("key", "direction"), STEPS, ids=[k.describe() for k, _ in STEPS])
+def test_the_walk_compiles_what_compile_by_compile_planning_compiles(
+    engine: sa.Engine, scripts: ChainScripts, key: StepKey, direction: Direction
+) -> None:
+    timeouts = Timeouts(30)
+    with engine.connect() as conn:
+        walked = walk_step(conn, scripts, key, direction, timeouts, PostgreSQL())
+        assert walked is not None, "the walk settles every step of this chain"
+
+        def compile_step(part: StepKey, fingerprint: bool) -> CompiledStep | NotReplayable:
+            return compile_or_explain(
+                conn, scripts, part, direction, timeouts, fingerprint_start=fingerprint
+            )
+
+        planned = plan_step(scripts, key, direction, compile_step, {})
+    assert _shape(walked) == _shape(planned)
+    for ours, theirs in zip(_replayed(walked), _replayed(planned), strict=True):
+        assert ours.key == theirs.key
+        if ours.start_fingerprint is not None:
+            assert ours.start_fingerprint == theirs.start_fingerprint
+        # The same statements; CREATE INDEX runs in a row may come in either order (Alembic
+        # iterates a set), as between any two compilations.
+        assert first_difference(ours.statements, theirs.statements) is None, ours.key
+
+
+def test_only_a_segment_after_a_data_read_checks_the_structure_and_no_scratch_is_left(
+    engine: sa.Engine, scripts: ChainScripts
+) -> None:
+    with engine.connect() as conn:
+        found = walk_step(
+            conn, scripts, StepKey(None, "k12_views", False), "upgrade", Timeouts(30), PostgreSQL()
+        )
+        assert isinstance(found, SegmentedStep)
+        checked = [
+            (part.step.key.from_revision, part.checked)
+            for part in found.parts
+            if isinstance(part, Replayed)
+        ]
+        # After the trigger and k03's hand-written CONCURRENTLY (the same SQL in every
+        # tenant): not checked. After k01 (tenantmig.ops reads pg_index for an invalid
+        # leftover of an interrupted build) and the two data migrations: checked.
+        assert checked == [
+            (None, False),
+            ("k01_orders_index_concurrently", True),
+            ("k03_invoices_index_concurrently", False),
+            ("k05_trigger", False),
+            ("k07_fill_user_columns", True),
+            ("k09_number_invoices", True),
+        ]
+        assert found.outside_transaction
+        assert any(isinstance(p, ThroughAlembic) for p in found.parts)
+        left = conn.execute(
+            sa.text(
+                "SELECT nspname FROM pg_namespace WHERE lower(nspname) LIKE 'tenantmig_compile%' "
+                "OR lower(nspname) LIKE 'tenantmig_build%' "
+                "OR lower(nspname) LIKE 'tenantmig_replay_check%'"
+            )
+        ).all()
+    assert left == []
+
+
+FAILING = '''"""Fails whatever the schema is called."""
+from alembic import op
+
+revision = "004_fails"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_a_revision_that_fails_everywhere_is_left_to_compile_by_compile_planning(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    """The walk does not settle it; planning says the step fails in a scratch schema, and
+    each tenant will report the error."""
+    config = project_with(tmp_path, {"004_fails.py": FAILING})
+    settings = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
+    chain = ChainScripts(settings, "tenant")
+    with engine.connect() as conn:
+        key = StepKey(None, "004_fails", False)
+        assert walk_step(conn, chain, key, "upgrade", Timeouts(30), PostgreSQL()) is None
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM pg_namespace WHERE lower(nspname) LIKE 'tenantmig_%'")
+        ).scalar()
+    assert left == 0
+
+
+def test_a_structure_check_is_the_same_read_and_leaves_the_planner_as_it_was(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    """A check of one schema (hash joins off) and a read of many (the planner's choice) give
+    the same fingerprint; the tenant's transaction plans as before after the check."""
+    names = [f"fp{i}" for i in range(12)]
+    make_tenants(settings, names, TENANT_HEAD)
+    with engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")  # the caller's own choice
+        settings_before = conn.execute(sa.text(_PLANNER)).one()
+        alone = read_fingerprints(conn, ["fp3"])
+        settings_after = conn.execute(sa.text(_PLANNER)).one()
+        together = read_fingerprints(conn, names)
+    assert settings_after == settings_before and settings_before[2] == "off"
+    assert len(together) == 12 and alone["fp3"] == together["fp3"]
+
+
+_PLANNER = (
+    "SELECT current_setting('jit'), current_setting('enable_hashjoin'), "
+    "current_setting('enable_mergejoin')"
+)
