@@ -199,3 +199,36 @@ _PLANNER = (
     "SELECT current_setting('jit'), current_setting('enable_hashjoin'), "
     "current_setting('enable_mergejoin')"
 )
+
+
+def test_a_walk_leaves_nothing_on_the_connections_it_used(
+    database_url: str, scripts: ChainScripts
+) -> None:
+    """A pooler in transaction mode (PgBouncer) lends a server connection to any client after
+    any transaction: nothing a walk sets may stay on one, also after the autocommit blocks it
+    ran (session-level while they run). SQLAlchemy's pool lends them on the same way here."""
+    engine = sa.create_engine(database_url, pool_size=3, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            found = walk_step(
+                conn, scripts, StepKey(None, "k12_views", False), "upgrade", Timeouts(30),
+                PostgreSQL(),
+            )  # fmt: skip
+            assert isinstance(found, SegmentedStep) and found.outside_transaction
+        lent = [engine.connect() for _ in range(3)]  # every connection the pool holds
+        try:
+            for conn in lent:
+                state = conn.execute(
+                    sa.text(
+                        "SELECT current_setting('search_path'), current_setting('lock_timeout'), "
+                        "current_setting('statement_timeout'), "
+                        "(SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                        " AND locktype = 'advisory')"
+                    )
+                ).one()
+                assert tuple(state) == ('"$user", public', "0", "0", 0)
+        finally:
+            for conn in lent:
+                conn.close()
+    finally:
+        engine.dispose()

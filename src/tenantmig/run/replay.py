@@ -461,6 +461,10 @@ class _Compiler:
                         build, scratch, self.timeouts, verify=False, local=False
                     )
                 self._start(build, scratch, per_migration=True)
+                # Nothing session-level stays on a server connection a pooler lends on.
+                with build.begin():
+                    build.exec_driver_sql("RESET ALL")
+                    build.exec_driver_sql("SELECT pg_advisory_unlock_all()")
             except BaseException:
                 with contextlib.suppress(Exception):
                     build.rollback()

@@ -28,7 +28,7 @@ reports each of those cases in its own words.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
@@ -135,19 +135,20 @@ class _Walker:
 
     def walk(self, name: str, build_in: str, known: set[str]) -> _Walk:
         """Walk the step in a committed scratch schema ``name`` (its starting state built in
-        ``build_in``, then renamed), on a connection of its own: the session's settings and
-        the scratch schema's session advisory lock end with it. Dropped afterwards."""
+        ``build_in``, then renamed), on a connection of its own. Dropped afterwards.
+
+        Every transaction sets its timeouts, lock and search_path itself, transaction-local,
+        as a tenant's migration does: nothing is left on the connection, which a pooler in
+        transaction mode (PgBouncer) may lend to another client after any transaction. Only
+        an autocommit block, which runs outside a transaction, needs them session-level; they
+        are reset right after it (see ``_outside_transaction``)."""
         seen = _Walk()
         with self.conn.engine.connect() as walk:
             try:
                 with walk.begin():
                     self.flavour.begin_scratch(walk)
                     walk.exec_driver_sql(f"CREATE SCHEMA {quote_ident(build_in)}")
-                    self._settings(walk, build_in)
-                try:
-                    build_starting_state(walk, self.scripts, self.key, build_in, per_migration=True)
-                except Exception as exc:
-                    raise _Unsettled() from exc
+                self._build(walk, build_in)
                 self._rename(walk, build_in, name)
                 for revision in self.runs:
                     self._one(walk, name, build_in, revision, seen)
@@ -163,23 +164,64 @@ class _Walker:
                     drop.exec_driver_sql(f"DROP SCHEMA IF EXISTS {names} CASCADE")
         return seen
 
-    def _settings(self, walk: Connection, schema: str) -> None:
-        # Session-level (local=False): they must outlive each revision's transaction.
-        self.flavour.prepare_migration(walk, schema, self.timeouts, verify=False, local=False)
+    def _prepare(self, walk: Connection, schema: str) -> None:
+        """First in each transaction: timeouts, the schema's lock, search_path (local)."""
+        self.flavour.prepare_migration(walk, schema, self.timeouts, verify=False)
 
-    def _rename(self, walk: Connection, old: str, new: str) -> str:
+    def _build(self, walk: Connection, schema: str) -> None:
+        """The step's starting state in ``schema``: in one transaction, or, when the history
+        has an autocommit block, as Alembic runs such a chain."""
+        try:
+            with walk.begin():
+                self._prepare(walk, schema)
+                build_starting_state(walk, self.scripts, self.key, schema, per_migration=False)
+            return
+        except Exception as exc:
+            if not raised_by_autocommit_block(exc):
+                raise _Unsettled() from exc
+        with self._outside_transaction(walk, schema):
+            build_starting_state(walk, self.scripts, self.key, schema, per_migration=True)
+
+    @contextlib.contextmanager
+    def _outside_transaction(self, walk: Connection, schema: str) -> Iterator[None]:
+        """Session-level settings and lock for revisions Alembic runs a transaction each,
+        reset afterwards (RESET ALL, every advisory lock released); anything that fails in
+        it leaves the walk unsettled."""
+        try:
+            with walk.begin():
+                self.flavour.prepare_migration(
+                    walk, schema, self.timeouts, verify=False, local=False
+                )
+            yield
+        except Exception as exc:
+            raise _Unsettled() from exc
+        finally:
+            with contextlib.suppress(Exception), walk.begin():
+                walk.exec_driver_sql("RESET ALL")
+                walk.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+
+    def _rename(self, walk: Connection, old: str, new: str) -> None:
         if old != new:
             with walk.begin():
                 walk.exec_driver_sql(
                     f"ALTER SCHEMA {quote_ident(old)} RENAME TO {quote_ident(new)}"
                 )
-                self._settings(walk, new)
-        return new
 
-    def _through_alembic(self, walk: Connection, schema: str, revision: str) -> None:
-        """``revision`` as Alembic runs it in a chain with a transaction per revision."""
+    def _through_alembic(self, walk: Connection, schema: str, revision: str) -> bool:
+        """``revision`` as Alembic runs it: in a transaction, or, with an autocommit block,
+        as Alembic runs such a chain (a transaction per revision). True in that case."""
         destination = state_after(self.scripts, revision, self.direction)
-        run_alembic(walk, self.scripts, schema, self.direction, destination, per_migration=True)
+        try:
+            with walk.begin():
+                self._prepare(walk, schema)
+                run_alembic(walk, self.scripts, schema, self.direction, destination)
+            return False
+        except Exception as exc:
+            if not raised_by_autocommit_block(exc):
+                raise
+        with self._outside_transaction(walk, schema):
+            run_alembic(walk, self.scripts, schema, self.direction, destination, per_migration=True)
+        return True
 
     def _one(self, walk: Connection, name: str, build_in: str, revision: str, seen: _Walk) -> None:
         """Run ``revision`` in ``name``, recorded where it may be replayed."""
@@ -193,7 +235,7 @@ class _Walker:
                     if name == build_in:
                         raise _Unsettled() from exc
                     self._under_build_name(walk, name, build_in, revision)
-            data_dependent = watcher.read_any or earlier.reason == OPTED_OUT
+            data_dependent = watcher.read_any or opts_out(self.scripts, revision)
             seen.whys[revision] = _Why(earlier.reason, earlier.autocommit, data_dependent, earlier)
             return
         if opts_out(self.scripts, revision):
@@ -202,12 +244,16 @@ class _Walker:
             return
         destination = state_after(self.scripts, revision, self.direction)
         try:
-            with walk.begin(), recorder.listening(walk):
-                run_alembic(walk, self.scripts, name, self.direction, destination)
+            with walk.begin():
+                self._prepare(walk, name)
+                with recorder.listening(walk):
+                    run_alembic(walk, self.scripts, name, self.direction, destination)
         except Exception as exc:
             if raised_by_autocommit_block(exc):
-                with watcher.listening(walk):
-                    self._or_unsettled(lambda: self._through_alembic(walk, name, revision))
+                with watcher.listening(walk), self._outside_transaction(walk, name):
+                    run_alembic(
+                        walk, self.scripts, name, self.direction, destination, per_migration=True
+                    )
                 seen.whys[revision] = _Why(AUTOCOMMIT_BLOCK, True, watcher.read_any)
                 return
             if name == build_in:  # fails under a plain name: the migration's own error
@@ -239,7 +285,7 @@ class _Walker:
         self._rename(walk, build_in, name)
 
     @staticmethod
-    def _or_unsettled(run: Callable[[], None]) -> None:
+    def _or_unsettled(run: Callable[[], object]) -> None:
         try:
             run()
         except Exception as exc:
