@@ -403,7 +403,19 @@ class _Coordinator:
         caps = self._caps(jobs) if jobs else {}
         workers = self._choose_workers(conn, len(jobs), caps) if jobs else 0
         conn.commit()
-        targets = self._targets(scripts, jobs, caps, backup_dir)
+        # Workers are forked from a server that imports what they need once; started now, it
+        # does so while the steps below are compiled. Stopped when the run ends.
+        pooled = workers > 1 and len(jobs) > 1
+        if pooled:
+            from tenantmig.run import worker_server
+
+            worker_server.start()
+        try:
+            targets = self._targets(scripts, jobs, caps, backup_dir)
+        except BaseException:
+            if pooled:
+                worker_server.stop()
+            raise
         self.observer.started(
             RunStart(
                 run_id,
@@ -459,6 +471,8 @@ class _Coordinator:
                 result.outcomes.extend(outcomes)
             writer.buffer.extend(self._follow_moves(conn))
         finally:
+            if pooled:
+                worker_server.stop()  # every worker has ended: the pool joined them
             result.interrupted = interrupted
             if watch is not None:
                 result.stopped = watch.reason

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
 import os
 import queue
 import signal
@@ -46,6 +45,7 @@ from tenantmig.backup.dump import BackupPlan
 from tenantmig.chains.scripts import ChainScripts
 from tenantmig.errors import some_names
 from tenantmig.logs import configure_run_log
+from tenantmig.run import worker_server
 from tenantmig.run.locks import Clearance
 from tenantmig.run.migrator import SchemaMigrator
 from tenantmig.run.observers import Execution, GuardedHooks, TenantHooks, TenantRetry
@@ -581,9 +581,10 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
 def _run_pool(
     spec: WorkerSpec, run: _Run, workers: int, stop: StopPolicy, signals: _SignalState
 ) -> None:
-    # spawn, not fork: the coordinator holds open connections and (in tests) threads; a forked
+    # Forked from the run's preloaded server (run.worker_server), else spawned; never forked
+    # from the coordinator: it holds open connections and (in tests) threads, and a forked
     # copy of a libpq connection shared by two processes corrupts the protocol stream.
-    ctx = mp.get_context("spawn")
+    ctx = worker_server.context()
     results = ctx.Queue()
     pool: dict[int, _Worker] = {}
     next_id = 0
