@@ -11,6 +11,12 @@ mode. Printed as seconds and as ratios to plain PostgreSQL measured in the same 
 
 The Citus URL is a superuser URL on the coordinator of a cluster whose workers are on the
 coordinator's port + 1 and + 2 (``../shared/vendor/citus/cluster.sh``).
+
+Citus against its own floor: on the same cluster, the same tenants, the per-tenant SQL that
+``alembic upgrade head --sql`` writes for the tenant chain (each tenant's statements in one
+transaction, as tenantmig runs them) replayed by as many psql sessions as tenantmig uses
+workers, each statement its own round trip as psql sends it. What the cluster itself costs for
+the same DDL at the same concurrency; tenantmig's ratio to it is its own overhead on Citus.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -87,6 +96,55 @@ def cli(url: str, *args: str) -> tuple[float, dict[str, object]]:
     return elapsed, json.loads(done.stdout) if done.stdout.strip() else {}
 
 
+PLACEHOLDER = "benchtenantplaceholder"
+
+
+def offline_sql() -> str:
+    """The tenant chain from nothing to head for the placeholder schema (BEGIN ... COMMIT)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "-n", "tenant",
+         "-x", f"tenant={PLACEHOLDER}", "upgrade", "head", "--sql"],
+        env={**os.environ, "TENANTMIG_DATABASE_URL": "postgresql://offline/offline"},
+        check=True, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    return done.stdout
+
+
+def floor(url: str, names: list[str], sessions: int) -> float:
+    """Every tenant's SQL through ``sessions`` psql sessions, tenants dealt round-robin."""
+    # After a round's downgrade to base the version table stays, empty: both sides start there.
+    template = offline_sql().replace(
+        f"CREATE TABLE {PLACEHOLDER}.alembic_version",
+        f"CREATE TABLE IF NOT EXISTS {PLACEHOLDER}.alembic_version",
+    )
+    work = Path(tempfile.mkdtemp(prefix="tenantmig-citus-floor-"))
+    files = []
+    for s in range(sessions):
+        path = work / f"session{s}.sql"
+        with path.open("w") as fh:
+            for name in names[s::sessions]:
+                fh.write(re.sub(rf"\b{PLACEHOLDER}\b", name, template))
+        files.append(path)
+    psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    began = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(f), libpq],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in files
+    ]
+    codes = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - began
+    shutil.rmtree(work)
+    if any(codes):
+        raise SystemExit(f"floor failed: {[p.stderr.read() for p in procs if p.stderr]}")
+    return elapsed
+
+
 def measure(
     url: str, citus: bool, tenants: int, modes: list[list[str]], repeat: int
 ) -> list[float]:
@@ -100,7 +158,12 @@ def measure(
         for extra in modes:
             times = []
             for _ in range(repeat):
-                elapsed, result = cli(database, "upgrade", "--all-tenants", *extra)
+                if extra == ["floor"]:
+                    times.append(floor(database, names, 2))
+                    # Back to base as tenantmig leaves it: the floor wrote the version row.
+                    cli(database, "downgrade", "--all-tenants", "base", "--yes")
+                    continue
+                elapsed, result = cli(database, "upgrade", "--all-tenants", "-j", "2", *extra)
                 statuses = {t["status"] for t in result["tenants"]}  # type: ignore[index, union-attr]
                 assert statuses == {"ok"}, statuses
                 times.append(elapsed)
@@ -114,10 +177,23 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--citus-url", required=True, help="superuser URL on the coordinator")
-    parser.add_argument("--postgres-url", required=True, help="superuser URL on plain PostgreSQL")
+    parser.add_argument("--postgres-url", help="superuser URL on plain PostgreSQL")
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--floor-only", action="store_true",
+        help="only Citus against its own floor (psql, same SQL, same concurrency)",
+    )  # fmt: skip
     args = parser.parse_args()
+    n = args.tenants
+    if args.floor_only or args.postgres_url is None:
+        # Alternately, so that a busy machine slows both alike: floor, tenantmig, floor, ...
+        low, replay = measure(args.citus_url, True, n, [["floor"], []], args.repeat)
+        print(f"{n} tenants on Citus, base -> head, 2 sessions / -j 2, best of {args.repeat}:")
+        print(f"  floor (psql x2)      {low:7.2f} s  {low / n * 1000:6.1f} ms/tenant  1.00x")
+        print(f"  tenantmig, replay    {replay:7.2f} s  {replay / n * 1000:6.1f} ms/tenant  "
+              f"{replay / low:.2f}x")  # fmt: skip
+        return
     (plain,) = measure(args.postgres_url, False, args.tenants, [[]], args.repeat)
     replay, no_replay = measure(
         args.citus_url, True, args.tenants, [[], ["--no-replay"]], args.repeat
