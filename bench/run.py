@@ -129,13 +129,19 @@ def prepare(url: str, n: int) -> None:
 
 
 class Sampler:
-    """Peak RSS of a process tree and peak tenantmig connections, sampled in a thread."""
+    """Peak RSS of a process tree and peak tenantmig connections, sampled in a thread; also
+    the coordinator's own peak RSS and its descendants' peak proportional set size (forked
+    workers share pages with the server they are forked from, which RSS counts in each)."""
 
-    def __init__(self, pid: int, url: str) -> None:
+    def __init__(self, pid: int, url: str, interval: float = 0.05) -> None:
         self.pid = pid
+        self.interval = interval
         self.engine = sa.create_engine(url, poolclass=sa.NullPool)
         self.peak_rss = 0
         self.peak_connections = 0
+        self.coordinator_rss = 0
+        self.children_pss = 0
+        self.most_children = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -153,9 +159,14 @@ class Sampler:
             while not self._stop.is_set():
                 try:
                     root = psutil.Process(self.pid)
-                    procs = [root, *root.children(recursive=True)]
+                    children = root.children(recursive=True)
+                    procs = [root, *children]
                     rss = sum(p.memory_info().rss for p in procs if p.is_running())
                     self.peak_rss = max(self.peak_rss, rss)
+                    self.coordinator_rss = max(self.coordinator_rss, root.memory_info().rss)
+                    pss = sum(p.memory_full_info().pss for p in children)
+                    self.children_pss = max(self.children_pss, pss)
+                    self.most_children = max(self.most_children, len(children))
                 except psutil.Error:
                     pass
                 count = conn.execute(
@@ -166,7 +177,7 @@ class Sampler:
                 ).scalar()
                 conn.commit()
                 self.peak_connections = max(self.peak_connections, int(count or 0))
-                time.sleep(0.05)
+                time.sleep(self.interval)
 
 
 def timed_tenantmig(scenario: str, url: str, n: int, *args: str, config: Path = CONFIG) -> Row:

@@ -39,12 +39,10 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -52,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import CONFIG, OUT, PLACEHOLDER, Server, admin_url, machine, pg_bin  # noqa: E402
+from run import CONFIG, OUT, PLACEHOLDER, Sampler, Server, admin_url, machine, pg_bin  # noqa: E402
 
 SLOW_MS = 5000
 BATCH = 50  # tenants per transaction while building: about 30 locks each on the demo chain
@@ -202,51 +200,6 @@ def build(url: str, config: Path, chain: str, n: int) -> float:
     return time.perf_counter() - began
 
 
-class Sampler:
-    """Peak memory of the coordinator and of its workers, and peak tenantmig sessions."""
-
-    def __init__(self, pid: int, url: str) -> None:
-        self.pid = pid
-        self.engine = sa.create_engine(url, poolclass=sa.NullPool)
-        self.coordinator = 0
-        self.workers = 0
-        self.most_workers = 0
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.engine.dispose()
-
-    def _run(self) -> None:
-        with self.engine.connect() as conn:
-            while not self._stop.is_set():
-                try:
-                    root = psutil.Process(self.pid)
-                    self.coordinator = max(self.coordinator, root.memory_info().rss)
-                    workers = root.children(recursive=True)  # and the server
-                    pss = sum(p.memory_full_info().pss for p in workers)
-                    self.workers = max(self.workers, pss)
-                    self.most_workers = max(self.most_workers, len(workers))
-                except psutil.Error:
-                    pass
-                count = conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'tenantmig%'"
-                    )
-                ).scalar()
-                conn.commit()
-                self.connections = max(self.connections, int(count or 0))
-                time.sleep(0.1)
-
-
 def slow_lines(log: Path | None, offset: int) -> list[str]:
     if log is None or not log.exists():
         return []
@@ -264,7 +217,7 @@ def measure(label: str, config: Path, url: str, log: Path | None, *args: str) ->
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
     )
-    with Sampler(process.pid, url) as sampler:
+    with Sampler(process.pid, url, interval=0.1) as sampler:
         out, err = process.communicate()
     seconds = time.perf_counter() - began
     if process.returncode not in (0, 2):
@@ -274,10 +227,10 @@ def measure(label: str, config: Path, url: str, log: Path | None, *args: str) ->
         label,
         seconds,
         process.returncode,
-        sampler.coordinator / 2**20,
-        sampler.workers / 2**20,
-        sampler.most_workers,
-        sampler.connections,
+        sampler.coordinator_rss / 2**20,
+        sampler.children_pss / 2**20,
+        sampler.most_children,
+        sampler.peak_connections,
         slow_lines(log, offset),
     )
     result_out[label] = out
