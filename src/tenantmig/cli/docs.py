@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tenantmig.backup.dump import PG_BIN_ENV
 from tenantmig.cli.parser import build_parser
+from tenantmig.run.worker_server import PARENT_VARIABLE as WORKER_SERVER_PARENT
 from tenantmig.server.config import (
     ENV_CITUS_REFERENCE_TABLES,
     ENV_CITUS_SCHEMAS,
@@ -267,6 +268,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "`PATH`, then the embedded server's programs",
         "directory of `pg_dump`, `pg_restore` and `psql` (for `--backup`, `restore`, "
         "`tenants move`, `db psql`)",
+    ),
+    ConfigKey(
+        "",
+        "",
+        WORKER_SERVER_PARENT,
+        "",
+        "unset",
+        "not a setting: tenantmig sets it, while it starts the process its workers are forked "
+        "from, to that process alone (see docs/running.md); leave it unset",
     ),
 )
 
