@@ -8,6 +8,9 @@ the server must not outlive the run that started it.
 from __future__ import annotations
 
 import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 import sqlalchemy as sa
@@ -29,15 +32,24 @@ def _server_of(coordinator: psutil.Process) -> psutil.Process:
     return server
 
 
-def test_workers_are_forked_from_the_run_s_server_which_dies_with_a_killed_coordinator(
-    settings: Settings, engine: sa.Engine, database_url: str
-) -> None:
-    tenants = names(6)
+@contextmanager
+def _held_run(
+    settings: Settings, engine: sa.Engine, database_url: str, tenants: list[str]
+) -> Iterator[tuple[subprocess.Popen[str], sa.Connection]]:
+    """A run of two workers over ``tenants``, its first tenant waiting for a lock the
+    yielded connection holds (until it rolls back)."""
     make_tenants(settings, tenants, "001_initial_schema")
     with engine.connect() as blocker:
         blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
         run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60")
         wait_for(lambda: waiting_lock_requests(engine) == 1)
+        yield run, blocker
+
+
+def test_workers_are_forked_from_the_run_s_server_which_dies_with_a_killed_coordinator(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    with _held_run(settings, engine, database_url, names(6)) as (run, blocker):
         coordinator = psutil.Process(run.pid)
         server = _server_of(coordinator)
         workers = server.children()
@@ -61,11 +73,7 @@ def test_the_server_ignores_sigterm_so_in_flight_tenants_finish(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
     tenants = names(6)
-    make_tenants(settings, tenants, "001_initial_schema")
-    with engine.connect() as blocker:
-        blocker.exec_driver_sql('LOCK TABLE "t000".inventory_items IN ACCESS SHARE MODE')
-        run = start_run(database_url, "--jobs", "2", "--lock-timeout", "60")
-        wait_for(lambda: waiting_lock_requests(engine) == 1)
+    with _held_run(settings, engine, database_url, tenants) as (run, blocker):
         server = _server_of(psutil.Process(run.pid))
         server.send_signal(signal.SIGTERM)  # as a service manager's SIGTERM to every process
         wait_for(lambda: sum(version(engine, t) == TENANT_HEAD for t in tenants) == 5)
