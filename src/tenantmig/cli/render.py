@@ -36,7 +36,15 @@ def table(
     """A table that fits ``output_width()``: when the width is short, cells wrap inside their
     column (long errors first: rich narrows the widest columns most); the first column, what
     the row is about, and the ``keep`` columns (revisions, states) are never wrapped or cut."""
-    # rich is imported when a table is drawn: a run with nothing to show does not load it.
+    cells = [["" if c is None else str(c) for c in row] for row in rows]
+    # A column with nothing in it (no errors) only takes width from the others.
+    shown = [i for i in range(len(headers)) if i == 0 or any(row[i] for row in cells)]
+    headers = [headers[i] for i in shown]
+    cells = [[row[i] for i in shown] for row in cells]
+    unwrapped = _unwrapped(headers, cells, output_width())
+    if unwrapped is not None:
+        return unwrapped
+    # rich is imported when a table must wrap: a run with nothing to show does not load it.
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -48,11 +56,6 @@ def table(
         header_style="bold",
         collapse_padding=True,
     )
-    cells = [["" if c is None else str(c) for c in row] for row in rows]
-    # A column with nothing in it (no errors) only takes width from the others.
-    shown = [i for i in range(len(headers)) if i == 0 or any(row[i] for row in cells)]
-    headers = [headers[i] for i in shown]
-    cells = [[row[i] for i in shown] for row in cells]
     for index, header in enumerate(headers):
         if index == 0 or header in keep:
             longest = max([len(header), *(len(row[index]) for row in cells)])
@@ -66,6 +69,57 @@ def table(
         file=buffer, width=output_width(), color_system=None, highlight=False, soft_wrap=False
     ).print(grid)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines())
+
+
+def _unwrapped(headers: Sequence[str], cells: list[list[str]], width: int) -> str | None:
+    """The table as rich draws it when every cell fits on its line (always, for piped output),
+    or None when something must wrap or a cell holds characters only rich lays out.
+
+    Laying out a table of 100,000 rows (``status`` or ``runs show`` of a whole fleet) through
+    rich took half a minute and 300 MB for its per-cell objects; this costs the cells' own
+    strings. A multi-line cell (an error with its DETAIL) takes as many lines as rich gives it.
+    """
+    from rich.cells import cell_len  # a small module: the width of wide characters
+
+    widths = [cell_len(h) for h in headers]
+    for row in cells:
+        for index, cell in enumerate(row):
+            if not cell.isascii() or not cell.isprintable():
+                if not cell.replace("\n", "").isprintable():
+                    return None  # tabs, escapes: rich's own handling
+                size = max(cell_len(line) for line in cell.split("\n"))
+            else:
+                size = len(cell)
+            if size > widths[index]:
+                widths[index] = size
+    total = sum(widths) + 2 * (len(widths) - 1)
+    if total > width:
+        return None
+
+    def lines(row: Sequence[str]) -> list[str]:
+        if not any("\n" in cell for cell in row):
+            return [_line(row, widths)]
+        parts = [cell.split("\n") for cell in row]
+        height = max(len(part) for part in parts)
+        return [
+            _line([part[k] if k < len(part) else "" for part in parts], widths)
+            for k in range(height)
+        ]
+
+    out = [*lines(headers), "─" * total]
+    for row in cells:
+        out.extend(lines(row))
+    return "\n".join(out)
+
+
+def _line(row: Sequence[str], widths: Sequence[int]) -> str:
+    from rich.cells import cell_len
+
+    padded = [
+        cell + " " * (width - (len(cell) if cell.isascii() else cell_len(cell)))
+        for cell, width in zip(row, widths, strict=True)
+    ]
+    return "  ".join(padded).rstrip()
 
 
 def run_summary(result: RunResult, finish: str | None = None) -> str:
