@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from tenantmig.schema import drift, versions
 from tenantmig.schema.catalog import read_fingerprints
 from tenantmig.schema.registry import Tenant
-from tenantmig.schema.versions import read_versions
+from tenantmig.schema.versions import read_versions, read_versions_parallel
 from tenantmig.server.config import Settings
 from tests.helpers import TENANT_HEAD
 from tests.test_engine import make_tenants
@@ -135,6 +135,11 @@ def test_reads_at_a_chunk_boundary_see_every_schema_once_in_order(
     assert [read[n].revision for n in names] == [TENANT_HEAD] * (count - 1) + [None]
     assert not read[names[-1]].has_version_table and read[names[-1]].schema_exists
     assert not read["missing"].schema_exists
+    with engine.connect() as conn:  # two connections, the caller's reading the first half
+        assert list(read_versions_parallel(engine, schemas, conn=conn).items()) == list(
+            read.items()
+        )
+    assert read_versions_parallel(engine, schemas[:2]) == {n: read[n] for n in schemas[:2]}
 
     tenants = [Tenant(name=n, schema=n, status="active") for n in schemas]
     chunks = list(drift._read_chunks(engine, tenants, None))

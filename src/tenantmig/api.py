@@ -35,7 +35,7 @@ from tenantmig.schema import registry
 from tenantmig.schema.labels import check_labels
 from tenantmig.schema.registry import Tenant, list_tenants
 from tenantmig.schema.registry import select_tenants as _select_tenants
-from tenantmig.schema.versions import SchemaVersion, read_versions
+from tenantmig.schema.versions import SchemaVersion, read_versions, read_versions_parallel
 from tenantmig.server.config import Chain, Settings
 from tenantmig.server.database import (
     Database,
@@ -525,7 +525,11 @@ def status(
             for _name, member, group in places.reachable:
                 schemas = [t.schema for t in group]
                 with member.engine.connect() as member_conn:
-                    versions.update(read_versions(member_conn, schemas, statement_timeout_s=limit))
+                    versions.update(
+                        read_versions_parallel(
+                            member.engine, schemas, statement_timeout_s=limit, conn=member_conn
+                        )
+                    )
                     with own_reads(member_conn, limit):
                         invalid.update(invalid_indexes(member_conn, schemas))
                         nodes.update(member.flavour.placements(member_conn, schemas))
@@ -592,11 +596,14 @@ def deploy_check(
         with _by_database(settings, database, selected) as places:
             for name, member, group in places.reachable:
                 schemas = [t.schema for t in group if t.status == "active"]
-                if name == CONTROL:
-                    versions.update(read_versions(conn, schemas, statement_timeout_s=limit))
-                    continue
-                with member.engine.connect() as member_conn:
-                    versions.update(read_versions(member_conn, schemas, statement_timeout_s=limit))
+                versions.update(
+                    read_versions_parallel(
+                        member.engine,
+                        schemas,
+                        statement_timeout_s=limit,
+                        conn=conn if name == CONTROL else None,
+                    )
+                )
             down = list(places.down)
     return evaluate(
         shared_schema, shared, shared_scripts, selected, versions, down, tenant_scripts, allowed

@@ -51,7 +51,7 @@ from tenantmig.schema.registry import (
     list_tenants,
     select_tenants,
 )
-from tenantmig.schema.versions import SchemaVersion, read_versions
+from tenantmig.schema.versions import SchemaVersion, read_versions, read_versions_parallel
 from tenantmig.server.config import Settings
 from tenantmig.server.database import Database, DatabaseSet
 from tenantmig.server.directory import CONTROL
@@ -1021,8 +1021,10 @@ class _Places:
         reachable = [(n, g) for n, g in self.groups.items() if n not in self.down]
 
         def read(name: str, group: list[Tenant]) -> dict[str, SchemaVersion]:
+            # A large group is read over a second connection too (see read_versions_parallel).
             with self._connect(name) as conn:
-                return read_versions(conn, [t.schema for t in group])
+                schemas = [t.schema for t in group]
+                return read_versions_parallel(conn.engine, schemas, conn=conn)
 
         versions: dict[str, SchemaVersion] = {}
         if len(reachable) <= 1:

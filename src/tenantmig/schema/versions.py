@@ -9,17 +9,20 @@ version rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from tenantmig.chains.context import VERSION_TABLE
 from tenantmig.server.identifiers import qualified
 from tenantmig.server.reads import own_reads
 
 _CHUNK = 500
+# Connections reading at once in read_versions_parallel: the server's work, not ours.
+_READERS = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,42 @@ def read_versions(
     for start in range(0, len(schemas), _CHUNK):
         with own_reads(conn, statement_timeout_s):
             found.update(_read_chunk(conn, schemas[start : start + _CHUNK]))
+    return found
+
+
+def read_versions_parallel(
+    engine: Engine,
+    schemas: Sequence[str],
+    *,
+    statement_timeout_s: float | None = None,
+    conn: Connection | None = None,
+) -> dict[str, SchemaVersion]:
+    """read_versions of a fleet over two connections at once, in ``schemas``' order.
+
+    Nearly all of a large read is the server's: on a new connection every version table is
+    opened for the first time, its relation cache entry built from the catalogs (about 0.1 ms
+    a table, 10 s at 100,000 tenants) while this process waits. Two connections keep two
+    server cores at it. Each reads a contiguous half, chunk by chunk as read_versions does,
+    so each holds no more locks than one chunk's. ``conn``, the caller's connection (outside a
+    transaction), reads the first half: a read of one chunk or less opens no connection.
+    """
+    # Halves cut at a chunk boundary: every query but the last reads a whole chunk.
+    half = max(_CHUNK, -(-len(schemas) // (_CHUNK * _READERS)) * _CHUNK)
+    parts = [schemas[start : start + half] for start in range(0, len(schemas), half)]
+
+    def read(part: Sequence[str]) -> dict[str, SchemaVersion]:
+        if conn is not None and part is parts[0]:
+            return read_versions(conn, part, statement_timeout_s=statement_timeout_s)
+        with engine.connect() as own:
+            return read_versions(own, part, statement_timeout_s=statement_timeout_s)
+
+    if len(parts) <= 1:
+        return read(parts[0]) if parts else {}
+
+    found: dict[str, SchemaVersion] = {}
+    with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="versions") as pool:
+        for read_part in pool.map(read, parts):
+            found.update(read_part)
     return found
 
 
