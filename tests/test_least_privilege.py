@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from tenantmig import api
 from tenantmig.errors import CannotWrite
+from tenantmig.run.retention import Retention
 from tenantmig.server.config import Settings
 
 from .helpers import TENANT_HEAD, run_cli, version
@@ -124,6 +125,9 @@ def test_after_grant_the_role_migrates_replays_and_reports_drift(
     assert left == 0
     stamped = api.stamp(app, api.Selection.named(["acme"]), "001_initial_schema")
     assert stamped.succeeded and version(engine, "acme") == "001_initial_schema"
+    pruned = api.prune_runs(app, Retention(keep_last=1))  # the ledger's retention
+    assert pruned.removed_runs  # DELETE was granted: without it, a permission error
+    assert not set(pruned.removed_runs) & {run.id for run in api.runs(app)}
 
 
 def test_a_table_the_role_does_not_own_is_named_before_anything_runs(

@@ -5,8 +5,9 @@ the shared tables, but may not create schemas in the database or tables in the s
 Such a role can migrate tenants and report drift once an administrator has, once:
 
 - created the run ledger's tables (the role then only inserts and updates rows);
-- granted it USAGE on the shared schema, SELECT, INSERT, UPDATE on the ledger and SELECT,
-  INSERT, DELETE on the tenant registry (``tenants create``, ``register`` and ``drop``);
+- granted it USAGE on the shared schema, SELECT, INSERT, UPDATE, DELETE on the ledger (DELETE
+  for ``runs prune`` and the ledger's retention after a run) and SELECT, INSERT, DELETE on the
+  tenant registry (``tenants create``, ``register`` and ``drop``);
 - created the scratch schemas it owns, where steps are compiled and drift references are built
   inside transactions that are always rolled back (``scratch_schema`` in alembic.ini).
 
@@ -70,7 +71,7 @@ def grant_statements(
     statements += Ledger(conn, shared).creation_sql()
     statements += [
         f"GRANT USAGE ON SCHEMA {quote_ident(shared)} TO {who}",
-        f"GRANT SELECT, INSERT, UPDATE ON {qualified(shared, RUNS)}, "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified(shared, RUNS)}, "
         f"{qualified(shared, RUN_TENANTS)} TO {who}",
     ]
     registry = qualified(shared, TENANTS_TABLE)
