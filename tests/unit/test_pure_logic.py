@@ -75,6 +75,7 @@ def test_plan_is_built_from_settings_and_options(settings: Settings) -> None:
         (RunOptions(jobs=0), "--jobs must be at least 1"),
         (RunOptions(max_failures=0), "--max-failures must be at least 1"),
         (RunOptions(wait_s=-1), "--wait must be 0 or more"),
+        (RunOptions(connections_per_worker=0), "--connections-per-worker must be at least 1"),
     ],
 )
 def test_plan_refuses_impossible_options(

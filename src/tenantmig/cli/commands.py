@@ -75,6 +75,7 @@ def _run_options(args: argparse.Namespace) -> api.RunOptions:
     return api.RunOptions(
         jobs=args.jobs,
         jobs_per_database=args.jobs_per_database,
+        connections_per_worker=args.connections_per_worker,
         fail_fast=args.fail_fast,
         max_failures=args.max_failures,
         only_failed=args.only_failed,

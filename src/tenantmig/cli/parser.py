@@ -234,7 +234,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes (default: number of CPUs, capped by the server's free connections)",
+        help="tenants migrated at once, each on a connection of its own, in a worker process of "
+        "its own unless --connections-per-worker says more (default: number of CPUs, capped by "
+        "the server's free connections)",
     )
     group.add_argument(
         "--jobs-per-database",
@@ -242,6 +244,16 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N tenants of one database at once, within --jobs (default: what that "
         "database's server has free connections for)",
+    )
+    group.add_argument(
+        "--connections-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tenants one worker process migrates at once, each on its own connection: "
+        "--jobs 200 --connections-per-worker 20 is 200 tenants in flight in 10 processes. "
+        "Replayed tenants run side by side; in one process, tenants that run through Alembic "
+        "take turns (default: 1, a process per tenant in flight)",
     )
     group.add_argument(
         "--lock-timeout",

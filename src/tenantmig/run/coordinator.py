@@ -460,6 +460,7 @@ class _Coordinator:
                         gate=gate,
                         notices=result.notices,
                         watcher=self.observer,
+                        per_process=plan.connections_per_worker,
                     )
 
                 if rollout is None:

@@ -1,9 +1,16 @@
 """Fanning tenant jobs out over worker processes and collecting their outcomes.
 
-Processes, not threads: Alembic keeps its migration context in module globals. Each worker gets
-jobs one at a time from the coordinator over its own queue (never pre-split chunks), so a slow
-tenant delays only the worker that has it, and the coordinator always knows which tenant each
-worker holds: if a worker dies, exactly that tenant is marked failed and a new worker replaces it.
+A *slot* migrates one tenant at a time on its own connection. Each worker process drives one
+slot (the default) or several (``--connections-per-worker``), each in a thread of its own: a
+replayed step is SQL sent over a connection and needs no process of its own, so a run of 200
+tenants at once need not be 200 processes. Alembic keeps its migration context in module
+globals, so in a process only one tenant at a time runs through Alembic (``run.migrator``'s
+Alembic turn); replayed tenants run beside it.
+
+Each slot gets jobs one at a time from the coordinator over its own queue (never pre-split
+chunks), so a slow tenant delays only the slot that has it, and the coordinator always knows
+which tenant each slot holds: if a worker process dies, exactly the tenants its slots held are
+marked failed and a new process with as many slots replaces it.
 
 Signals: workers ignore SIGINT and SIGTERM, so a Ctrl-C on the terminal (sent to the whole
 process group) or a service manager's SIGTERM to every process does not kill a tenant
@@ -28,6 +35,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -104,11 +112,12 @@ class WorkerSpec:
         database: str,
         role: str | None = None,
         on_retry: Callable[[TenantRetry], None] | None = None,
+        scripts: ChainScripts | None = None,
     ) -> SchemaMigrator:
         target = self.target(database)
         return SchemaMigrator(
             self.policy,
-            ChainScripts(self.settings, "tenant"),
+            scripts or ChainScripts(self.settings, "tenant"),
             target.url,
             target.flavour,
             logger=logger,
@@ -134,8 +143,10 @@ class _Migrators:
         logger: logging.Logger,
         role: str | None,
         on_retry: Callable[[TenantRetry], None],
+        scripts: ChainScripts | None = None,
     ) -> None:
         self.spec, self.logger, self.role = spec, logger, role
+        self.scripts = scripts  # shared by the slots of one process (read only)
         self.hooks = GuardedHooks(spec.hooks, logger)
         self.on_retry = on_retry
         self.current: tuple[str, SchemaMigrator] | None = None
@@ -148,7 +159,9 @@ class _Migrators:
         self.hooks.begin(job)
         if self.current is None or self.current[0] != job.database:
             self.close_connection()
-            migrator = self.spec.migrator(self.logger, job.database, self.role, self._retrying)
+            migrator = self.spec.migrator(
+                self.logger, job.database, self.role, self._retrying, self.scripts
+            )
             self.current = (job.database, migrator)
         outcome = self.current[1].migrate(job)
         self.hooks.end(job, outcome)
@@ -235,7 +248,9 @@ class JobQueue:
         return left
 
 
-def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> None:
+def _worker_main(spec: WorkerSpec, slots: Sequence[tuple[int, Any]], results: Any) -> None:
+    """A worker process: each of ``slots`` (slot id, its task queue) migrates one tenant at a
+    time on its own connection, the first in this thread, the others in threads of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A worker orphaned by a killed coordinator would finish its tenant unobserved and then
@@ -246,12 +261,61 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     logger = configure_run_log(spec.log_file, spec.run_id)
+    parent = os.getppid()
+    if len(slots) == 1:
+        _slot_main(spec, logger, slots[0], results, parent, f"worker {os.getpid()}", None)
+        return
+    # One copy of the chain's scripts (its revision modules) for the process, not per slot.
+    scripts = ChainScripts(spec.settings, "tenant")
+    threads = [
+        threading.Thread(
+            target=_slot_thread,
+            args=(spec, logger, slot, results, parent, f"worker {os.getpid()}/{n}", scripts),
+            name=f"tenantmig-slot-{slot[0]}",
+            daemon=True,
+        )
+        for n, slot in enumerate(slots)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _slot_thread(
+    spec: WorkerSpec,
+    logger: logging.Logger,
+    slot: tuple[int, Any],
+    results: Any,
+    parent: int,
+    role: str,
+    scripts: ChainScripts,
+) -> None:
+    """A slot in a thread. If it breaks (not a tenant's failure, which is an outcome: the
+    queue or the process itself), the whole process exits, as a one-slot worker would: the
+    coordinator then records every tenant the process held and starts another."""
+    try:
+        _slot_main(spec, logger, slot, results, parent, role, scripts)
+    except BaseException:
+        logger.exception("worker slot %s stopped", slot[0])
+        os._exit(70)
+
+
+def _slot_main(
+    spec: WorkerSpec,
+    logger: logging.Logger,
+    slot: tuple[int, Any],
+    results: Any,
+    parent: int,
+    role: str,
+    scripts: ChainScripts | None,
+) -> None:
+    slot_id, tasks = slot
 
     def retrying(retry: TenantRetry) -> None:
-        results.put((worker_id, retry))  # for the coordinator's observers; not an outcome
+        results.put((slot_id, retry))  # for the coordinator's observers; not an outcome
 
-    migrators = _Migrators(spec, logger, f"worker {os.getpid()}", retrying)
-    parent = os.getppid()
+    migrators = _Migrators(spec, logger, role, retrying, scripts)
     try:
         while True:
             try:
@@ -263,13 +327,16 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Any, worker_id: int) -> 
             if job is None:
                 return
             outcome = migrators.migrate(job)
-            results.put((worker_id, outcome))
+            results.put((slot_id, outcome))
     finally:
         migrators.close()
 
 
 @dataclass
-class _Worker:
+class _Slot:
+    """One tenant at a time, on a connection of its own, in a worker process that may drive
+    other slots too."""
+
     process: BaseProcess
     tasks: Any
     job: TenantJob | None = None
@@ -325,8 +392,10 @@ def run_jobs(
     gate: Gate | None = None,
     notices: list[str] | None = None,
     watcher: JobWatcher | None = None,
+    per_process: int = 1,
 ) -> tuple[list[TenantOutcome], bool]:
-    """Run every job; return (outcomes in completion order, interrupted?).
+    """Run every job, ``workers`` at a time, ``per_process`` of them in one worker process;
+    return (outcomes in completion order, interrupted?).
 
     ``gate`` STOP: no tenant starts any more, those in flight finish, the rest are recorded
     as not run; WAIT: none starts until it says GO again. ``notices``: where to say what the
@@ -351,7 +420,7 @@ def run_jobs(
             if workers <= 1 or len(jobs) <= 1:
                 _run_inline(spec, run, stop, signals)
             else:
-                _run_pool(spec, run, workers, stop, signals)
+                _run_pool(spec, run, workers, stop, signals, per_process)
         finally:
             run.say_lowered()
         return run.outcomes, signals.count > 0
@@ -579,70 +648,81 @@ def _run_inline(spec: WorkerSpec, run: _Run, stop: StopPolicy, signals: _SignalS
 
 
 def _run_pool(
-    spec: WorkerSpec, run: _Run, workers: int, stop: StopPolicy, signals: _SignalState
+    spec: WorkerSpec,
+    run: _Run,
+    workers: int,
+    stop: StopPolicy,
+    signals: _SignalState,
+    per_process: int = 1,
 ) -> None:
+    """``workers`` slots, in worker processes of ``per_process`` slots each (the last may have
+    fewer): as many tenants in flight at once as before, in fewer processes."""
     # Forked from the run's preloaded server (run.worker_server), else spawned; never forked
     # from the coordinator: it holds open connections and (in tests) threads, and a forked
     # copy of a libpq connection shared by two processes corrupts the protocol stream.
     ctx = worker_server.context()
     results = ctx.Queue()
-    pool: dict[int, _Worker] = {}
+    pool: dict[int, _Slot] = {}
     next_id = 0
     log = configure_run_log(spec.log_file, spec.run_id)
 
-    def start_worker() -> None:
+    def start_worker(slots: int) -> list[_Slot]:
         nonlocal next_id
-        tasks = ctx.Queue()
+        queues = [(next_id + n, ctx.Queue()) for n in range(slots)]
+        next_id += slots
         process = ctx.Process(
             target=_worker_main,
-            args=(spec, tasks, results, next_id),
+            args=(spec, queues, results),
             daemon=True,
-            name=f"tenantmig-worker-{next_id}",
+            name=f"tenantmig-worker-{queues[0][0]}",
         )
         process.start()
-        pool[next_id] = _Worker(process, tasks)
-        next_id += 1
+        started = [_Slot(process, tasks) for _, tasks in queues]
+        pool.update((slot_id, slot) for (slot_id, _), slot in zip(queues, started, strict=True))
+        return started
 
-    def assign(worker: _Worker) -> None:
+    def assign(slot: _Slot) -> None:
         go = run.clearance(stop, signals) is Clearance.GO
-        worker.job = run.queue.take(worker.last_database) if go else None
-        if worker.job is not None:
-            worker.started = time.monotonic()
-            worker.last_database = worker.job.database
-            worker.tasks.put(worker.job)
-            run.started(worker.job)
+        slot.job = run.queue.take(slot.last_database) if go else None
+        if slot.job is not None:
+            slot.started = time.monotonic()
+            slot.last_database = slot.job.database
+            slot.tasks.put(slot.job)
+            run.started(slot.job)
 
     def assign_idle() -> None:
-        # A finished job may have made room in a database an idle worker could not take.
-        for worker in pool.values():
-            if worker.job is None and worker.process.is_alive():
-                assign(worker)
+        # A finished job may have made room in a database an idle slot could not take.
+        for slot in pool.values():
+            if slot.job is None and slot.process.is_alive():
+                assign(slot)
 
-    for _ in range(min(workers, run.execution.total)):
-        start_worker()
-    for worker in pool.values():
-        assign(worker)
+    total = min(workers, run.execution.total)
+    per_process = max(1, per_process)
+    for first in range(0, total, per_process):
+        start_worker(min(per_process, total - first))
+    for slot in list(pool.values()):
+        assign(slot)
 
     def waiting() -> bool:
         # Nothing in flight, but the run lock may come back (the server restarting): the
-        # run is not over until the gate says go (the idle workers get tenants) or stop.
+        # run is not over until the gate says go (the idle slots get tenants) or stop.
         return run.clearance(stop, signals) is Clearance.WAIT
 
     terminated = False
     try:
-        while any(w.job is not None for w in pool.values()) or waiting():
+        while any(s.job is not None for s in pool.values()) or waiting():
             if signals.count >= 2 and not terminated:
                 # Second signal: abort in-flight tenants. Killing the worker closes its
-                # connection; PostgreSQL rolls the open transaction back.
+                # connections; PostgreSQL rolls the open transactions back.
                 terminated = True
-                for worker in pool.values():
-                    if worker.job is not None and worker.process.is_alive():
-                        worker.process.kill()
+                for slot in pool.values():
+                    if slot.job is not None and slot.process.is_alive():
+                        slot.process.kill()
             try:
-                worker_id, message = results.get(timeout=_POLL_S)
+                slot_id, message = results.get(timeout=_POLL_S)
             except queue.Empty:
                 _reap_dead_workers(pool, run, log, terminated, start_worker, assign)
-                # Asked while every worker is busy too: a lost run lock is known (and taken
+                # Asked while every slot is busy too: a lost run lock is known (and taken
                 # again, see RunLockWatch) within about a second, not only when one finishes.
                 assign_idle()
                 run.clearance(stop, signals)
@@ -651,7 +731,7 @@ def _run_pool(
                 run.retrying(message)
                 continue
             outcome: TenantOutcome = message
-            owner = pool.get(worker_id)
+            owner = pool.get(slot_id)
             if owner is None or owner.job is None:
                 continue  # already recorded as died; its late result is stale
             job, owner.job = owner.job, None
@@ -659,58 +739,68 @@ def _run_pool(
             assign(owner)
             assign_idle()
     finally:
-        for worker in pool.values():
-            if worker.process.is_alive():
-                worker.tasks.put(None)
+        processes = list({id(s.process): s.process for s in pool.values()}.values())
+        for slot in pool.values():
+            if slot.process.is_alive():
+                slot.tasks.put(None)
         deadline = time.monotonic() + 10
-        for worker in pool.values():
-            worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
+        for process in processes:
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
         results.close()
     run.not_run()
 
 
 def _reap_dead_workers(
-    pool: dict[int, _Worker],
+    pool: dict[int, _Slot],
     run: _Run,
     log: logging.Logger,
     terminated: bool,
-    start_worker: Callable[[], None],
-    assign: Callable[[_Worker], None],
+    start_worker: Callable[[int], list[_Slot]],
+    assign: Callable[[_Slot], None],
 ) -> None:
-    """A worker that died holding a tenant: record that tenant, replace the worker."""
-    for worker_id, worker in list(pool.items()):
-        if worker.job is None or worker.process.is_alive():
+    """A worker process that died holding tenants: record each of them, replace the process
+    with one of as many slots."""
+    dead: dict[int, list[int]] = {}  # process (by id) -> its slots
+    for slot_id, slot in pool.items():
+        if not slot.process.is_alive():
+            dead.setdefault(id(slot.process), []).append(slot_id)
+    for slot_ids in dead.values():
+        busy = [pool[s] for s in slot_ids if pool[s].job is not None]
+        if not busy:
             continue
-        job = worker.job
-        code = worker.process.exitcode
-        status = TenantStatus.INTERRUPTED if terminated else TenantStatus.FAILED
-        reason = (
-            "aborted by a second interrupt"
-            if terminated
-            else (
-                f"worker process died (exit code {code}) while migrating this tenant; its "
-                "transaction was rolled back by the server"
+        code = busy[0].process.exitcode
+        for slot in busy:
+            job = slot.job
+            assert job is not None
+            status = TenantStatus.INTERRUPTED if terminated else TenantStatus.FAILED
+            reason = (
+                "aborted by a second interrupt"
+                if terminated
+                else (
+                    f"worker process died (exit code {code}) while migrating this tenant; its "
+                    "transaction was rolled back by the server"
+                )
             )
-        )
-        log.error("%s", reason, extra={"tenant": job.name})
-        outcome = TenantOutcome(
-            job.name,
-            job.schema,
-            status,
-            # Its transaction died with the worker: the server rolled it back to where the
-            # run found it (the ledger says so, not base).
-            job.seen_revision,
-            job.seen_revision,
-            attempts=1,
-            duration_s=time.monotonic() - worker.started,
-            error=reason,
-            database=job.database,
-        )
-        del pool[worker_id]
-        run.queue.finished(job)
-        run.record(outcome)
+            log.error("%s", reason, extra={"tenant": job.name})
+            outcome = TenantOutcome(
+                job.name,
+                job.schema,
+                status,
+                # Its transaction died with the worker: the server rolled it back to where the
+                # run found it (the ledger says so, not base).
+                job.seen_revision,
+                job.seen_revision,
+                attempts=1,
+                duration_s=time.monotonic() - slot.started,
+                error=reason,
+                database=job.database,
+            )
+            run.queue.finished(job)
+            run.record(outcome)
+        for slot_id in slot_ids:
+            del pool[slot_id]
         if not terminated:
-            start_worker()
-            assign(pool[max(pool)])
+            for slot in start_worker(len(slot_ids)):
+                assign(slot)

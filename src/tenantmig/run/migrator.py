@@ -9,10 +9,12 @@ the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
@@ -43,6 +45,27 @@ from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import qualified
 
 RECYCLE_CONNECTION_AFTER = 200
+
+# Alembic's ``op`` and ``context`` are module-level proxies, set for the length of one
+# invocation: two invocations at once in one process (slots in threads, see run.executor)
+# would run each other's operations. A tenant whose step runs through Alembic, even in part,
+# takes the process's turn before its transaction begins and keeps it to the end: waiting, it
+# holds no lock and no open transaction (an idle_in_transaction_session_timeout cannot end
+# it), and holding it, it never waits for the turn again, so the turn and PostgreSQL's locks
+# can never wait for each other in a circle. A replayed tenant never takes the turn. With one
+# slot per process (the default) nothing ever waits for it.
+_ALEMBIC_TURN = threading.RLock()
+
+
+@contextlib.contextmanager
+def _alembic_turn(needed: bool) -> Iterator[None]:
+    if not needed:
+        yield
+        return
+    with _ALEMBIC_TURN:
+        yield
+
+
 _BACKOFF_BASE_S = 0.2
 _BACKOFF_CAP_S = 5.0
 
@@ -56,6 +79,11 @@ class _Refused(Exception):
 
 class _NeedsAttention(_Refused):
     """A migration outside one transaction failed and left something an operator must fix."""
+
+
+class _NeedsTurn(Exception):
+    """The tenant's step turned out to need Alembic (it was not where the run saw it): roll
+    back, take the turn, and begin again."""
 
 
 class _NeedsAutocommit(Exception):
@@ -258,12 +286,34 @@ class SchemaMigrator:
         )
 
     def _attempt(self, job: TenantJob, progress: _Progress) -> Step:
+        turn = self._may_need_alembic(job)
+        while True:
+            try:
+                with _alembic_turn(turn):
+                    return self._attempt_in_transaction(job, progress, turn)
+            except _NeedsTurn:
+                turn = True  # rolled back before anything ran
+            except _NeedsAutocommit as need:
+                # Everything the attempt did was rolled back; learn it once for this worker.
+                self._autocommit_steps.add(need.step)
+                with _alembic_turn(True):
+                    return self._attempt_outside_transaction(job, progress)
+
+    def _may_need_alembic(self, job: TenantJob) -> bool:
+        """Will the tenant's step, from where the run saw it, run through Alembic (not one
+        whole compiled step)? Only a guess: the step is known once the version is read under
+        the tenant's lock, and a wrong guess costs one rollback of nothing (``_NeedsTurn``)."""
+        seen = job.seen_revision
         try:
-            return self._attempt_in_transaction(job, progress)
-        except _NeedsAutocommit as need:
-            # Everything the attempt did was rolled back; learn it once for this worker.
-            self._autocommit_steps.add(need.step)
-            return self._attempt_outside_transaction(job, progress)
+            destination = self._destination(job, seen)
+        except _Refused:
+            return False  # refused again once read under the lock, with nothing run
+        if isinstance(destination, _Nothing):
+            return False
+        keys = [StepKey(seen, destination, True)]
+        if seen is None:
+            keys.append(StepKey(None, destination, False))
+        return not any(isinstance(self.compiled.get(key), CompiledStep) for key in keys)
 
     def _backup_before(self, job: TenantJob, progress: _Progress, before: str | None) -> None:
         if self.backup is not None and (progress.backup is None or progress.backup[0] != before):
@@ -272,7 +322,8 @@ class SchemaMigrator:
             path = self.backup.dump(job.name, job.schema, before, self.run_id)
             progress.backup = (before, str(path))
 
-    def _attempt_in_transaction(self, job: TenantJob, progress: _Progress) -> Step:
+    def _attempt_in_transaction(self, job: TenantJob, progress: _Progress, turn: bool) -> Step:
+        """The tenant in one transaction; ``turn``: this thread holds the Alembic turn."""
         conn = self._connection()
         with conn.begin():
             # Lock first, then read the version: a runner that waited for the lock sees what the
@@ -290,6 +341,8 @@ class SchemaMigrator:
             step = self.compiled.get(StepKey(before, destination, has_table))
             if isinstance(step, SegmentedStep) and step.outside_transaction:
                 raise _NeedsAutocommit(need)  # known before anything ran: nothing to undo
+            if not turn and not isinstance(step, CompiledStep):
+                raise _NeedsTurn  # nothing ran yet: the rollback undoes only the reads
             progress.replayed = step is not None
             if isinstance(step, SegmentedStep):
                 try:

@@ -123,6 +123,9 @@ class RunOptions:
     resume_run: int | None = None
     # The queue's order: "size" (largest schema first, the default) or "name".
     order: str = "size"
+    # Tenants one worker process migrates at once, each on its own connection (run.executor):
+    # --jobs stays the number of tenants in flight; the processes are fewer.
+    connections_per_worker: int = 1
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class RunPlan:
     rollout: Rollout | None = None  # waves as written (assigned to tenants by the coordinator)
     resume_run: int | None = None
     order: str = "size"  # the queue: largest schema first, or by name
+    connections_per_worker: int = 1
     shared_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
     tenant_scripts: ChainScripts | None = field(default=None, compare=False, repr=False)
 
@@ -207,6 +211,8 @@ def check_options(selection: Selection, options: RunOptions) -> None:
         raise ConfigError("--jobs must be at least 1")
     if options.jobs_per_database is not None and options.jobs_per_database < 1:
         raise ConfigError("--jobs-per-database must be at least 1")
+    if options.connections_per_worker < 1:
+        raise ConfigError("--connections-per-worker must be at least 1")
     if options.max_failures is not None and options.max_failures < 1:
         raise ConfigError("--max-failures must be at least 1")
     if options.wait_s < 0:
@@ -294,6 +300,7 @@ def build_plan(
         rollout=_rollout(options),
         resume_run=options.resume_run,
         order=options.order,
+        connections_per_worker=options.connections_per_worker,
         shared_scripts=shared_scripts,
         tenant_scripts=tenant_scripts,
     )
