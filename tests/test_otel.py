@@ -239,3 +239,26 @@ def test_a_failing_collector_changes_nothing(
                 f'SELECT version_num FROM "{schema}".alembic_version'
             ).scalar()
             assert version != "001_initial_schema", schema
+
+
+def test_slots_sharing_a_process_lose_no_span(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    """Several tenants at once in one worker process (--connections-per-worker): one tracer
+    provider for the process, shut down once, after its last tenant's span ended."""
+    tenants = [f"s{i}" for i in range(8)]
+    make_tenants(settings, tenants, "001_initial_schema")
+    with _collector() as endpoint:
+        done = run_cli(
+            "upgrade", "--all-tenants", "--jobs", "4", "--connections-per-worker", "2",
+            url=database_url,
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": ""},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    spans = _spans()
+    (run,) = [s for s in spans if s["name"] == "tenantmig upgrade"]
+    per_tenant = [s for s in spans if s is not run]
+    assert sorted(s["attributes"]["tenantmig.tenant"] for s in per_tenant) == tenants
+    assert all(s["trace"] == run["trace"] for s in per_tenant)
+    assert len({s["resource"]["process.pid"] for s in per_tenant}) <= 2

@@ -141,6 +141,9 @@ class _Process:
 
 
 _process: _Process | None = None
+# A worker process's slots (threads, run.executor) begin their first spans at the same time:
+# one provider for the process, made once.
+_process_made = threading.Lock()
 
 
 def _resource(role: str) -> Any:
@@ -178,18 +181,19 @@ def _this_process(role: str) -> _Process:
     SDK's background thread. The SDK's export errors go to a handler that remembers them,
     not to the terminal (the coordinator reports them once, at the end)."""
     global _process
-    if _process is None:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    with _process_made:
+        if _process is None:
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        failures = _Failures()
-        sdk_log = logging.getLogger("opentelemetry")
-        sdk_log.addHandler(failures)
-        sdk_log.propagate = False
-        provider = TracerProvider(resource=_resource(role))
-        provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
-        _process = _Process(provider, failures)
-    return _process
+            failures = _Failures()
+            sdk_log = logging.getLogger("opentelemetry")
+            sdk_log.addHandler(failures)
+            sdk_log.propagate = False
+            provider = TracerProvider(resource=_resource(role))
+            provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
+            _process = _Process(provider, failures)
+        return _process
 
 
 def _bounded(timeout_s: float, *jobs: Callable[[], object]) -> bool:

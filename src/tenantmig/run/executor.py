@@ -144,10 +144,13 @@ class _Migrators:
         role: str | None,
         on_retry: Callable[[TenantRetry], None],
         scripts: ChainScripts | None = None,
+        hooks: GuardedHooks | None = None,
     ) -> None:
         self.spec, self.logger, self.role = spec, logger, role
         self.scripts = scripts  # shared by the slots of one process (read only)
-        self.hooks = GuardedHooks(spec.hooks, logger)
+        # Shared by the slots of one process too, and then closed by the process, once.
+        self._own_hooks = hooks is None
+        self.hooks = hooks if hooks is not None else GuardedHooks(spec.hooks, logger)
         self.on_retry = on_retry
         self.current: tuple[str, SchemaMigrator] | None = None
 
@@ -174,7 +177,8 @@ class _Migrators:
 
     def close(self) -> None:
         self.close_connection()
-        self.hooks.close()
+        if self._own_hooks:
+            self.hooks.close()
 
 
 def _key(job: TenantJob) -> tuple[str, str]:
@@ -263,14 +267,15 @@ def _worker_main(spec: WorkerSpec, slots: Sequence[tuple[int, Any]], results: An
     logger = configure_run_log(spec.log_file, spec.run_id)
     parent = os.getppid()
     if len(slots) == 1:
-        _slot_main(spec, logger, slots[0], results, parent, f"worker {os.getpid()}", None)
+        _slot_main(spec, logger, slots[0], results, parent, f"worker {os.getpid()}")
         return
-    # One copy of the chain's scripts (its revision modules) for the process, not per slot.
-    scripts = ChainScripts(spec.settings, "tenant")
+    # One copy of the chain's scripts (its revision modules) for the process, not per slot,
+    # and one set of hooks (telemetry's spans), closed once every slot is done.
+    shared = (ChainScripts(spec.settings, "tenant"), GuardedHooks(spec.hooks, logger))
     threads = [
         threading.Thread(
             target=_slot_thread,
-            args=(spec, logger, slot, results, parent, f"worker {os.getpid()}/{n}", scripts),
+            args=(spec, logger, slot, results, parent, f"worker {os.getpid()}/{n}", shared),
             name=f"tenantmig-slot-{slot[0]}",
             daemon=True,
         )
@@ -280,6 +285,7 @@ def _worker_main(spec: WorkerSpec, slots: Sequence[tuple[int, Any]], results: An
         thread.start()
     for thread in threads:
         thread.join()
+    shared[1].close()
 
 
 def _slot_thread(
@@ -289,13 +295,13 @@ def _slot_thread(
     results: Any,
     parent: int,
     role: str,
-    scripts: ChainScripts,
+    shared: tuple[ChainScripts, GuardedHooks],
 ) -> None:
     """A slot in a thread. If it breaks (not a tenant's failure, which is an outcome: the
     queue or the process itself), the whole process exits, as a one-slot worker would: the
     coordinator then records every tenant the process held and starts another."""
     try:
-        _slot_main(spec, logger, slot, results, parent, role, scripts)
+        _slot_main(spec, logger, slot, results, parent, role, shared)
     except BaseException:
         logger.exception("worker slot %s stopped", slot[0])
         os._exit(70)
@@ -308,14 +314,14 @@ def _slot_main(
     results: Any,
     parent: int,
     role: str,
-    scripts: ChainScripts | None,
+    shared: tuple[ChainScripts, GuardedHooks] | None = None,
 ) -> None:
     slot_id, tasks = slot
 
     def retrying(retry: TenantRetry) -> None:
         results.put((slot_id, retry))  # for the coordinator's observers; not an outcome
 
-    migrators = _Migrators(spec, logger, role, retrying, scripts)
+    migrators = _Migrators(spec, logger, role, retrying, *(shared or ()))
     try:
         while True:
             try:
