@@ -306,8 +306,11 @@ class SchemaMigrator:
         seen = job.seen_revision
         try:
             destination = self._destination(job, seen)
-        except _Refused:
-            return False  # refused again once read under the lock, with nothing run
+        except Exception:
+            # Where the run did not look (the shared schema, seen at base) a relative target
+            # may not resolve: the guess is the safe one, and the real answer comes under the
+            # lock (a refusal included).
+            return True
         if isinstance(destination, _Nothing):
             return False
         keys = [StepKey(seen, destination, True)]
