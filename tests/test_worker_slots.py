@@ -11,8 +11,10 @@ too (``.ci/run``).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -113,6 +115,28 @@ def test_tenants_through_alembic_take_turns_in_a_process(
     assert run.returncode == 0
     assert all(o["status"] == "ok" and not o["replayed"] for o in outcomes.values())
     assert all(version(engine, t) == TENANT_HEAD for t in tenants)
+
+
+def test_sigterm_to_every_process_lets_every_slot_s_tenant_finish(
+    settings: Settings, engine: sa.Engine, database_url: str
+) -> None:
+    tenants = names(8)
+    make_tenants(settings, tenants, START)
+    args = ("--jobs", "4", "--connections-per-worker", "2")
+    with _held(engine, database_url, tenants, *args) as (run, blocker):
+        wait_for(lambda: waiting_lock_requests(engine) == 4)
+        # A service manager's SIGTERM goes to every process of the group: the slots' threads
+        # never see it, their processes ignore it, the coordinator starts no new tenant.
+        os.killpg(run.pid, signal.SIGTERM)
+        time.sleep(1.0)
+        assert run.poll() is None and waiting_lock_requests(engine) == 4
+        blocker.rollback()
+        outcomes = _finish(run)
+    assert run.returncode == 130
+    finished = sorted(n for n, o in outcomes.items() if o["status"] == "ok")
+    assert len(finished) == 4  # the four in flight committed
+    assert all(version(engine, t) == TENANT_HEAD for t in finished)
+    assert all(version(engine, t) == START for t in tenants if t not in finished)
 
 
 def test_a_killed_worker_process_fails_exactly_the_tenants_it_held(

@@ -31,6 +31,7 @@ setting to raise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -274,8 +275,14 @@ def _worker_main(spec: WorkerSpec, slots: Sequence[tuple[int, Any]], results: An
     shared = (ChainScripts(spec.settings, "tenant"), GuardedHooks(spec.hooks, logger))
     threads = [
         threading.Thread(
-            target=_slot_thread,
-            args=(spec, logger, slot, results, parent, f"worker {os.getpid()}/{n}", shared),
+            target=_or_exit,
+            args=(
+                functools.partial(
+                    _slot_main, spec, logger, slot, results, parent, f"worker {os.getpid()}/{n}"
+                ),
+                shared,
+                logger,
+            ),
             name=f"tenantmig-slot-{slot[0]}",
             daemon=True,
         )
@@ -288,22 +295,18 @@ def _worker_main(spec: WorkerSpec, slots: Sequence[tuple[int, Any]], results: An
     shared[1].close()
 
 
-def _slot_thread(
-    spec: WorkerSpec,
-    logger: logging.Logger,
-    slot: tuple[int, Any],
-    results: Any,
-    parent: int,
-    role: str,
+def _or_exit(
+    slot_main: Callable[[tuple[ChainScripts, GuardedHooks]], None],
     shared: tuple[ChainScripts, GuardedHooks],
+    logger: logging.Logger,
 ) -> None:
     """A slot in a thread. If it breaks (not a tenant's failure, which is an outcome: the
     queue or the process itself), the whole process exits, as a one-slot worker would: the
     coordinator then records every tenant the process held and starts another."""
     try:
-        _slot_main(spec, logger, slot, results, parent, role, shared)
+        slot_main(shared)
     except BaseException:
-        logger.exception("worker slot %s stopped", slot[0])
+        logger.exception("a worker slot stopped")
         os._exit(70)
 
 
