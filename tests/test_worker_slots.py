@@ -48,16 +48,26 @@ def _slot_sessions(engine: sa.Engine) -> dict[str, int]:
 
 @contextmanager
 def _held(
-    engine: sa.Engine, database_url: str, tenants: list[str], *args: str
-) -> Iterator[tuple[subprocess.Popen[str], sa.Connection]]:
-    """A run over ``tenants`` whose migrations all wait for a lock the yielded connection
-    holds (until it rolls back)."""
+    settings: Settings,
+    engine: sa.Engine,
+    database_url: str,
+    count: int,
+    jobs: int,
+    *extra: str,
+    held: int | None = None,
+) -> Iterator[tuple[subprocess.Popen[str], sa.Connection, list[str]]]:
+    """``count`` tenants at START and a run over them of ``jobs`` slots, two per worker
+    process; the first ``held`` tenants' (default: every tenant's) migrations wait for a lock
+    the yielded connection holds, until it rolls back."""
+    tenants = names(count)
+    make_tenants(settings, tenants, START)
     with engine.connect() as blocker:
-        for tenant in tenants:
+        for tenant in tenants[:held]:
             blocker.exec_driver_sql(f'LOCK TABLE "{tenant}".inventory_items IN ACCESS SHARE MODE')
+        args = ("--jobs", str(jobs), "--connections-per-worker", "2", *extra)
         run = start_run(database_url, "--lock-timeout", "60", "--json", *args)
         try:
-            yield run, blocker
+            yield run, blocker, tenants
         finally:
             if run.poll() is None and blocker.in_transaction():
                 blocker.rollback()
@@ -72,10 +82,7 @@ def _finish(run: subprocess.Popen[str]) -> dict[str, dict[str, object]]:
 def test_replayed_tenants_run_side_by_side_in_fewer_processes(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(8)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "4", "--connections-per-worker", "2")
-    with _held(engine, database_url, tenants, *args) as (run, blocker):
+    with _held(settings, engine, database_url, 8, 4) as (run, blocker, tenants):
         # Four tenants in flight, each in the lock queue on its own connection, in two processes.
         wait_for(lambda: waiting_lock_requests(engine) == 4)
         workers = _server_of(psutil.Process(run.pid)).children()
@@ -99,10 +106,7 @@ def test_replayed_tenants_run_side_by_side_in_fewer_processes(
 def test_tenants_through_alembic_take_turns_in_a_process(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(6)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "4", "--connections-per-worker", "2", "--no-replay")
-    with _held(engine, database_url, tenants, *args) as (run, blocker):
+    with _held(settings, engine, database_url, 6, 4, "--no-replay") as (run, blocker, tenants):
         # One tenant per process runs through Alembic; the slot beside it waits for its turn
         # before its transaction begins: no second waiting lock request, no open transaction.
         wait_for(lambda: waiting_lock_requests(engine) == 2)
@@ -120,10 +124,7 @@ def test_tenants_through_alembic_take_turns_in_a_process(
 def test_sigterm_to_every_process_lets_every_slot_s_tenant_finish(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(8)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "4", "--connections-per-worker", "2")
-    with _held(engine, database_url, tenants, *args) as (run, blocker):
+    with _held(settings, engine, database_url, 8, 4) as (run, blocker, tenants):
         wait_for(lambda: waiting_lock_requests(engine) == 4)
         # A service manager's SIGTERM goes to every process of the group: the slots' threads
         # never see it, their processes ignore it, the coordinator starts no new tenant.
@@ -142,10 +143,7 @@ def test_sigterm_to_every_process_lets_every_slot_s_tenant_finish(
 def test_a_killed_worker_process_fails_exactly_the_tenants_it_held(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(8)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "4", "--connections-per-worker", "2")
-    with _held(engine, database_url, tenants, *args) as (run, blocker):
+    with _held(settings, engine, database_url, 8, 4) as (run, blocker, tenants):
         wait_for(lambda: waiting_lock_requests(engine) == 4)
         victim = _server_of(psutil.Process(run.pid)).children()[0]
         victim.send_signal(signal.SIGKILL)
@@ -170,10 +168,7 @@ def test_a_killed_worker_process_fails_exactly_the_tenants_it_held(
 def test_a_lost_connection_in_one_slot_is_reconnected_and_finished(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(4)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "2", "--connections-per-worker", "2")
-    with _held(engine, database_url, tenants, *args) as (run, blocker):
+    with _held(settings, engine, database_url, 4, 2) as (run, blocker, tenants):
         wait_for(lambda: waiting_lock_requests(engine) == 2)
         with engine.connect() as conn:  # one slot's session ends, as in a failover
             conn.execute(
@@ -194,12 +189,10 @@ def test_a_lost_connection_in_one_slot_is_reconnected_and_finished(
 def test_a_statement_timeout_in_one_slot_fails_only_its_tenant(
     settings: Settings, engine: sa.Engine, database_url: str
 ) -> None:
-    tenants = names(5)
-    make_tenants(settings, tenants, START)
-    args = ("--jobs", "2", "--connections-per-worker", "2", "--statement-timeout", "2")
+    args = ("--statement-timeout", "2")
     # Only t000 is held: its statement is cancelled after 2 s; the slot beside it, in the same
     # process, migrates the four others meanwhile.
-    with _held(engine, database_url, tenants[:1], *args) as (run, _blocker):
+    with _held(settings, engine, database_url, 5, 2, *args, held=1) as (run, _, tenants):
         outcomes = _finish(run)
     assert run.returncode == 3
     assert outcomes["t000"]["status"] == "failed"
