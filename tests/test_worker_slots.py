@@ -33,14 +33,14 @@ START = "001_initial_schema"
 def _slot_sessions(engine: sa.Engine) -> dict[str, int]:
     """Worker process id -> its slots' sessions (application_name "tenantmig worker PID/N")."""
     with engine.connect() as conn:
-        names_ = conn.execute(
+        applications = conn.execute(
             sa.text(
                 "SELECT application_name FROM pg_stat_activity "
                 "WHERE application_name LIKE 'tenantmig worker %/%'"
             )
         ).scalars()
         found: dict[str, int] = {}
-        for name in names_:
+        for name in applications:
             pid = name.split()[-1].split("/")[0]
             found[pid] = found.get(pid, 0) + 1
         return found
