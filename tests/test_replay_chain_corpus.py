@@ -201,3 +201,39 @@ def _plain_alembic(config: Path, url: str, names: list[str], direction: str, tar
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, done in zip(names, pool.map(run, names), strict=True):
             assert done.returncode == 0, (name, done.stdout, done.stderr)
+
+
+def test_the_unquoted_trigger_is_replayed_only_where_the_name_needs_no_quoting(
+    database_url: str, tmp_path: Path
+) -> None:
+    """k05 (alembic_utils writes ``schema.users`` unquoted) is replayed in a tenant named
+    ``acme``, where that is what Alembic sends; in a tenant named ``order`` (a keyword,
+    rendered quoted everywhere else) Alembic sends ``order.users`` and fails, and so must
+    the run with replay, with the same error."""
+    config = project_with(tmp_path, {p.name: p.read_text() for p in FILES})
+    settings = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    names = ["acme", "order", "plain_b", "select"]
+    api.create_tenants(settings, names, migrate=False)
+    no_replay = api.RunOptions(jobs=2, replay=False)
+    start = api.upgrade(settings, api.Selection.named(names), "k04_functions", no_replay)
+    assert start.succeeded, start.to_json()
+
+    replay = api.upgrade(
+        settings, api.Selection.named(["acme", "order"]), "k06_user_columns", api.RunOptions(jobs=2)
+    )
+    alembic = api.upgrade(
+        settings, api.Selection.named(["plain_b", "select"]), "k06_user_columns", no_replay
+    )
+    by_name = {o.name: o for o in [*replay.outcomes, *alembic.outcomes]}
+    assert by_name["acme"].status == TenantStatus.OK and by_name["acme"].replayed
+    assert by_name["plain_b"].status == TenantStatus.OK
+    for keyword in ("order", "select"):
+        assert by_name[keyword].status == TenantStatus.FAILED, by_name[keyword]
+        assert "syntax error at or near" in str(by_name[keyword].error)
+        assert by_name[keyword].reached == "k04_functions"  # nothing of the step committed
+    notice = " ".join(replay.notices)
+    assert (
+        "k04_functions -> k05_trigger replayed in tenants whose schema name needs no quoting"
+        in notice
+    )

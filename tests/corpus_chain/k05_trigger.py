@@ -4,7 +4,8 @@ alembic_utils writes the table of a trigger as ``schema.table`` with the schema'
 unquoted, in both CREATE TRIGGER and DROP TRIGGER (whatever quoting it is given). Alembic runs
 it in a tenant whose name is not a keyword (a tenant named ``order`` would fail), but
 tenantmig's second compilation, in a scratch schema whose name has capitals, fails on it: this
-revision runs through Alembic, and so does (for now) every step whose starting state holds it.
+revision is replayed only in tenants whose name needs no quoting, and runs through Alembic in
+the others.
 """
 
 from alembic import op

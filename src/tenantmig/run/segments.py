@@ -34,6 +34,7 @@ from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey, replay, step_revisions
 from tenantmig.schema.catalog import read_fingerprints
 from tenantmig.server.flavour import ServerFlavour
+from tenantmig.server.identifiers import quote_as_alembic
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,21 @@ class ThroughAlembic:
 @dataclass(frozen=True)
 class Replayed:
     """A compiled segment; ``checked``: replayed only where the tenant's structure matches the
-    one it was compiled from (it follows revisions run through Alembic)."""
+    one it was compiled from (it follows revisions run through Alembic).
+
+    ``unquoted_names_only``: the segment (one revision) writes the schema's name into its SQL
+    unquoted, as alembic_utils' PGTrigger does. Alembic sends that as written, so the recording
+    is what Alembic sends only in a tenant whose name SQLAlchemy also writes unquoted (no
+    capitals, not a keyword): it is replayed there, and run through Alembic, for this reason,
+    in any other tenant."""
 
     step: CompiledStep
     checked: bool
+    unquoted_names_only: NotReplayable | None = None
+
+    def replays_in(self, schema: str) -> bool:
+        """Whether this segment is replayed in ``schema`` (before any structure check)."""
+        return self.unquoted_names_only is None or quote_as_alembic(schema) == schema
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,14 @@ class SegmentedStep:
         for part in self.parts:
             if isinstance(part, Replayed):
                 checked = " where the structure matches" if part.checked else ""
+                instead = part.unquoted_names_only
+                if instead is not None:
+                    title = f' "{instead.title}"' if instead.title else ""
+                    checked += (
+                        f" in tenants whose schema name needs no quoting (in any other, "
+                        f"revision {instead.revision}{title} runs through Alembic: "
+                        f"{instead.reason})"
+                    )
                 said.append(f"{part.step.key.describe()} replayed{checked}")
             else:
                 named = {why.revision for why in part.whys}
@@ -178,6 +198,16 @@ def run_segments(
     for index, part in enumerate(step.parts):
         if isinstance(part, ThroughAlembic):
             through_alembic(part.to_revision)
+            continue
+        if not part.replays_in(schema):
+            # Alembic would write this tenant's name unquoted where the recording has a name
+            # that needs no quoting: run it as Alembic does, error included. A checked part
+            # follows revisions that may have acted on rows, and the parts after it rely on
+            # its check: then the rest of the step runs through Alembic.
+            if part.checked:
+                through_alembic(step.key.to_revision)
+                return replayed
+            through_alembic(part.step.key.to_revision)
             continue
         with transaction():
             matches = not part.checked or (

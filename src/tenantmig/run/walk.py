@@ -9,10 +9,14 @@ with a transaction per revision:
 
 - a revision that may be replayed runs in a transaction of its own, recorded as a compile
   records a step (``run.replay.Recorder``); it commits, and the next revision starts from it;
-- a revision found not replayable (it reads data, it has an autocommit block, it opts out, it
-  fails only under the name that needs quoting) runs through Alembic unrecorded, as it will in
-  every tenant, and the structural fingerprint of the state it leaves is read: the segment
-  after it is replayed only in a tenant whose structure matches it (``run.segments``).
+- a revision found not replayable (it reads data, it has an autocommit block, it opts out)
+  runs through Alembic unrecorded, as it will in every tenant, and the structural fingerprint
+  of the state it leaves is read: the segment after it is replayed only in a tenant whose
+  structure matches it (``run.segments``);
+- a revision that fails only under the name that needs quoting writes the schema's name into
+  SQL unquoted (alembic_utils' PGTrigger): the second walk records it under its plain build
+  name instead, and when both walks agree it is a segment of its own, replayed only in tenants
+  whose name needs no quoting (``Replayed.unquoted_names_only``).
 
 A segment's statements are its revisions' recordings one after the other: what Alembic sends
 for A -> C in one call is what it sends for A -> B then B -> C, version row updates included
@@ -81,6 +85,9 @@ class _Walk:
 
     statements: dict[str, list[str]] = field(default_factory=dict)  # replayable so far
     whys: dict[str, _Why] = field(default_factory=dict)  # not replayable
+    # A revision that failed only under the name that needs quoting, as recorded under the
+    # plain build name instead: replayable where a tenant's name needs no quoting.
+    unquoted_only: dict[str, list[str]] = field(default_factory=dict)
     fingerprints: dict[str, str | None] = field(default_factory=dict)  # after a revision
 
 
@@ -259,11 +266,13 @@ class _Walker:
             if name == build_in:  # fails under a plain name: the migration's own error
                 raise _Unsettled() from exc
             # Fails only under the name that needs quoting: it writes the name into SQL
-            # unquoted. Every tenant runs it through Alembic; here it runs under the plain
-            # build name, as the old compile built the states after it.
-            with watcher.listening(walk):
-                self._under_build_name(walk, name, build_in, revision)
-            seen.whys[revision] = _Why(unquoted_name(exc), data_dependent=watcher.read_any)
+            # unquoted. A tenant whose name needs quoting runs it through Alembic; here it
+            # runs, recorded, under the plain build name: what it sends there is what it
+            # sends in a tenant whose name needs none (compared with the plain walk's).
+            self._rename(walk, name, build_in)
+            read_any = self._record_unquoted(walk, build_in, revision, seen)
+            self._rename(walk, build_in, name)
+            seen.whys[revision] = _Why(unquoted_name(exc), data_dependent=read_any)
             return
         reads = [statement for statement in recorder.recorded if statement.read]
         if reads:
@@ -275,6 +284,32 @@ class _Walker:
             if refused.revision is None:
                 raise _Unsettled() from refused
             seen.whys[revision] = _Why(refused.reason)
+
+    def _record_unquoted(self, walk: Connection, schema: str, revision: str, seen: _Walk) -> bool:
+        """Run ``revision`` in ``schema`` (a plain name), recorded into ``seen.unquoted_only``
+        when it may be replayed there; True when it read rows."""
+        recorder = Recorder(self.origins)
+        destination = state_after(self.scripts, revision, self.direction)
+        try:
+            with walk.begin():
+                self._prepare(walk, schema)
+                with recorder.listening(walk):
+                    run_alembic(walk, self.scripts, schema, self.direction, destination)
+        except Exception as exc:
+            if not raised_by_autocommit_block(exc):
+                raise _Unsettled() from exc
+            # With an autocommit block too: through Alembic everywhere, as Alembic runs it.
+            watcher = Recorder(self.origins)
+            with watcher.listening(walk), self._outside_transaction(walk, schema):
+                run_alembic(
+                    walk, self.scripts, schema, self.direction, destination, per_migration=True
+                )
+            return watcher.read_any
+        if recorder.read_any:
+            return True
+        with contextlib.suppress(Unreplayable):  # the name used otherwise: through Alembic
+            seen.unquoted_only[revision] = rendered(walk, recorder.recorded, schema)
+        return False
 
     def _under_build_name(self, walk: Connection, name: str, build_in: str, revision: str) -> None:
         """``revision`` through Alembic with the scratch schema renamed to the plain build
@@ -310,9 +345,13 @@ def _assemble(
     # A revision whose effect may depend on the tenant's rows ran since the last segment.
     unchecked = False
 
-    def close(end: str | None) -> None:
+    def close(end: str | None, unquoted_only: NotReplayable | None = None) -> None:
         ours = [s for revision in segment for s in first.statements[revision]]
-        theirs = [s for revision in segment for s in second.statements[revision]]
+        theirs = [
+            s
+            for revision in segment
+            for s in second.statements.get(revision, second.unquoted_only.get(revision, []))
+        ]
         if first_difference(ours, theirs) is not None:
             raise _Unsettled()
         fingerprint = None
@@ -321,7 +360,7 @@ def _assemble(
             if fingerprint is None or fingerprint != second.fingerprints.get(previous):
                 raise _Unsettled()
         compiled = CompiledStep(StepKey(start, end, has_table), tuple(ours), fingerprint)
-        parts.append(Replayed(compiled, fingerprint is not None))
+        parts.append(Replayed(compiled, fingerprint is not None, unquoted_only))
 
     for revision in runs:
         after = state_after(scripts, revision, direction)
@@ -333,7 +372,7 @@ def _assemble(
         if segment:
             close(state)
             segment, unchecked = [], False
-        unchecked = unchecked or why.data_dependent
+            start, has_table = state, True
         verdict = (
             why.known.again(key)
             if why.known is not None
@@ -341,6 +380,20 @@ def _assemble(
                 key, why.reason, revision, title_of(scripts, revision), True, why.autocommit
             )
         )
+        if (
+            why.known is None
+            and revision in first.statements
+            and revision in second.unquoted_only
+            and not why.autocommit
+        ):
+            # Written with the schema's name unquoted: its own segment, replayed in tenants
+            # whose name needs no quoting (checked like any segment after a data read).
+            segment = [revision]
+            close(after, verdict)
+            segment, unchecked = [], False
+            start, has_table, state = after, True, after
+            continue
+        unchecked = unchecked or why.data_dependent
         last = parts[-1] if parts else None
         if isinstance(last, ThroughAlembic):
             parts[-1] = ThroughAlembic((*last.revisions, revision), after, (*last.whys, verdict))
@@ -349,7 +402,7 @@ def _assemble(
         start, has_table, state, previous = after, True, after, revision
     if segment:
         close(state)
-    if len(parts) == 1 and isinstance(parts[0], Replayed):
+    if len(parts) == 1 and isinstance(parts[0], Replayed) and not parts[0].unquoted_names_only:
         return CompiledStep(key, parts[0].step.statements)
     if not any(isinstance(part, Replayed) for part in parts):
         first_part = parts[0]
