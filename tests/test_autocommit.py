@@ -150,3 +150,77 @@ def test_concurrent_index_build_blocked_by_a_writer_gives_up_after_lock_timeout(
     assert again.returncode == 0, again.stdout + again.stderr
     assert version(engine, "busy") == "005_unique_full_name"
     assert _index_state(engine, "busy") is True
+
+
+LEAVES_SESSION_STATE = '''"""Autocommit: checks no session state was left, then leaves some."""
+from alembic import op
+
+revision = "004_session_state"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        bind = op.get_bind()
+        left = bind.exec_driver_sql(
+            "SELECT current_setting('work_mem') = '7MB', current_user <> session_user,"
+            " to_regclass('pg_temp.leftover') IS NOT NULL,"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "  AND pid = pg_backend_pid() AND objid = 4242) > 0"
+        ).one()
+        if any(left):
+            raise RuntimeError(f"an earlier tenant left session state: {tuple(left)}")
+        bind.exec_driver_sql(
+            "INSERT INTO public.session_pids (schema, pid)"
+            " VALUES (current_schema(), pg_backend_pid())"
+        )
+        bind.exec_driver_sql("SET work_mem = '7MB'")
+        bind.exec_driver_sql("SET ROLE session_state_role")
+        bind.exec_driver_sql("CREATE TEMP TABLE leftover (x int)")
+        bind.exec_driver_sql("SELECT pg_advisory_lock(4242)")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_a_connection_kept_after_an_autocommit_tenant_carries_nothing_to_the_next(
+    settings: Settings, engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    """After a tenant migrated a transaction per revision succeeds, its worker keeps the
+    connection for the next tenant: the session lock, session-level settings, a SET ROLE and a
+    temporary table a revision left are gone before the next tenant starts (the revision
+    fails in any tenant that finds them), and the tenants did share one connection."""
+    names = ["ss1", "ss2", "ss3"]
+    make_tenants(settings, names, TENANT_HEAD)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP ROLE IF EXISTS session_state_role")
+        conn.exec_driver_sql("CREATE ROLE session_state_role")
+        conn.exec_driver_sql("GRANT session_state_role TO CURRENT_USER")
+        conn.exec_driver_sql("CREATE TABLE public.session_pids (schema text, pid int)")
+        conn.exec_driver_sql("GRANT ALL ON public.session_pids TO session_state_role")
+        for name in names:  # the version row is written after the revision, under its role
+            conn.exec_driver_sql(f"GRANT ALL ON SCHEMA {name} TO session_state_role")
+            conn.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA {name} TO session_state_role")
+    config = str(project_with(tmp_path, {"004_session_state.py": LEAVES_SESSION_STATE}))
+    try:
+        done = run_cli("-c", config, "upgrade", "--all-tenants", "-j1", "--json", url=database_url)
+        errors = [t["error"] for t in json.loads(done.stdout)["tenants"] if t["error"]]
+        assert done.returncode == 0 and not errors, (errors, done.stderr)
+        assert {version(engine, name) for name in names} == {"004_session_state"}
+        with engine.connect() as conn:
+            # (The compile's scratch walk runs the revision too, committed, on its own
+            # connection: its rows are left out.)
+            pids = conn.exec_driver_sql(
+                "SELECT schema, pid FROM public.session_pids WHERE schema LIKE 'ss_'"
+            ).all()
+        assert sorted(schema for schema, _ in pids) == names
+        assert len({pid for _, pid in pids}) == 1, pids  # one connection, kept
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS public.session_pids")
+            conn.exec_driver_sql("DROP OWNED BY session_state_role")
+            conn.exec_driver_sql("DROP ROLE IF EXISTS session_state_role")
