@@ -14,8 +14,13 @@ registered (as `tenantmig tenants register` would), then times
     tenantmig upgrade --all-tenants -j2 --json --no-replay
 
 alternately, replay first, for --pairs pairs. Reported: the time ratio replay / --no-replay
-(sum of the replay rounds over the sum of the --no-replay rounds, and per pair), and the share
-of revisions replayed.
+(sum of the replay rounds over the sum of the --no-replay rounds, per pair, and the median
+pair), and the share of revisions replayed. Each round's database is dropped after it.
+
+When the server runs on this machine (its data directory readable here), each round also
+reports the CPU the server spent (its processes' user and system time, from /proc) next to the
+CPU tenantmig's processes spent: both modes send the same DDL, so the server's part is the same
+work either way, and on a machine where server and client share two cores it bounds the ratio.
 
 The share is derived from the run's JSON: every tenant says whether it was replayed at all
 (``replayed``), and the run's notices say, per step, which revisions ran how. A step without a
@@ -34,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -63,6 +69,8 @@ class Round:
     revisions: int = 0  # run in all tenants
     revisions_replayed: int = 0
     tenant_seconds: float = 0.0  # the tenants' own durations, summed
+    server_cpu: float | None = None  # seconds, when the server is local
+    client_cpu: float = 0.0  # seconds, tenantmig's processes
     notices: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -102,15 +110,51 @@ def replayed_revisions(start: str, end: str, replayed: bool, notices: list[str])
     )
 
 
-def timed_round(mode: str, url: str, config: Path, n: int) -> Round:
+def server_cpu(postmaster: Path | None) -> float | None:
+    """User and system CPU seconds of a local server: the postmaster with its exited children
+    (reaped, so counted in its cutime and cstime) and its live children."""
+    if postmaster is None:
+        return None
+    try:
+        pid = int(postmaster.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = 0
+
+    def fields(stat: Path) -> list[str]:
+        return stat.read_text().rsplit(")", 1)[1].split()
+
+    try:
+        ticks += sum(int(x) for x in fields(Path(f"/proc/{pid}/stat"))[11:15])
+    except OSError:
+        return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = fields(entry / "stat")
+            except OSError:
+                continue  # exited meanwhile
+            if int(stat[1]) == pid:
+                ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed_round(mode: str, url: str, config: Path, n: int, postmaster: Path | None = None) -> Round:
     env = {**os.environ, "TENANTMIG_DATABASE_URL": url}
     extra = ["--no-replay"] if mode == "no-replay" else []
     cmd = [sys.executable, "-m", "tenantmig", "--config", str(config), "upgrade"]
     cmd += ["--all-tenants", "-j2", "--json", *extra]
+    server_before, client_before = server_cpu(postmaster), os.times()
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    server_after, client_after = server_cpu(postmaster), os.times()
     result = Round(mode, seconds, n, done.returncode)
+    if server_before is not None and server_after is not None:
+        result.server_cpu = server_after - server_before
+    result.client_cpu = (client_after.children_user - client_before.children_user) + (
+        client_after.children_system - client_before.children_system
+    )
     try:
         document = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -142,6 +186,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     config = project()
     server = Server(admin_url(args))
+    postmaster = server.postmaster_pid_file()
     n = args.tenants
     rounds: list[Round] = []
     load_before = os.getloadavg()
@@ -150,12 +195,15 @@ def main() -> None:
             for mode in ("replay", "no-replay"):
                 url = server.fresh_database()
                 prepare(url, n)
-                rounds.append(timed_round(mode, url, config, n))
+                rounds.append(timed_round(mode, url, config, n, postmaster))
+                server.drop_all()  # the next round starts from the same server state
+                server.created.clear()
                 r = rounds[-1]
+                cpu = f"  server CPU {r.server_cpu:.1f} s" if r.server_cpu is not None else ""
                 print(
                     f"{mode:10s} {r.seconds:7.2f} s  tenants replayed {r.replayed_tenants}/{n}"
                     f"  revisions replayed {r.revisions_replayed}/{r.revisions}"
-                    f"  not ok {len(r.failures)}",
+                    f"{cpu}  tenantmig CPU {r.client_cpu:.1f} s  not ok {len(r.failures)}",
                     flush=True,
                 )
         version = server.version()
@@ -176,6 +224,7 @@ def main() -> None:
         "load_after": load_after,
         "ratio_replay_over_no_replay": ratio,
         "ratio_per_pair": pairs,
+        "ratio_median_pair": statistics.median(pairs),
         "share_of_revisions_replayed": share,
         "rounds": [r.__dict__ for r in rounds],
     }
@@ -183,18 +232,20 @@ def main() -> None:
     print(f"PostgreSQL {version}; {report['machine']}")
     print(f"load average before {load_before}, after {load_after}")
     print(
-        "| round | mode | time (s) | tenants' own time (s) | tenants replayed "
-        "| revisions replayed | not ok |"
+        "| round | mode | time (s) | tenants' own time (s) | server CPU (s) | tenantmig CPU (s) "
+        "| tenants replayed | revisions replayed | not ok |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for i, r in enumerate(rounds, start=1):
+        cpu = f"{r.server_cpu:.1f}" if r.server_cpu is not None else "n/a"
         print(
-            f"| {i} | {r.mode} | {r.seconds:.2f} | {r.tenant_seconds:.1f} | "
-            f"{r.replayed_tenants}/{r.tenants} | {r.revisions_replayed}/{r.revisions} | "
-            f"{len(r.failures)} |"
+            f"| {i} | {r.mode} | {r.seconds:.2f} | {r.tenant_seconds:.1f} | {cpu} | "
+            f"{r.client_cpu:.1f} | {r.replayed_tenants}/{r.tenants} | "
+            f"{r.revisions_replayed}/{r.revisions} | {len(r.failures)} |"
         )
     print(
-        f"time replay / --no-replay: {ratio:.3f} (per pair: {', '.join(f'{p:.3f}' for p in pairs)})"
+        f"time replay / --no-replay: {ratio:.3f}, median pair {statistics.median(pairs):.3f} "
+        f"(per pair: {', '.join(f'{p:.3f}' for p in pairs)})"
     )
     print(f"share of revisions replayed (replay rounds): {share:.1%}")
     print("notices of the first replay round:")

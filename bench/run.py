@@ -99,6 +99,21 @@ class Server:
             for name in self.created:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def postmaster_pid_file(self) -> Path | None:
+        """The server's postmaster.pid when its data directory is readable here (a local
+        server), else None."""
+        with self.engine.connect() as conn:
+            try:
+                directory = conn.exec_driver_sql("SHOW data_directory").scalar()
+            except Exception:  # a role that may not read it
+                return None
+        path = Path(str(directory)) / "postmaster.pid"
+        try:
+            path.read_text()
+        except OSError:
+            return None
+        return path
+
     def version(self) -> str:
         with self.engine.connect() as conn:
             return str(conn.exec_driver_sql("SHOW server_version").scalar())
