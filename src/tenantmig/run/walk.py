@@ -249,19 +249,12 @@ class _Walker:
             seen.whys[revision] = _Why(OPTED_OUT)
             self._or_unsettled(lambda: self._through_alembic(walk, name, revision))
             return
-        destination = state_after(self.scripts, revision, self.direction)
         try:
-            with walk.begin():
-                self._prepare(walk, name)
-                with recorder.listening(walk):
-                    run_alembic(walk, self.scripts, name, self.direction, destination)
+            self._recorded(walk, name, revision, recorder)
         except Exception as exc:
             if raised_by_autocommit_block(exc):
-                with watcher.listening(walk), self._outside_transaction(walk, name):
-                    run_alembic(
-                        walk, self.scripts, name, self.direction, destination, per_migration=True
-                    )
-                seen.whys[revision] = _Why(AUTOCOMMIT_BLOCK, True, watcher.read_any)
+                read_any = self._per_migration(walk, name, revision)
+                seen.whys[revision] = _Why(AUTOCOMMIT_BLOCK, True, read_any)
                 return
             if name == build_in:  # fails under a plain name: the migration's own error
                 raise _Unsettled() from exc
@@ -289,27 +282,34 @@ class _Walker:
         """Run ``revision`` in ``schema`` (a plain name), recorded into ``seen.unquoted_only``
         when it may be replayed there; True when it read rows."""
         recorder = Recorder(self.origins)
-        destination = state_after(self.scripts, revision, self.direction)
         try:
-            with walk.begin():
-                self._prepare(walk, schema)
-                with recorder.listening(walk):
-                    run_alembic(walk, self.scripts, schema, self.direction, destination)
+            self._recorded(walk, schema, revision, recorder)
         except Exception as exc:
             if not raised_by_autocommit_block(exc):
                 raise _Unsettled() from exc
             # With an autocommit block too: through Alembic everywhere, as Alembic runs it.
-            watcher = Recorder(self.origins)
-            with watcher.listening(walk), self._outside_transaction(walk, schema):
-                run_alembic(
-                    walk, self.scripts, schema, self.direction, destination, per_migration=True
-                )
-            return watcher.read_any
+            return self._per_migration(walk, schema, revision)
         if recorder.read_any:
             return True
         with contextlib.suppress(Unreplayable):  # the name used otherwise: through Alembic
             seen.unquoted_only[revision] = rendered(walk, recorder.recorded, schema)
         return False
+
+    def _recorded(self, walk: Connection, schema: str, revision: str, recorder: Recorder) -> None:
+        """``revision`` in ``schema`` in a transaction of its own, recorded by ``recorder``."""
+        destination = state_after(self.scripts, revision, self.direction)
+        with walk.begin():
+            self._prepare(walk, schema)
+            with recorder.listening(walk):
+                run_alembic(walk, self.scripts, schema, self.direction, destination)
+
+    def _per_migration(self, walk: Connection, schema: str, revision: str) -> bool:
+        """``revision`` with its autocommit block, as Alembic runs it; True when it read rows."""
+        destination = state_after(self.scripts, revision, self.direction)
+        watcher = Recorder(self.origins)
+        with watcher.listening(walk), self._outside_transaction(walk, schema):
+            run_alembic(walk, self.scripts, schema, self.direction, destination, per_migration=True)
+        return watcher.read_any
 
     def _under_build_name(self, walk: Connection, name: str, build_in: str, revision: str) -> None:
         """``revision`` through Alembic with the scratch schema renamed to the plain build
