@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tenantmig import api
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.replay import (
     CompiledStep,
@@ -269,3 +270,52 @@ def test_a_walk_leaves_nothing_on_the_connections_it_used(
                 conn.close()
     finally:
         engine.dispose()
+
+
+WRITES_SHARED = '''"""Logs each tenant's migration in a shared table (outside its schema)."""
+from alembic import op
+
+revision = "004_writes_shared"
+down_revision = "003_add_inventory_tracking"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("INSERT INTO public.migration_log (schema) VALUES (current_schema())")
+    op.execute("ALTER TABLE users ADD COLUMN logged boolean")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE users DROP COLUMN logged")
+'''
+
+
+def test_a_revision_that_writes_outside_its_schema_is_not_compiled_into_that_table(
+    database_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The walk commits each revision in a scratch schema: one that writes a shared table
+    would leave the compile's rows there. It is caught before the commit, rolled back, and the
+    step runs through Alembic: the table holds exactly one row per tenant."""
+    config = project_with(tmp_path, {"004_writes_shared.py": WRITES_SHARED})
+    settings = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
+    names = ["log_a", "log_b", "log_c"]
+    make_tenants(settings, names, TENANT_HEAD)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.migration_log (schema text)")
+    try:
+        result = api.upgrade(settings, api.Selection.named(names), "head", api.RunOptions(jobs=2))
+        assert result.succeeded, result.to_json()
+        assert not any(o.replayed for o in result.outcomes)
+        notice = " ".join(result.notices)
+        assert "writes rows outside the tenant's schema (public.migration_log)" in notice
+        with engine.connect() as conn:
+            logged = conn.exec_driver_sql("SELECT schema FROM public.migration_log").scalars()
+            assert sorted(logged) == names
+            left = conn.execute(
+                sa.text("SELECT count(*) FROM pg_namespace WHERE lower(nspname) LIKE 'tenantmig_%'")
+            ).scalar()
+        assert left == 0
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS public.migration_log")

@@ -35,6 +35,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tenantmig.chains.runner import raised_by_autocommit_block, run_alembic
@@ -95,6 +96,42 @@ class _Unsettled(Exception):
     """The walk cannot settle the step: plan it compile by compile instead."""
 
 
+class _WritesElsewhere(Exception):
+    """A revision run in the walk wrote rows outside the scratch schema. The walk commits what
+    each revision does, so those writes would stay: the transaction is rolled back, and the
+    step runs through Alembic in each tenant, where the revision writes as it was written to."""
+
+    def __init__(self, table: str, revision: str | None) -> None:
+        super().__init__(table)
+        self.table = table
+        self.revision = revision
+
+
+def _reraise_elsewhere(exc: BaseException) -> None:
+    """Let a _WritesElsewhere through the handlers that take a migration's own errors."""
+    if isinstance(exc, _WritesElsewhere):
+        raise exc
+
+
+# Rows the current transaction inserted, updated or deleted in tables outside the scratch
+# schema (temporary tables aside): the statistics PostgreSQL keeps per transaction.
+_WRITES_ELSEWHERE = sa.text(
+    "SELECT quote_ident(schemaname) || '.' || quote_ident(relname)"
+    " FROM pg_stat_xact_user_tables"
+    " WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"
+    " AND schemaname <> :schema AND schemaname NOT LIKE 'pg\\_temp\\_%'"
+    " ORDER BY 1 LIMIT 1"
+)
+
+
+def _writes_elsewhere_reason(table: str, subject: str = "it") -> str:
+    return (
+        f"{subject} writes rows outside the tenant's schema ({table}); compiling runs each "
+        "revision committed in a scratch schema, so the compile would make those writes too "
+        "(shared tables are best written by a revision of the shared chain)"
+    )
+
+
 def walk_step(
     conn: Connection,
     scripts: ChainScripts,
@@ -124,6 +161,12 @@ def walk_step(
         return _assemble(scripts, key, direction, runs, first, second)
     except _Unsettled:
         return None
+    except _WritesElsewhere as found:
+        subject = "it" if found.revision else "a revision before it (its starting state)"
+        reason = _writes_elsewhere_reason(found.table, subject)
+        return NotReplayable(
+            key, reason, found.revision, title_of(scripts, found.revision), splittable=False
+        )
 
 
 @dataclass
@@ -175,6 +218,15 @@ class _Walker:
         """First in each transaction: timeouts, the schema's lock, search_path (local)."""
         self.flavour.prepare_migration(walk, schema, self.timeouts, verify=False)
 
+    @staticmethod
+    def _wrote_only_in(walk: Connection, schema: str, revision: str | None) -> None:
+        """Last in each transaction that commits a revision's work: nothing outside ``schema``.
+        (Revisions run a transaction each for an autocommit block commit inside Alembic, and
+        are not checked: building from a history with one always had that cost.)"""
+        table = walk.execute(_WRITES_ELSEWHERE, {"schema": schema}).scalar()
+        if table is not None:
+            raise _WritesElsewhere(str(table), revision)
+
     def _build(self, walk: Connection, schema: str) -> None:
         """The step's starting state in ``schema``: in one transaction, or, when the history
         has an autocommit block, as Alembic runs such a chain."""
@@ -182,8 +234,10 @@ class _Walker:
             with walk.begin():
                 self._prepare(walk, schema)
                 build_starting_state(walk, self.scripts, self.key, schema, per_migration=False)
+                self._wrote_only_in(walk, schema, None)
             return
         except Exception as exc:
+            _reraise_elsewhere(exc)
             if not raised_by_autocommit_block(exc):
                 raise _Unsettled() from exc
         with self._outside_transaction(walk, schema):
@@ -222,6 +276,7 @@ class _Walker:
             with walk.begin():
                 self._prepare(walk, schema)
                 run_alembic(walk, self.scripts, schema, self.direction, destination)
+                self._wrote_only_in(walk, schema, revision)
             return False
         except Exception as exc:
             if not raised_by_autocommit_block(exc):
@@ -239,6 +294,7 @@ class _Walker:
                 try:
                     self._through_alembic(walk, name, revision)
                 except Exception as exc:
+                    _reraise_elsewhere(exc)
                     if name == build_in:
                         raise _Unsettled() from exc
                     self._under_build_name(walk, name, build_in, revision)
@@ -252,6 +308,7 @@ class _Walker:
         try:
             self._recorded(walk, name, revision, recorder)
         except Exception as exc:
+            _reraise_elsewhere(exc)
             if raised_by_autocommit_block(exc):
                 read_any = self._per_migration(walk, name, revision)
                 seen.whys[revision] = _Why(AUTOCOMMIT_BLOCK, True, read_any)
@@ -285,6 +342,7 @@ class _Walker:
         try:
             self._recorded(walk, schema, revision, recorder)
         except Exception as exc:
+            _reraise_elsewhere(exc)
             if not raised_by_autocommit_block(exc):
                 raise _Unsettled() from exc
             # With an autocommit block too: through Alembic everywhere, as Alembic runs it.
@@ -302,6 +360,7 @@ class _Walker:
             self._prepare(walk, schema)
             with recorder.listening(walk):
                 run_alembic(walk, self.scripts, schema, self.direction, destination)
+            self._wrote_only_in(walk, schema, revision)
 
     def _per_migration(self, walk: Connection, schema: str, revision: str) -> bool:
         """``revision`` with its autocommit block, as Alembic runs it; True when it read rows."""
@@ -324,6 +383,7 @@ class _Walker:
         try:
             run()
         except Exception as exc:
+            _reraise_elsewhere(exc)
             raise _Unsettled() from exc
 
 
