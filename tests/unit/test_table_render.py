@@ -2,7 +2,8 @@
 
 `status` and `runs show` of 100,000 tenants print 100,000 rows; laying them out through rich
 took half a minute and hundreds of MB. Where nothing wraps, a plain layout draws the same
-text; where something must wrap (a narrow terminal), rich still draws it.
+text; where something must wrap (a narrow terminal), rich still draws it, and where the
+columns that wrap would be too narrow to wrap between words, each row is drawn as a block.
 """
 
 from __future__ import annotations
@@ -58,3 +59,40 @@ def test_piped_output_of_many_rows_is_drawn_without_rich(monkeypatch: pytest.Mon
     drawn = render.table(HEADERS, rows, keep=("status",)).splitlines()
     assert len(drawn) == 20002 and drawn[0].split() == ["tenant", "status", "from", "to"]
     assert drawn[2] == "t000000  ok      base  001"
+
+
+def test_a_terminal_too_narrow_for_the_columns_gets_each_row_as_a_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 50 columns the revisions, kept whole, leave the error a few cells: rich folded it a
+    character or two per line. Each row becomes a block instead, words kept whole."""
+    error = (
+        "canceling statement due to lock timeout while waiting for AccessExclusiveLock "
+        "on relation orders\nDETAIL:  process 4242 holds it"
+    )
+    rows: list[list[object]] = [
+        ["acme", "", "failed", "003_add_inventory_tracking", "k12_views", error],
+        ["globex", "", "ok", "003_add_inventory_tracking", "k12_views", ""],
+    ]
+    monkeypatch.setenv("COLUMNS", "50")
+    drawn = render.table(HEADERS, rows, keep=("status", "from", "to"))
+    lines = drawn.splitlines()
+    assert max(len(line) for line in lines) <= 50
+    assert lines[:4] == [
+        "acme",
+        "  status  failed",
+        "  from    003_add_inventory_tracking",
+        "  to      k12_views",
+    ]
+    # Wrapped between words, its DETAIL on a line of its own; an empty cell left out.
+    assert lines[4:8] == [
+        "  error   canceling statement due to lock timeout",
+        "          while waiting for AccessExclusiveLock on",
+        "          relation orders",
+        "          DETAIL:  process 4242 holds it",
+    ]
+    assert lines[8:] == ["", "globex", "  status  ok", *lines[2:4]]
+    # Wide enough for the wrapped columns to wrap between words: still a table.
+    monkeypatch.setenv("COLUMNS", "120")
+    wide = render.table(HEADERS, rows, keep=("status", "from", "to"))
+    assert wide.splitlines()[0].split() == ["tenant", "status", "from", "to", "error"]

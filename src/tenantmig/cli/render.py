@@ -44,6 +44,8 @@ def table(
     unwrapped = _unwrapped(headers, cells, output_width())
     if unwrapped is not None:
         return unwrapped
+    if _too_narrow(headers, cells, keep, output_width()):
+        return _expanded(headers, cells, output_width())
     # rich is imported when a table must wrap: a run with nothing to show does not load it.
     from rich import box
     from rich.console import Console
@@ -109,6 +111,53 @@ def _unwrapped(headers: Sequence[str], cells: list[list[str]], width: int) -> st
     out = [*lines(headers), "─" * total]
     for row in cells:
         out.extend(lines(row))
+    return "\n".join(out)
+
+
+# Below this many cells a wrapped column breaks its words apart: a tenant's error, a file path.
+_NARROWEST_WRAPPED = 16
+
+
+def _too_narrow(
+    headers: Sequence[str], cells: list[list[str]], keep: Sequence[str], width: int
+) -> bool:
+    """Whether the columns that may wrap would be left too little room to wrap between words:
+    the columns kept whole (the first, ``keep``) take their full width first."""
+    from rich.cells import cell_len
+
+    def natural(index: int) -> int:
+        return max(
+            cell_len(headers[index]),
+            *(cell_len(line) for row in cells for line in row[index].split("\n")),
+        )
+
+    kept = [i for i, header in enumerate(headers) if i == 0 or header in keep]
+    room = width - sum(natural(i) for i in kept) - 2 * (len(headers) - 1)
+    needed = sum(min(natural(i), _NARROWEST_WRAPPED) for i in range(len(headers)) if i not in kept)
+    return room < needed
+
+
+def _expanded(headers: Sequence[str], cells: list[list[str]], width: int) -> str:
+    """Each row as a block, for a terminal too narrow for the table: the first cell (what the
+    row is about) on a line of its own, then each other non-empty cell under its header's
+    name, wrapped between words. As psql's expanded display does for wide rows."""
+    label = max(len(header) for header in headers[1:]) if len(headers) > 1 else 0
+    text = max(20, width - label - 4)
+    out: list[str] = []
+    for row in cells:
+        if out:
+            out.append("")
+        out.append(row[0] or "-")
+        for header, cell in zip(headers[1:], row[1:], strict=True):
+            if not cell:
+                continue
+            lines = [
+                wrapped
+                for paragraph in cell.split("\n")
+                for wrapped in textwrap.wrap(paragraph, text, break_on_hyphens=False) or [""]
+            ]
+            out.append(f"  {header.ljust(label)}  {lines[0]}".rstrip())
+            out.extend(f"  {'':{label}}  {line}".rstrip() for line in lines[1:])
     return "\n".join(out)
 
 
