@@ -172,3 +172,34 @@ def test_tables_fit_80_columns_and_wrap_long_errors(tmp_path: Path, database_url
     screen = "\n".join(terminal.screen())
     assert screen.count("Q") == 150  # wrapped inside its column, not cut
     assert "003_add_inventory_tracking" in screen  # revisions are never folded
+
+
+def test_a_terminal_too_narrow_for_the_table_shows_each_tenant_as_a_block(
+    database_url: str,
+) -> None:
+    """At 50 columns the revisions leave an error no room to wrap between words: each tenant
+    is printed as a block, every word of its error whole."""
+    settings = load_settings(config_file=REPO / "alembic.ini", database_url=database_url)
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    api.create_tenants(settings, ["acme", "globex"])
+    error = (
+        "canceling statement due to lock timeout while waiting for AccessExclusiveLock "
+        "on relation orders of tenant acme"
+    )
+    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE tenantmig_run_tenants SET status = 'failed', error = :e"
+                " WHERE tenant = 'acme'"
+            ),
+            {"e": error},
+        )
+    engine.dispose()
+    terminal = Terminal(REPO / "alembic.ini", database_url, "status", columns=50)
+    assert terminal.finish() == 0
+    assert terminal.widest_line() <= 50, terminal.screen()
+    screen = terminal.screen()
+    assert "acme" in screen and "globex" in screen  # each tenant heads its block
+    shown = {word for line in screen for word in line.split()}
+    assert set(error.split()) <= shown, screen

@@ -240,10 +240,24 @@ def run_summary(result: RunResult, finish: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _fitted(line: str) -> str:
+    """A line of text folded between words to ``output_width()`` (never inside a word: a
+    revision id stays whole), continued indented."""
+    return textwrap.fill(
+        line,
+        output_width(),
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def status_text(report: StatusReport) -> str:
     lines = [
-        f"shared ({report.shared_schema}): {report.shared_revision or 'base'} "
-        f"[head {report.shared_head or 'base'}] {report.shared_state.value}",
+        _fitted(
+            f"shared ({report.shared_schema}): {report.shared_revision or 'base'} "
+            f"[head {report.shared_head or 'base'}] {report.shared_state.value}"
+        ),
     ]
     if not report.tenants:
         lines.append("no tenants registered")
