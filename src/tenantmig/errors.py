@@ -45,6 +45,15 @@ class CannotWrite(ConfigError):
     """The server is read-only, or the role may not create what a run needs."""
 
 
+class NotRenderable(TenantmigError):
+    """A revision cannot be written out as SQL without a database (Alembic's offline mode):
+    it reads rows, or asks the database something, to decide what to do."""
+
+    def __init__(self, message: str, revision: str | None) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
 class InvalidTenantName(TenantmigError):
     """A tenant name is not a safe PostgreSQL schema identifier."""
 

@@ -8,9 +8,10 @@ way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging.config
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from alembic import context
@@ -121,31 +122,80 @@ def _run(
 SINGLE_TRANSACTION = "tenantmig_single_transaction"
 # The SQL is for a Citus coordinator: its SET LOCALs must reach the workers too.
 FOR_CITUS = "tenantmig_for_citus"
+# Set by `tenantmig upgrade --sql` when the range has an autocommit block: a transaction per
+# revision, Alembic's BEGIN/COMMIT written out, the set-up session-level (for `psql -f`).
+PER_REVISION = "tenantmig_per_revision"
+# Set by the rendering when a revision entered an autocommit block.
+AUTOCOMMIT_SEEN = "tenantmig_autocommit_seen"
 
 
 def _run_offline(schema: str, settings: Settings, target_metadata: TargetMetadata) -> None:
-    """SQL for a DBA or psql: the same set-up a tenantmig migration transaction makes (timeouts,
-    the schema's advisory lock, search_path; see server.session), then Alembic's statements."""
+    """SQL for a DBA or psql: the same set-up a tenantmig migration makes (timeouts, the
+    schema's advisory lock, search_path; see server.session), then Alembic's statements.
+
+    For tenantmig's `--sql` (``SINGLE_TRANSACTION``) the set-up is transaction-local and the
+    script has no BEGIN/COMMIT: `psql -1 -f` makes it one transaction (plain `alembic --sql`
+    writes Alembic's one BEGIN/COMMIT around it). A script with an autocommit block cannot be
+    one transaction, and after its COMMIT a SET LOCAL, the transaction's lock and search_path
+    would be gone: for one (``PER_REVISION``, a second rendering chains.offline asks for once
+    the first met a block) the set-up is session-level, Alembic writes a transaction per
+    revision, and the lock is released and the settings reset at the end."""
+    attributes = context.config.attributes
+    per_revision = bool(attributes.get(PER_REVISION))
+    one_transaction = not per_revision
     options = context_options(schema)
-    if context.config.attributes.get(SINGLE_TRANSACTION):
+    if attributes.get(SINGLE_TRANSACTION) and not per_revision:
         options["transactional_ddl"] = False
+    if per_revision:
+        options["transactional_ddl"] = True
+        options["transaction_per_migration"] = True
     context.configure(
         url=settings.database_url or "postgresql://",
         literal_binds=True,
         target_metadata=target_metadata,
         **options,
     )
+    _note_autocommit_blocks(context.get_context(), attributes)
     timeouts = settings.timeouts
+    scope = "LOCAL " if one_transaction else ""
+    lock = f"{LOCK_NAMESPACE}, {lock_key(schema)}"
+    if not one_transaction:
+        _offline_set_up(schema, timeouts, scope, lock)
     with context.begin_transaction():
-        if context.config.attributes.get(FOR_CITUS):
-            # Citus propagates SET LOCAL to the workers only after this (see server.citus);
-            # psql sends each statement as its own query string, as Citus needs.
-            context.execute("SET LOCAL citus.propagate_set_commands = 'local'")
-        context.execute(f"SET LOCAL lock_timeout = '{timeouts.lock_timeout_ms}ms'")
-        context.execute(f"SET LOCAL statement_timeout = '{timeouts.statement_timeout_ms}ms'")
-        context.execute(f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, {lock_key(schema)})")
-        context.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        if one_transaction:
+            _offline_set_up(schema, timeouts, scope, lock)
         context.run_migrations()
+    if not one_transaction:
+        context.execute(f"SELECT pg_advisory_unlock({lock})")
+        context.execute("RESET search_path")
+        context.execute("RESET statement_timeout")
+        context.execute("RESET lock_timeout")
+
+
+def _offline_set_up(schema: str, timeouts: Timeouts, scope: str, lock: str) -> None:
+    if context.config.attributes.get(FOR_CITUS) and scope:
+        # Citus propagates SET LOCAL to the workers only after this (see server.citus);
+        # psql sends each statement as its own query string, as Citus needs. (A session-level
+        # SET is not propagated at all: a per-revision script's timeouts bind the coordinator.)
+        context.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+    context.execute(f"SET {scope}lock_timeout = '{timeouts.lock_timeout_ms}ms'")
+    context.execute(f"SET {scope}statement_timeout = '{timeouts.statement_timeout_ms}ms'")
+    function = "pg_advisory_xact_lock" if scope else "pg_advisory_lock"
+    context.execute(f"SELECT {function}({lock})")
+    context.execute(f"SET {scope}search_path TO {quote_ident(schema)}")
+
+
+def _note_autocommit_blocks(migration: Any, attributes: dict[str, Any]) -> None:
+    """Have ``attributes[AUTOCOMMIT_SEEN]`` set when a revision enters an autocommit block."""
+    original = migration.autocommit_block
+
+    @contextlib.contextmanager
+    def noted() -> Iterator[None]:
+        attributes[AUTOCOMMIT_SEEN] = True
+        with original():
+            yield
+
+    migration.autocommit_block = noted
 
 
 def _run_online(

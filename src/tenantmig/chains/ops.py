@@ -38,9 +38,14 @@ def create_index_concurrently(
     Re-runnable: an INVALID index of the same name (left by an earlier failed or interrupted
     build) is dropped first, and a valid one is kept (IF NOT EXISTS). ``kw`` goes to
     ``op.create_index`` (``unique=True``, ``postgresql_where=...``).
+
+    In SQL rendered for review (``--sql``, ``plan``, ``lint``: Alembic's offline mode) nothing
+    can be read, so only the CREATE INDEX CONCURRENTLY IF NOT EXISTS is written: applied by
+    hand over an INVALID leftover it keeps it, which ``tenantmig drift`` reports.
     """
-    with op.get_context().autocommit_block():
-        leftover = (
+    context = op.get_context()
+    with context.autocommit_block():
+        leftover = not context.as_sql and (
             op.get_bind()
             .execute(
                 sa.text(

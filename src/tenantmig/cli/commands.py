@@ -225,13 +225,15 @@ def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     written = 0
     for item in scripts:
         if item.sql is not None:
+            apply = item.apply_with.replace("FILE", f"{item.schema}.sql")
             (directory / f"{item.schema}.sql").write_text(
-                f"{item.header(direction)}\n-- apply with: psql -1 -f {item.schema}.sql\n\n"
-                + item.sql
+                f"{item.header(direction)}\n-- apply with: {apply}\n\n" + item.sql
             )
             written += 1
+    how = {item.apply_with for item in scripts if item.sql is not None} or {"psql -1 -f FILE"}
+    which = " (each file says which)" if len(how) > 1 else ""
     print(f"wrote {written} file(s) to {directory} ({len(scripts) - written} schema(s) "
-          "already at the target); apply one with: psql -1 -f FILE")  # fmt: skip
+          f"already at the target); apply one with: {' or '.join(sorted(how))}{which}")  # fmt: skip
     return ExitCode.OK
 
 

@@ -333,7 +333,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         "--sql",
         action="store_true",
         help="print the SQL each selected schema would run, from its own revision to the "
-        "target (or over FROM:TO), with tenantmig's timeouts and lock, for `psql -1 -f`",
+        "target (or over FROM:TO), with tenantmig's timeouts and lock, for `psql -1 -f` (a "
+        "range with an autocommit block: a transaction per revision, for `psql -f`)",
     )
     review.add_argument(
         "--sql-dir", type=Path, metavar="DIR", help="like --sql, one SCHEMA.sql file per schema"

@@ -440,9 +440,17 @@ def _how(outcome: TenantOutcome) -> str:
 
 def sql_stream(scripts: Sequence[SchemaSQL], direction: Direction) -> str:
     """One stream with a header per schema (for one file per schema: ``--sql-dir``)."""
+    if all(item.one_transaction for item in scripts):
+        how = "Apply with `psql -1 -f FILE` (one transaction: every schema or none)"
+    else:
+        how = (
+            "Apply with `psql -v ON_ERROR_STOP=1 -f FILE`, not -1: a schema's range has "
+            "statements outside a transaction (its first lines say so), so each revision "
+            "commits on its own"
+        )
     parts = [
-        f"-- tenantmig {direction} --sql: {len(scripts)} schema(s). Apply with `psql -1 -f FILE`"
-        " (one transaction: every schema or none); --sql-dir writes one file per schema."
+        f"-- tenantmig {direction} --sql: {len(scripts)} schema(s). {how}; --sql-dir writes "
+        "one file per schema."
     ]
     for item in scripts:
         parts.append("-- " + "=" * 76)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantmig.chains.scripts import ChainScripts
-from tenantmig.errors import ConfigError, SharedSchemaNotReady
+from tenantmig.errors import ConfigError, NotRenderable, SharedSchemaNotReady
 from tenantmig.risk.classify import assess, shortened
 from tenantmig.risk.plan import versions_where_they_live
 from tenantmig.risk.statements import LOCK_MODES, Assessment, Catalog, catalog_of
@@ -168,13 +168,19 @@ def lint(
         allowed_everywhere = {**dict.fromkeys(settings.lint_allow, "lint_allow in alembic.ini"),
                               **dict.fromkeys(allow, "--allow")}  # fmt: skip
         findings: list[Finding] = []
+        unrendered: list[str] = []
         for revision in chosen:
             info = infos[revision]
             down = info.down_revision
             sample = _sample(tenants, positions, ordered.index(revision))
-            sql = offline_sql(
-                settings, "tenant", sample.schema if sample else "tenant", "upgrade", down, revision
-            )
+            try:
+                sql = offline_sql(
+                    settings, "tenant", sample.schema if sample else "tenant", "upgrade", down,
+                    revision,
+                )  # fmt: skip
+            except NotRenderable as exc:
+                unrendered.append(str(exc))
+                continue
             assessed = _assessed(databases, sample, sql)
             found = _own_rules(revision, assessed)
             found += _large_tables(databases, tenants, revision, assessed, settings)
@@ -187,12 +193,14 @@ def lint(
             findings += found
     finally:
         databases.close()
-    note = None
+    notes = []
     if not tenants:
-        note = (
+        notes.append(
             "no tenants: every revision linted as written, without the tables' sizes (the "
             "large-table rules need the fleet's database)"
         )
+    notes += [f"not linted: {reason}" for reason in unrendered]
+    note = "; ".join(notes) or None
     return LintReport(chosen, findings, squawk, settings.lint_max_table_size, note)
 
 

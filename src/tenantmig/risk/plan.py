@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenantmig.chains.scripts import ChainScripts, Direction
+from tenantmig.errors import NotRenderable
 from tenantmig.risk.classify import assess, shortened
 from tenantmig.risk.statements import BLOCKS, Assessment, catalog_of
 from tenantmig.run.plan import Selection
@@ -234,9 +235,14 @@ def _plan_step(
         from tenantmig.chains.offline import offline_sql
 
         note = found.describe(len(tenants))
-        sql = offline_sql(
-            settings, "tenant", sample.schema, direction, key.from_revision, key.to_revision
-        )
+        try:
+            sql = offline_sql(
+                settings, "tenant", sample.schema, direction, key.from_revision, key.to_revision
+            )
+        except NotRenderable as exc:
+            # Nothing to weigh without running it: say so, and plan the other steps.
+            note = f"{note}; its statements cannot be shown: {exc}"
+            sql = ""
     member = databases.get(sample.database)
     with member.engine.connect() as conn, catalog_of(conn, sample.schema) as catalog:
         statements = [a for a in assess(sql, catalog) if not a.bookkeeping]

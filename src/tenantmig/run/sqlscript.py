@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tenantmig.chains.offline import offline_sql
+from tenantmig.chains.offline import offline_sql, one_transaction
 from tenantmig.chains.scripts import ChainScripts, Direction
 from tenantmig.run.plan import Selection
 from tenantmig.schema.registry import Tenant, by_database, select_tenants
@@ -30,6 +30,16 @@ class SchemaSQL:
     to_revision: str | None
     sql: str | None  # None: already at the target
 
+    @property
+    def one_transaction(self) -> bool:
+        """It may run as one transaction (no autocommit block in its range)."""
+        return self.sql is None or one_transaction(self.sql)
+
+    @property
+    def apply_with(self) -> str:
+        """The psql command that applies it, ``FILE`` for its path."""
+        return "psql -1 -f FILE" if self.one_transaction else "psql -v ON_ERROR_STOP=1 -f FILE"
+
     def header(self, direction: Direction) -> str:
         what = "shared schema" if self.chain == "shared" else "tenant"
         span = f"{self.from_revision or 'base'} -> {self.to_revision or 'base'}"
@@ -43,6 +53,7 @@ class SchemaSQL:
             "from": self.from_revision or "base",
             "to": self.to_revision or "base",
             "sql": self.sql,
+            "one_transaction": self.one_transaction,
         }
 
 
