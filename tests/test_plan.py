@@ -115,3 +115,33 @@ def test_a_plan_names_locks_effects_and_the_largest_tenants_first(
     assert down.returncode == 0, down.stderr
     effects = {s["effect"] for step in json.loads(down.stdout)["steps"] for s in step["statements"]}
     assert "destructive" in effects  # dropping the tables
+
+
+def test_a_step_split_around_revisions_is_planned_as_a_run_splits_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Over the corpus chain (autocommit blocks, a squash, data migrations) a run splits the
+    step; the plan shows the same split, the replayed segments' statements as compiled and
+    the other revisions' offline SQL (k01's index built concurrently), and says which
+    revisions' statements it cannot show (the data migrations read rows)."""
+    from tenantmig import api
+    from tenantmig.server.config import load_settings
+    from tests.helpers import project_with
+
+    chain = Path(__file__).parent / "corpus_chain"
+    config = project_with(tmp_path, {p.name: p.read_text() for p in chain.glob("k[0-9]*.py")})
+    settings = load_settings(config_file=config, database_url=database_url, home=tmp_path / "h")
+    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
+    api.create_tenants(settings, ["split_a", "split_b"], migrate=False)
+    done = run_cli("-c", str(config), "plan", "--all-tenants", "--json", url=database_url)
+    assert done.returncode == 0, done.stderr
+    (step,) = json.loads(done.stdout)["steps"]
+    assert step["segmented"] is True and step["compiled"] is False
+    assert "is split: a new schema -> 003_add_inventory_tracking replayed" in step["note"]
+    assert "statements not shown: revision k07_fill_user_columns" in step["note"]
+    sql = [s["sql"] for s in step["statements"]]
+    assert any(s.startswith("CREATE TABLE sq_accounts") for s in sql)  # the squash, replayed
+    assert any("CREATE INDEX CONCURRENTLY" in s for s in sql)  # k01, through Alembic
+    assert not [s for s in sql if "pg_advisory" in s]  # tenantmig's own lock: not the step's
+    text = run_cli("-c", str(config), "plan", "--all-tenants", url=database_url)
+    assert "split: replayed segments, the rest Alembic's offline SQL" in text.stdout

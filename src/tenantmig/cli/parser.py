@@ -530,7 +530,7 @@ def build_parser(
         "Show what `tenantmig upgrade` (or `downgrade`, with --downgrade) to REVISION would "
         "do to the selected tenants, changing nothing: for every distinct step they need, the "
         "tenants that take it, its statements as compiled (as a run replays them; Alembic's "
-        "offline SQL for a step that cannot be compiled), the strongest lock each takes and "
+        "offline SQL for what a run sends through Alembic), the strongest lock each takes and "
         "on which table, what it does to the rows (rewrite, scan, metadata-only, "
         "destructive), and the tenants with the largest tables it rewrites or scans first. "
         "Needs read access and a scratch schema, as a run's compilation does "

@@ -33,7 +33,7 @@ def plan_html(report: PlanReport) -> str:
 def _step(step: StepPlan) -> str:
     esc = html.escape
     worst = min((_SEVERITY[s.effect] for s in step.statements), default=4)
-    how = "compiled, replayed in each tenant" if step.compiled else "Alembic's offline SQL"
+    how = step.how
     out = [
         f"<section class='group sev{worst}'>",
         f"<h2>step {esc(step.key.describe())} <span class='count'>· {len(step.tenants)} "

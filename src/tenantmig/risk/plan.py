@@ -2,10 +2,11 @@
 
 For every distinct step the selected tenants need (from revision, to revision): the tenants
 that take it, its statements as compiled (the SQL Alembic sends, as a run replays it; for a
-step that cannot be compiled, Alembic's offline SQL instead, said so), each statement's
-strongest lock and effect (``risk.classify``), and for each tenant the size of the tables a
-rewrite or scan touches, read in bulk, largest first. Nothing is changed: the compilation runs
-in rolled-back scratch schemas, as a run's does.
+step split around revisions that cannot be replayed, as a run splits it, those revisions'
+offline SQL; for a step that cannot be compiled, Alembic's offline SQL, said so), each
+statement's strongest lock and effect (``risk.classify``), and for each tenant the size of the
+tables a rewrite or scan touches, read in bulk, largest first. Nothing is changed: the
+compilation runs in scratch schemas, dropped afterwards, as a run's does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from tenantmig.errors import NotRenderable
 from tenantmig.risk.classify import assess, shortened
 from tenantmig.risk.statements import BLOCKS, Assessment, catalog_of
 from tenantmig.run.plan import Selection
-from tenantmig.run.replay import CompiledStep, StepKey, compile_or_explain
+from tenantmig.run.replay import CompiledStep, NotReplayable, StepKey, compile_or_explain
+from tenantmig.run.segments import Replayed, SegmentedStep, plan_step
+from tenantmig.run.walk import walk_step
 from tenantmig.schema.registry import Tenant, by_database, select_tenants
 from tenantmig.schema.sizes import table_sizes
 from tenantmig.schema.versions import SchemaVersion, read_versions
@@ -56,6 +59,18 @@ class StepPlan:
     statements: list[Assessment]
     compiled: bool  # the statements are the compiled step's (replayed); else offline SQL
     note: str | None = None  # why the step is not replayed, when it is not
+    # Split as a run splits it: replayed segments (compiled) and revisions run through
+    # Alembic (their offline SQL), in order.
+    segmented: bool = False
+
+    @property
+    def how(self) -> str:
+        """How its statements were found, which is how a run sends them."""
+        if self.compiled:
+            return "compiled, replayed in each tenant"
+        if self.segmented:
+            return "split: replayed segments, the rest Alembic's offline SQL"
+        return "Alembic's offline SQL"
 
     @property
     def touched(self) -> list[str]:
@@ -75,6 +90,7 @@ class StepPlan:
             "to": self.key.to_revision or "base",
             "tenants": [t.to_json() for t in self.tenants],
             "compiled": self.compiled,
+            "segmented": self.segmented,
             "note": self.note,
             "touched_tables": self.touched,
             "statements": [a.to_json() for a in self.statements],
@@ -121,9 +137,8 @@ def size_text(n: int) -> str:
 
 
 def _step_text(step: StepPlan) -> str:
-    how = "compiled, replayed in each tenant" if step.compiled else "Alembic's offline SQL"
     lines = [
-        f"step {step.key.describe()}: {len(step.tenants)} tenant(s); {how}"
+        f"step {step.key.describe()}: {len(step.tenants)} tenant(s); {step.how}"
         + (f"\n  {step.note}" if step.note else "")
     ]
     for number, a in enumerate(step.statements, 1):
@@ -218,37 +233,88 @@ def _plan_step(
     tenants: list[Tenant],
 ) -> StepPlan:
     sample = tenants[0]
-    with control.engine.connect() as conn:
-        found = compile_or_explain(
-            conn,
-            scripts,
-            key,
-            direction,
-            settings.timeouts,
-            control.flavour,
-            settings.scratch_schemas,
-        )
+    found = _as_a_run_would(settings, control, scripts, direction, key)
     note = None
     if isinstance(found, CompiledStep):
         sql = ";\n".join(found.for_schema(sample.schema))
     else:
-        from tenantmig.chains.offline import offline_sql
-
         note = found.describe(len(tenants))
-        try:
-            sql = offline_sql(
-                settings, "tenant", sample.schema, direction, key.from_revision, key.to_revision
-            )
-        except NotRenderable as exc:
-            # Nothing to weigh without running it: say so, and plan the other steps.
-            note = f"{note}; its statements cannot be shown: {exc}"
-            sql = ""
+        sql, unshown = _step_sql(settings, found, key, sample.schema, direction)
+        if unshown:
+            # Nothing to weigh without running it: say so, and plan the rest.
+            note = f"{note}; statements not shown: {'; '.join(unshown)}"
     member = databases.get(sample.database)
     with member.engine.connect() as conn, catalog_of(conn, sample.schema) as catalog:
         statements = [a for a in assess(sql, catalog) if not a.bookkeeping]
-    step = StepPlan(key, [], statements, isinstance(found, CompiledStep), note)
+    step = StepPlan(
+        key, [], statements, isinstance(found, CompiledStep), note,
+        isinstance(found, SegmentedStep),
+    )  # fmt: skip
     step.tenants = _costs(databases, tenants, step.touched)
     return step
+
+
+def _as_a_run_would(
+    settings: Settings,
+    control: Database,
+    scripts: ChainScripts,
+    direction: Direction,
+    key: StepKey,
+) -> CompiledStep | SegmentedStep | NotReplayable:
+    """The step as a run compiles it (``run.coordinator``): one walk of its revisions, split
+    around those that cannot be replayed; compile by compile where the walk cannot settle it
+    or a scratch schema is configured."""
+    timeouts, flavour, scratch = settings.timeouts, control.flavour, settings.scratch_schemas
+    with control.engine.connect() as conn:
+        walked = (
+            walk_step(conn, scripts, key, direction, timeouts, flavour) if scratch is None else None
+        )
+        if walked is not None:
+            return walked
+
+        def compile_step(part: StepKey, fingerprint: bool) -> CompiledStep | NotReplayable:
+            return compile_or_explain(
+                conn, scripts, part, direction, timeouts, flavour, scratch,
+                fingerprint_start=fingerprint,
+            )  # fmt: skip
+
+        return plan_step(scripts, key, direction, compile_step, {})
+
+
+def _step_sql(
+    settings: Settings,
+    found: SegmentedStep | NotReplayable,
+    key: StepKey,
+    schema: str,
+    direction: Direction,
+) -> tuple[str, list[str]]:
+    """The statements a tenant in ``schema`` would get: replayed segments as compiled, the
+    rest as Alembic's offline SQL; and why any part could not be written out."""
+    from tenantmig.chains.offline import offline_sql
+
+    parts: list[tuple[str | None, str | None, CompiledStep | None]] = []
+    if isinstance(found, NotReplayable):
+        parts.append((key.from_revision, key.to_revision, None))
+    else:
+        state = key.from_revision
+        for part in found.parts:
+            if isinstance(part, Replayed):
+                parts.append((state, part.step.key.to_revision, part.step))
+                state = part.step.key.to_revision
+            else:
+                parts.append((state, part.to_revision, None))
+                state = part.to_revision
+    sql: list[str] = []
+    unshown: list[str] = []
+    for start, end, compiled in parts:
+        if compiled is not None:
+            sql.append(";\n".join(compiled.for_schema(schema)))
+            continue
+        try:
+            sql.append(offline_sql(settings, "tenant", schema, direction, start, end))
+        except NotRenderable as exc:
+            unshown.append(str(exc))
+    return ";\n".join(sql), unshown
 
 
 def _costs(databases: DatabaseSet, tenants: list[Tenant], tables: list[str]) -> list[TenantCost]:

@@ -95,8 +95,14 @@ class Assessment:
 
     @property
     def bookkeeping(self) -> bool:
-        """Alembic's own statement (its version table), not the migration's."""
-        return self.table == "alembic_version" or "alembic_version" in self.sql
+        """Alembic's own statement (its version table) or tenantmig's lock on the schema
+        (``SELECT pg_advisory_lock(...)`` in SQL for review), not the migration's."""
+        return (
+            self.table == "alembic_version"
+            or "alembic_version" in self.sql
+            or self.sql.startswith(("SELECT pg_advisory_xact_lock(", "SELECT pg_advisory_lock(",
+                                    "SELECT pg_advisory_unlock("))
+        )  # fmt: skip
 
     @property
     def touches_rows(self) -> bool:
