@@ -152,7 +152,9 @@ def test_ctrl_c_leaves_one_clean_line_with_the_true_counts(
     assert sum(1 for o in outcomes if o.status.value == "ok") == done
 
 
-def test_tables_fit_80_columns_and_wrap_long_errors(tmp_path: Path, database_url: str) -> None:
+def _status_with_an_error(database_url: str, error: str, columns: int) -> Terminal:
+    """`status` in a terminal of ``columns``, tenant acme's last run having failed with
+    ``error`` (globex's went well); finished."""
     settings = load_settings(config_file=REPO / "alembic.ini", database_url=database_url)
     assert api.upgrade(settings, api.Selection.shared_only()).succeeded
     api.create_tenants(settings, ["acme", "globex"])
@@ -163,11 +165,16 @@ def test_tables_fit_80_columns_and_wrap_long_errors(tmp_path: Path, database_url
                 "UPDATE tenantmig_run_tenants SET status = 'failed', error = :e"
                 " WHERE tenant = 'acme'"
             ),
-            {"e": "Q" * 150},
+            {"e": error},
         )
     engine.dispose()
-    terminal = Terminal(REPO / "alembic.ini", database_url, "status", columns=80)
+    terminal = Terminal(REPO / "alembic.ini", database_url, "status", columns=columns)
     assert terminal.finish() == 0
+    return terminal
+
+
+def test_tables_fit_80_columns_and_wrap_long_errors(tmp_path: Path, database_url: str) -> None:
+    terminal = _status_with_an_error(database_url, "Q" * 150, 80)
     assert terminal.widest_line() <= 80
     screen = "\n".join(terminal.screen())
     assert screen.count("Q") == 150  # wrapped inside its column, not cut
@@ -179,25 +186,11 @@ def test_a_terminal_too_narrow_for_the_table_shows_each_tenant_as_a_block(
 ) -> None:
     """At 50 columns the revisions leave an error no room to wrap between words: each tenant
     is printed as a block, every word of its error whole."""
-    settings = load_settings(config_file=REPO / "alembic.ini", database_url=database_url)
-    assert api.upgrade(settings, api.Selection.shared_only()).succeeded
-    api.create_tenants(settings, ["acme", "globex"])
     error = (
         "canceling statement due to lock timeout while waiting for AccessExclusiveLock "
         "on relation orders of tenant acme"
     )
-    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE tenantmig_run_tenants SET status = 'failed', error = :e"
-                " WHERE tenant = 'acme'"
-            ),
-            {"e": error},
-        )
-    engine.dispose()
-    terminal = Terminal(REPO / "alembic.ini", database_url, "status", columns=50)
-    assert terminal.finish() == 0
+    terminal = _status_with_an_error(database_url, error, 50)
     assert terminal.widest_line() <= 50, terminal.screen()
     screen = terminal.screen()
     assert "acme" in screen and "globex" in screen  # each tenant heads its block
