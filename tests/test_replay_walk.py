@@ -319,3 +319,31 @@ def test_a_revision_that_writes_outside_its_schema_is_not_compiled_into_that_tab
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS public.migration_log")
+
+
+def test_writes_an_earlier_transaction_of_the_backend_made_are_not_the_revisions(
+    engine: sa.Engine,
+) -> None:
+    """Since PostgreSQL 15 a backend's per-transaction table statistics still count what its
+    previous transactions wrote until they are flushed (at most once a second). Behind a
+    pooler the walk's transaction may get a backend another client just wrote with: only what
+    grows within the walk's own transaction is the revision's."""
+    from tenantmig.run.walk import _Walker, _WritesElsewhere
+
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.earlier_writes (x int)")
+        conn.commit()
+        try:
+            with conn.begin():  # another client's write on the same backend, just committed
+                conn.exec_driver_sql("INSERT INTO public.earlier_writes VALUES (1)")
+            with conn.begin():  # right away: the backend has not flushed that count yet
+                with _Walker._writing_only_in(conn, "scratch", "r1"):
+                    pass  # the revision wrote nothing
+            with pytest.raises(_WritesElsewhere) as caught, conn.begin():
+                with _Walker._writing_only_in(conn, "scratch", "r2"):
+                    conn.exec_driver_sql("INSERT INTO public.earlier_writes VALUES (2)")
+            assert (caught.value.table, caught.value.revision) == ("public.earlier_writes", "r2")
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("DROP TABLE public.earlier_writes")
+            conn.commit()

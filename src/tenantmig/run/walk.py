@@ -113,14 +113,18 @@ def _reraise_elsewhere(exc: BaseException) -> None:
         raise exc
 
 
-# Rows the current transaction inserted, updated or deleted in tables outside the scratch
-# schema (temporary tables aside): the statistics PostgreSQL keeps per transaction.
+# Rows inserted, updated or deleted in tables outside the scratch schema (temporary tables
+# aside), as the backend's per-transaction statistics count them. Since PostgreSQL 15 those
+# counts also hold what earlier transactions of the same backend did and the backend has not
+# flushed yet (it flushes at most once a second): behind a pooler the backend is shared, so an
+# earlier client's INSERT shows up. The walk reads them at the start and at the end of each
+# transaction and compares: nothing is flushed while a transaction runs.
 _WRITES_ELSEWHERE = sa.text(
-    "SELECT quote_ident(schemaname) || '.' || quote_ident(relname)"
+    "SELECT quote_ident(schemaname) || '.' || quote_ident(relname),"
+    " n_tup_ins + n_tup_upd + n_tup_del"
     " FROM pg_stat_xact_user_tables"
     " WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"
     " AND schemaname <> :schema AND schemaname NOT LIKE 'pg\\_temp\\_%'"
-    " ORDER BY 1 LIMIT 1"
 )
 
 
@@ -219,13 +223,22 @@ class _Walker:
         self.flavour.prepare_migration(walk, schema, self.timeouts, verify=False)
 
     @staticmethod
-    def _wrote_only_in(walk: Connection, schema: str, revision: str | None) -> None:
-        """Last in each transaction that commits a revision's work: nothing outside ``schema``.
-        (Revisions run a transaction each for an autocommit block commit inside Alembic, and
-        are not checked: building from a history with one always had that cost.)"""
-        table = walk.execute(_WRITES_ELSEWHERE, {"schema": schema}).scalar()
-        if table is not None:
-            raise _WritesElsewhere(str(table), revision)
+    @contextlib.contextmanager
+    def _writing_only_in(walk: Connection, schema: str, revision: str | None) -> Iterator[None]:
+        """Around a revision's work in a transaction that commits it: raise _WritesElsewhere
+        (the caller's transaction rolls back) when it wrote outside ``schema``. Revisions run
+        a transaction each for an autocommit block commit inside Alembic and are not checked:
+        building from a history with one always had that cost."""
+
+        def counts() -> dict[str, int]:
+            rows = walk.execute(_WRITES_ELSEWHERE, {"schema": schema}).all()
+            return {str(table): int(n) for table, n in rows}
+
+        before = counts()
+        yield
+        grown = sorted(table for table, n in counts().items() if n > before.get(table, 0))
+        if grown:
+            raise _WritesElsewhere(grown[0], revision)
 
     def _build(self, walk: Connection, schema: str) -> None:
         """The step's starting state in ``schema``: in one transaction, or, when the history
@@ -233,8 +246,8 @@ class _Walker:
         try:
             with walk.begin():
                 self._prepare(walk, schema)
-                build_starting_state(walk, self.scripts, self.key, schema, per_migration=False)
-                self._wrote_only_in(walk, schema, None)
+                with self._writing_only_in(walk, schema, None):
+                    build_starting_state(walk, self.scripts, self.key, schema, per_migration=False)
             return
         except Exception as exc:
             _reraise_elsewhere(exc)
@@ -275,8 +288,8 @@ class _Walker:
         try:
             with walk.begin():
                 self._prepare(walk, schema)
-                run_alembic(walk, self.scripts, schema, self.direction, destination)
-                self._wrote_only_in(walk, schema, revision)
+                with self._writing_only_in(walk, schema, revision):
+                    run_alembic(walk, self.scripts, schema, self.direction, destination)
             return False
         except Exception as exc:
             if not raised_by_autocommit_block(exc):
@@ -358,9 +371,8 @@ class _Walker:
         destination = state_after(self.scripts, revision, self.direction)
         with walk.begin():
             self._prepare(walk, schema)
-            with recorder.listening(walk):
+            with self._writing_only_in(walk, schema, revision), recorder.listening(walk):
                 run_alembic(walk, self.scripts, schema, self.direction, destination)
-            self._wrote_only_in(walk, schema, revision)
 
     def _per_migration(self, walk: Connection, schema: str, revision: str) -> bool:
         """``revision`` with its autocommit block, as Alembic runs it; True when it read rows."""
