@@ -43,6 +43,7 @@ from tenantmig.server.errorcodes import (
 )
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import qualified
+from tenantmig.server.session import reset_session
 
 RECYCLE_CONNECTION_AFTER = 200
 
@@ -82,19 +83,10 @@ class _NeedsAttention(_Refused):
 
 
 def _reset_session(conn: Connection) -> bool:
-    """Leave ``conn`` as a new session (True), or say it could not be (False: close it).
-
-    The advisory lock taken for the tenant and the settings put at session level for it, and
-    what the revisions could leave behind: a SET or SET ROLE, a temporary table. Not DISCARD
-    ALL, which cannot run inside a transaction block, nor DEALLOCATE ALL: behind a pooler in
-    transaction mode the server connection's prepared statements may be another client's. The
-    same reset the compile walk does after an autocommit block (run.walk)."""
+    """Leave ``conn`` as a new session (True, ``server.session.reset_session``), or say it
+    could not be (False: close it)."""
     try:
-        with conn.begin():
-            conn.exec_driver_sql(
-                "SET SESSION AUTHORIZATION DEFAULT; RESET ALL;"
-                " SELECT pg_advisory_unlock_all(); DISCARD TEMP"
-            )
+        reset_session(conn)
     except DBAPIError:
         return False
     return True

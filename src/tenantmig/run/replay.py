@@ -53,7 +53,7 @@ from tenantmig.schema.catalog import read_fingerprints
 from tenantmig.server.errorcodes import first_line
 from tenantmig.server.flavour import PostgreSQL, ServerFlavour
 from tenantmig.server.identifiers import qualified, quote_as_alembic, quote_ident
-from tenantmig.server.session import Timeouts
+from tenantmig.server.session import Timeouts, reset_session
 from tenantmig.server.sqltext import find_mentions
 
 # Where each tenant's schema name goes in a compiled statement; never in SQL text.
@@ -462,9 +462,7 @@ class _Compiler:
                     )
                 self._start(build, scratch, per_migration=True)
                 # Nothing session-level stays on a server connection a pooler lends on.
-                with build.begin():
-                    build.exec_driver_sql("RESET ALL")
-                    build.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+                reset_session(build)
             except BaseException:
                 with contextlib.suppress(Exception):
                     build.rollback()

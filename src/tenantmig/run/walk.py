@@ -63,7 +63,7 @@ from tenantmig.run.segments import Replayed, SegmentedStep, ThroughAlembic, stat
 from tenantmig.schema.catalog import read_fingerprints
 from tenantmig.server.flavour import ServerFlavour
 from tenantmig.server.identifiers import quote_ident
-from tenantmig.server.session import Timeouts
+from tenantmig.server.session import Timeouts, reset_session
 
 
 @dataclass(frozen=True)
@@ -259,8 +259,8 @@ class _Walker:
     @contextlib.contextmanager
     def _outside_transaction(self, walk: Connection, schema: str) -> Iterator[None]:
         """Session-level settings and lock for revisions Alembic runs a transaction each,
-        reset afterwards (RESET ALL, every advisory lock released); anything that fails in
-        it leaves the walk unsettled."""
+        reset afterwards (``server.session.reset_session``); anything that fails in it leaves
+        the walk unsettled."""
         try:
             with walk.begin():
                 self.flavour.prepare_migration(
@@ -270,9 +270,8 @@ class _Walker:
         except Exception as exc:
             raise _Unsettled() from exc
         finally:
-            with contextlib.suppress(Exception), walk.begin():
-                walk.exec_driver_sql("RESET ALL")
-                walk.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+            with contextlib.suppress(Exception):
+                reset_session(walk)
 
     def _rename(self, walk: Connection, old: str, new: str) -> None:
         if old != new:

@@ -128,3 +128,18 @@ def still_open(conn: Connection) -> bool:
         return conn.exec_driver_sql("SELECT 1").scalar() == 1
     except DBAPIError:
         return False
+
+
+def reset_session(conn: Connection) -> None:
+    """Undo what a migration run outside one transaction left on ``conn``'s session: the
+    schema's advisory lock and the settings taken at session level for it, and what its
+    revisions could leave (a SET or SET ROLE, a temporary table), so the connection can serve
+    another tenant, or be lent on by a pooler. In a transaction of its own (raises what the
+    server raises). Not DISCARD ALL, which cannot run inside a transaction block, nor
+    DEALLOCATE ALL: behind a pooler in transaction mode the server connection's prepared
+    statements may be another client's."""
+    with conn.begin():
+        conn.exec_driver_sql(
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ALL;"
+            " SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+        )
